@@ -1,0 +1,552 @@
+"""The configuration: one YAML file (plus `peers.d/*.yaml` on the hub), validated into a Config.
+
+Every problem is reported as one line `FILE:LINE: key.path: problem`; loading collects all
+of them before failing, so one `dvpnctl check` run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from dvpnd.errors import ConfigError
+from dvpnd.keys import decode_key
+from dvpnd.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
+
+DEFAULT_CONFIG = Path("/etc/dvpn/dvpnd.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/dvpn")
+DEFAULT_CONTROL_SOCKET = Path("/run/dvpn/control.sock")
+DEFAULT_NETWORK = "10.88.0.0/24"
+DEFAULT_PORT = 51820
+DEFAULT_KEEPALIVE = 25
+DEFAULT_MTU = 1420
+DEFAULT_STATUS_PORT = 8000
+DEFAULT_METRICS_PORT = 9586
+BACKENDS = ("auto", "kernel", "userspace")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+_IFPATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,14}\*?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_literal(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+            return True
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """A spoke as the hub knows it."""
+
+    name: str
+    public_key: str
+    address: IPv4Address
+    origin: str  # "file:line" it was declared at, for messages
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """The hub as a spoke knows it."""
+
+    public_key: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class WireGuardConfig:
+    interface: str = "wg0"
+    backend: str = "auto"
+    listen_port: int | None = None
+    mtu: int = DEFAULT_MTU
+    persistent_keepalive: int = DEFAULT_KEEPALIVE
+    private_key_file: Path = DEFAULT_STATE_DIR / "private.key"
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    enabled: bool = True
+    public_tcp_ports: tuple[int, ...] = ()
+    public_udp_ports: tuple[int, ...] = ()
+    # None means every port, from other spokes only.
+    overlay_tcp_ports: tuple[int, ...] | None = None
+    trusted_interfaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    enabled: bool
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    role: str
+    name: str
+    state_dir: Path
+    network: IPv4Network
+    hub_address: IPv4Address
+    address: IPv4Address
+    wireguard: WireGuardConfig
+    hub: HubSpec | None
+    peers: tuple[PeerSpec, ...]
+    firewall: FirewallConfig
+    status: ListenConfig
+    metrics: ListenConfig
+    control_socket: Path
+    reconcile_interval: float
+    stale_after: int
+    log_level: str
+    peers_dir: Path = field(default=Path("peers.d"))
+
+    @property
+    def is_hub(self) -> bool:
+        return self.role == "hub"
+
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class _Reader:
+    """Walks a parsed document, converting values and collecting problems."""
+
+    def __init__(self, src: Source, problems: list[str]):
+        self.src = src
+        self.problems = problems
+
+    def error(self, kp: KeyPath, problem: str) -> None:
+        self.problems.append(f"{self.src.where(kp)}: {problem}")
+
+    def section(self, parent: Any, kp: KeyPath, allowed: set[str]) -> dict[str, Any]:
+        """The mapping at kp (or {} if absent); unknown keys are reported."""
+        value = _lookup(parent, kp[-1]) if kp else parent
+        if value is _MISSING or value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(kp, f"must be a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = _closest(key, allowed)
+                self.error(kp + (key,), "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+        return value
+
+    def get(
+        self,
+        mapping: dict[str, Any],
+        kp: KeyPath,
+        kind: type | tuple[type, ...],
+        default: Any = _MISSING,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """The value at kp if it has the right type and passes `check`, else the default."""
+        value = mapping.get(str(kp[-1]), _MISSING)
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                self.error(kp, "is required")
+                return None
+            return default
+        if not _is_kind(value, kind):
+            self.error(kp, f"must be {_kind_name(kind)}, got {_kind(value)}")
+            return None if default is _MISSING else default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.error(kp, problem)
+                return None if default is _MISSING else default
+        return value
+
+    def port_list(self, mapping: dict[str, Any], kp: KeyPath, default: tuple[int, ...]) -> tuple[int, ...]:
+        value = mapping.get(str(kp[-1]), _MISSING)
+        if value is _MISSING or value is None:
+            return default
+        if not isinstance(value, list):
+            self.error(kp, f"must be a list of ports, got {_kind(value)}")
+            return default
+        ports: list[int] = []
+        for i, item in enumerate(value):
+            if not _is_kind(item, int):
+                self.error(kp + (i,), f"must be an integer port, got {_kind(item)}")
+            elif problem := _check_port(item):
+                self.error(kp + (i,), problem)
+            elif item in ports:
+                self.error(kp + (i,), f"port {item} is listed twice")
+            else:
+                ports.append(item)
+        return tuple(ports)
+
+
+def _lookup(parent: Any, key: Any) -> Any:
+    if isinstance(parent, dict):
+        return parent.get(key, _MISSING)
+    return _MISSING
+
+
+def _is_kind(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, kinds)
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _check_port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"port {value} is out of range (1-65535)"
+
+
+def _check_key(value: str) -> str | None:
+    try:
+        decode_key(value)
+    except ValueError as e:
+        return f"public key {e}"
+    return None
+
+
+def _check_ifname(value: str) -> str | None:
+    return None if _IFNAME.match(value) else "is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)"
+
+
+def _check_name(value: str) -> str | None:
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", value):
+        return None
+    return "must be 1-63 characters of letters, digits, '_', '.', '-' starting with a letter or digit"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse `host:port` or `[v6]:port`; raise ValueError with the reason."""
+    text = text.strip()
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
+    if not m:
+        raise ValueError("must be host:port (or [IPv6]:port)")
+    host, port = m.group(1), int(m.group(2))
+    if problem := _check_port(port):
+        raise ValueError(problem)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"'{host}' is neither an IP address nor a DNS name") from None
+    return Endpoint(host, port)
+
+
+TOP_KEYS = {
+    "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
+    "overlay", "wireguard", "hub", "peers", "peers_dir", "firewall", "status", "metrics",
+    "control",
+}
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate the config at `path` (and its peers.d); raise ConfigError."""
+    try:
+        src = load_yaml_file(path)
+    except YamlSyntaxError as e:
+        raise ConfigError([e.message]) from None
+    problems: list[str] = []
+    config = _build(src, problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def _build(src: Source, problems: list[str]) -> Config | None:
+    r = _Reader(src, problems)
+    top = r.section(src.data, (), TOP_KEYS)
+    if not isinstance(src.data, dict):
+        return None
+    role = r.get(top, ("role",), str, check=lambda v: None if v in ("hub", "spoke") else "must be 'hub' or 'spoke'")
+    if role is None:
+        return None
+    is_hub = role == "hub"
+    name = r.get(top, ("name",), str, default=socket.gethostname().split(".")[0] or "dvpn", check=_check_name)
+    state_dir = Path(r.get(top, ("state_dir",), str, default=str(DEFAULT_STATE_DIR)))
+    log_level = r.get(top, ("log_level",), str, default="info",
+                      check=lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}")
+    interval = float(r.get(top, ("reconcile_interval",), float, default=30.0,
+                           check=lambda v: None if 1 <= v <= 3600 else "must be between 1 and 3600 seconds"))
+    stale_after = r.get(top, ("stale_after",), int, default=180,
+                        check=lambda v: None if 30 <= v <= 86400 else "must be between 30 and 86400 seconds")
+
+    # overlay
+    ov = r.section(top, ("overlay",), {"network", "hub_address", "address"})
+    network = _network(r, ov)
+    hub_address = _address(r, ov, ("overlay", "hub_address"), network,
+                           default=str(next(network.hosts())) if network else None)
+    address: IPv4Address | None
+    if is_hub:
+        address = _address(r, ov, ("overlay", "address"), network, default=str(hub_address) if hub_address else None)
+        if address is not None and hub_address is not None and address != hub_address:
+            r.error(("overlay", "address"), f"the hub's address must be overlay.hub_address ({hub_address})")
+    else:
+        address = _address(r, ov, ("overlay", "address"), network)
+        if address is not None and address == hub_address:
+            r.error(("overlay", "address"), f"{address} is the hub's address; a spoke needs its own")
+
+    # wireguard
+    wgm = r.section(top, ("wireguard",), {"interface", "backend", "listen_port", "mtu",
+                                          "persistent_keepalive", "private_key_file"})
+    wg = WireGuardConfig(
+        interface=r.get(wgm, ("wireguard", "interface"), str, default="wg0", check=_check_ifname),
+        backend=r.get(wgm, ("wireguard", "backend"), str, default="auto",
+                      check=lambda v: None if v in BACKENDS else f"must be one of {', '.join(BACKENDS)}"),
+        listen_port=r.get(wgm, ("wireguard", "listen_port"), int,
+                          default=DEFAULT_PORT if is_hub else None, check=_check_port),
+        mtu=r.get(wgm, ("wireguard", "mtu"), int, default=DEFAULT_MTU,
+                  check=lambda v: None if 1280 <= v <= 9000 else "must be between 1280 and 9000"),
+        persistent_keepalive=r.get(wgm, ("wireguard", "persistent_keepalive"), int, default=DEFAULT_KEEPALIVE,
+                                   check=lambda v: None if 0 <= v <= 65535 else "must be between 0 and 65535"),
+        private_key_file=Path(r.get(wgm, ("wireguard", "private_key_file"), str,
+                                    default=str(state_dir / "private.key"))),
+    )
+
+    # hub (spokes) / peers (hub)
+    hub: HubSpec | None = None
+    peers: list[PeerSpec] = []
+    peers_dir = Path(r.get(top, ("peers_dir",), str, default="peers.d"))
+    if not peers_dir.is_absolute():
+        peers_dir = src.path.parent / peers_dir
+    if is_hub:
+        if "hub" in top:
+            r.error(("hub",), "only a spoke names a hub (this node has role: hub)")
+        peers = _peers(r, top, peers_dir, network, hub_address, problems)
+    else:
+        if "peers" in top:
+            r.error(("peers",), "only the hub lists peers (this node has role: spoke)")
+        hub = _hub(r, top)
+
+    fw = _firewall(r, top, is_hub, wg)
+    status = _listen(r, top, "status", enabled=True, address="127.0.0.1" if is_hub else "0.0.0.0",
+                     port=DEFAULT_STATUS_PORT)
+    metrics = _listen(r, top, "metrics", enabled=True, address="127.0.0.1", port=DEFAULT_METRICS_PORT)
+    ctl = r.section(top, ("control",), {"socket"})
+    control_socket = Path(r.get(ctl, ("control", "socket"), str, default=str(DEFAULT_CONTROL_SOCKET)))
+    if status.enabled and metrics.enabled and status.port == metrics.port and status.address == metrics.address:
+        r.error(("metrics", "port"), f"port {metrics.port} is already used by status.port")
+
+    if network is None or hub_address is None or address is None:
+        return None
+    return Config(
+        path=src.path, role=role, name=name, state_dir=state_dir, network=network,
+        hub_address=hub_address, address=address, wireguard=wg, hub=hub, peers=tuple(peers),
+        firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
+        reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
+    )
+
+
+def _network(r: _Reader, ov: dict[str, Any]) -> IPv4Network | None:
+    text = r.get(ov, ("overlay", "network"), str, default=DEFAULT_NETWORK)
+    if text is None:
+        return None
+    try:
+        net = IPv4Network(text, strict=True)
+    except ValueError as e:
+        r.error(("overlay", "network"), f"'{text}' is not an IPv4 network: {e}")
+        return None
+    if net.prefixlen > 29:
+        r.error(("overlay", "network"), f"/{net.prefixlen} is too small for a hub and spokes (at most /29)")
+        return None
+    return net
+
+
+def _address(r: _Reader, m: dict[str, Any], kp: KeyPath, network: IPv4Network | None,
+             default: str | None = None) -> IPv4Address | None:
+    text = r.get(m, kp, str, default=default if default is not None else _MISSING)
+    if text is None:
+        return None
+    return _in_overlay(r, kp, text, network)
+
+
+def _in_overlay(r: _Reader, kp: KeyPath, text: str, network: IPv4Network | None) -> IPv4Address | None:
+    try:
+        addr = IPv4Address(text)
+    except ValueError:
+        r.error(kp, f"'{text}' is not an IPv4 address")
+        return None
+    if network is not None:
+        if addr not in network:
+            r.error(kp, f"{addr} is outside the overlay {network}")
+            return None
+        if addr in (network.network_address, network.broadcast_address):
+            r.error(kp, f"{addr} is the network or broadcast address of {network}")
+            return None
+    return addr
+
+
+def _hub(r: _Reader, top: dict[str, Any]) -> HubSpec | None:
+    if "hub" not in top:
+        r.error(("hub",), "is required on a spoke (the hub's public_key and endpoint)")
+        return None
+    h = r.section(top, ("hub",), {"public_key", "endpoint"})
+    key = r.get(h, ("hub", "public_key"), str, check=_check_key)
+    ep_text = r.get(h, ("hub", "endpoint"), str)
+    endpoint = None
+    if ep_text is not None:
+        try:
+            endpoint = parse_endpoint(ep_text)
+        except ValueError as e:
+            r.error(("hub", "endpoint"), f"'{ep_text}' {e}")
+    if key is None or endpoint is None:
+        return None
+    return HubSpec(public_key=key, endpoint=endpoint)
+
+
+PEER_KEYS = {"name", "public_key", "address"}
+
+
+def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Network | None,
+           hub_address: IPv4Address | None, problems: list[str]) -> list[PeerSpec]:
+    entries: list[tuple[_Reader, dict[str, Any], KeyPath, str | None]] = []
+    inline = top.get("peers")
+    if inline is not None:
+        if not isinstance(inline, list):
+            r.error(("peers",), f"must be a list of peers, got {_kind(inline)}")
+        else:
+            for i, item in enumerate(inline):
+                kp: KeyPath = ("peers", i)
+                if not isinstance(item, dict):
+                    r.error(kp, f"must be a mapping with name, public_key, address; got {_kind(item)}")
+                    continue
+                r.section(inline, kp, PEER_KEYS)
+                entries.append((r, item, kp, None))
+    if peers_dir.is_dir():
+        for f in sorted(peers_dir.glob("*.yaml")):
+            try:
+                psrc = load_yaml_file(f)
+            except YamlSyntaxError as e:
+                problems.append(e.message)
+                continue
+            pr = _Reader(psrc, problems)
+            if not isinstance(psrc.data, dict):
+                pr.error((), "must be a mapping with public_key, address and optionally name")
+                continue
+            pr.section(psrc.data, (), PEER_KEYS)
+            entries.append((pr, psrc.data, (), f.stem))
+
+    peers: list[PeerSpec] = []
+    seen_name: dict[str, str] = {}
+    seen_key: dict[str, str] = {}
+    seen_addr: dict[IPv4Address, str] = {}
+    for rd, item, kp, default_name in entries:
+        name = rd.get(item, kp + ("name",), str, default=default_name if default_name else _MISSING,
+                      check=_check_name)
+        key = rd.get(item, kp + ("public_key",), str, check=_check_key)
+        addr_text = rd.get(item, kp + ("address",), str)
+        addr = _in_overlay(rd, kp + ("address",), addr_text, network) if addr_text is not None else None
+        origin = rd.src.where(kp)
+        if addr is not None and addr == hub_address:
+            rd.error(kp + ("address",), f"{addr} is the hub's address; a spoke needs its own")
+            addr = None
+        dup = False
+        if name is not None and name in seen_name:
+            rd.error(kp + ("name",), f"duplicate peer name '{name}' (also at {seen_name[name]})")
+            dup = True
+        if key is not None and key in seen_key:
+            rd.error(kp + ("public_key",), f"duplicate public key (also at {seen_key[key]})")
+            dup = True
+        if addr is not None and addr in seen_addr:
+            rd.error(kp + ("address",), f"duplicate address {addr} (also at {seen_addr[addr]})")
+            dup = True
+        if name is None or key is None or addr is None or dup:
+            continue
+        seen_name[name], seen_key[key], seen_addr[addr] = origin, origin, origin
+        peers.append(PeerSpec(name=name, public_key=key, address=addr, origin=origin))
+    return peers
+
+
+def _firewall(r: _Reader, top: dict[str, Any], is_hub: bool, wg: WireGuardConfig) -> FirewallConfig:
+    f = r.section(top, ("firewall",), {"enabled", "public_tcp_ports", "public_udp_ports",
+                                       "overlay_tcp_ports", "trusted_interfaces"})
+    enabled = r.get(f, ("firewall", "enabled"), bool, default=True)
+    tcp = r.port_list(f, ("firewall", "public_tcp_ports"), (22,) if is_hub else ())
+    udp = r.port_list(f, ("firewall", "public_udp_ports"), ())
+    if wg.listen_port is not None and wg.listen_port in udp:
+        r.error(("firewall", "public_udp_ports"),
+                f"UDP {wg.listen_port} is the WireGuard port, which the policy opens by itself")
+    overlay: tuple[int, ...] | None = None
+    raw = f.get("overlay_tcp_ports")
+    if raw is not None and raw != "all":
+        if isinstance(raw, str):
+            r.error(("firewall", "overlay_tcp_ports"), "must be 'all' or a list of ports")
+        else:
+            overlay = r.port_list(f, ("firewall", "overlay_tcp_ports"), ())
+    trusted: list[str] = []
+    raw_t = f.get("trusted_interfaces")
+    if raw_t is not None:
+        if not isinstance(raw_t, list):
+            r.error(("firewall", "trusted_interfaces"), f"must be a list of interface names, got {_kind(raw_t)}")
+        else:
+            for i, name in enumerate(raw_t):
+                kp: KeyPath = ("firewall", "trusted_interfaces", i)
+                if not isinstance(name, str) or not _IFPATTERN.match(name):
+                    r.error(kp, f"{name!r} is not an interface name (up to 15 characters, "
+                                "optionally ending in '*')")
+                elif name in ("lo", wg.interface):
+                    r.error(kp, f"'{name}' cannot be trusted: the policy already decides for it")
+                elif name in trusted:
+                    r.error(kp, f"'{name}' is listed twice")
+                else:
+                    trusted.append(name)
+    return FirewallConfig(enabled=enabled, public_tcp_ports=tcp, public_udp_ports=udp,
+                          overlay_tcp_ports=overlay, trusted_interfaces=tuple(trusted))
+
+
+def _listen(r: _Reader, top: dict[str, Any], key: str, *, enabled: bool, address: str, port: int) -> ListenConfig:
+    m = r.section(top, (key,), {"enabled", "listen", "port"})
+    en = r.get(m, (key, "enabled"), bool, default=enabled)
+
+    def check_addr(v: str) -> str | None:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            return f"'{v}' is not an IP address"
+        return None
+
+    addr = r.get(m, (key, "listen"), str, default=address, check=check_addr)
+    p = r.get(m, (key, "port"), int, default=port, check=_check_port)
+    return ListenConfig(enabled=en, address=addr, port=p)

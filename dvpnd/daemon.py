@@ -1,0 +1,265 @@
+"""dvpnd: the daemon. One asyncio loop runs the reconcile passes, the snapshot refresher,
+the status page, the control socket and the systemd watchdog.
+
+Stopping dvpnd (SIGTERM, or a crash) leaves the interface, its peers and the firewall in
+place: the data plane keeps working without the control plane. `dvpnctl down` is what
+removes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from dvpnd import control, httpapi
+from dvpnd.config import DEFAULT_CONFIG, Config, load_config
+from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
+from dvpnd.link import read_link
+from dvpnd.log import REDACTOR, set_level, setup_logging
+from dvpnd.reconcile import Reconciler
+from dvpnd.snapshot import Snapshot, peer_views
+from dvpnd.systemd import Notifier
+
+log = logging.getLogger("dvpnd.daemon")
+SNAPSHOT_INTERVAL = 1.0
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config):
+        self.config_path = config_path
+        self.config = config
+        self.reconciler = Reconciler(config)
+        self.lock = asyncio.Lock()
+        self.ready = False
+        self.reconcile_error: str | None = None
+        self.reconcile_count = 0
+        self.reconcile_errors = 0
+        self.last_reconcile_duration = 0.0
+        self.snapshot: Snapshot = self._empty_snapshot()
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self.wake = asyncio.Event()
+        self._peer_states: dict[str, str] = {}
+
+    def _empty_snapshot(self) -> Snapshot:
+        c = self.config
+        return Snapshot(taken=time.time(), node=c.name, role=c.role, interface=c.wireguard.interface,
+                        overlay_ip=str(c.address), backend=c.wireguard.backend, interface_up=False)
+
+    # --- reconcile ---------------------------------------------------------------------------
+
+    async def reconcile(self, why: str) -> bool:
+        async with self.lock:
+            try:
+                result = await asyncio.to_thread(self.reconciler.reconcile)
+            except DvpnError as e:
+                self.reconcile_errors += 1
+                if str(e) != self.reconcile_error:
+                    log.error("reconcile (%s) failed: %s", why, e)
+                self.reconcile_error = str(e)
+                return False
+            except Exception as e:  # noqa: BLE001 - an unforeseen failure must not kill the loop
+                self.reconcile_errors += 1
+                log.exception("reconcile (%s) failed unexpectedly: %s", why, e)
+                self.reconcile_error = f"unexpected: {e}"
+                return False
+            if self.reconcile_error:
+                log.info("reconcile succeeded again")
+            self.reconcile_error = None
+            self.reconcile_count += 1
+            self.last_reconcile_duration = result.duration
+            if not self.ready:
+                self.ready = True
+                log.info("first reconcile done in %.2fs: %s %s up with %d peers",
+                         result.duration, self.config.role, self.config.wireguard.interface,
+                         len(result.device.peers))
+            return True
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read the config; on problems keep everything as it was and report them."""
+        self.notifier.reloading()
+        try:
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as e:
+                for p in e.problems:
+                    log.error("reload rejected: %s", p)
+                return False, e.problems
+            fixed = ("role", "state_dir", "control_socket")
+            changed = [k for k in fixed if getattr(new, k) != getattr(self.config, k)]
+            if (new.wireguard.interface != self.config.wireguard.interface
+                    or new.wireguard.private_key_file != self.config.wireguard.private_key_file):
+                changed.append("wireguard.interface/private_key_file")
+            if changed:
+                msg = f"{self.config_path}: changing {', '.join(changed)} needs a restart of dvpnd"
+                log.error("reload rejected: %s", msg)
+                return False, [msg]
+            async with self.lock:
+                self.config = new
+                self.reconciler.config = new
+                set_level(new.log_level)
+            log.info("configuration reloaded from %s (%d peers)", self.config_path, len(new.peers))
+            ok = await self.reconcile("reload")
+            return ok, [] if ok else [self.reconcile_error or "reconcile failed"]
+        finally:
+            self.notifier.reloaded(self.status_line())
+
+    async def reconcile_loop(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            ok = await self.reconcile("periodic" if self.ready else "start")
+            if ok:
+                self.notifier.ready(self.status_line())
+            delay = self.config.reconcile_interval if ok else min(backoff, self.config.reconcile_interval)
+            backoff = 1.0 if ok else min(backoff * 2, 30.0)
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- snapshot ----------------------------------------------------------------------------
+
+    def _read_snapshot(self) -> Snapshot:
+        c = self.config
+        lnk = read_link(c.wireguard.interface)
+        backend = self.reconciler.backend
+        device = None
+        if backend is not None and lnk is not None:
+            try:
+                device = backend.read()
+            except DvpnError as e:
+                log.debug("snapshot: %s", e)
+        try:
+            free = shutil.disk_usage(c.state_dir).free
+        except OSError:
+            free = 0
+        fw = self.reconciler.firewall_state
+        return Snapshot(
+            taken=time.time(), node=c.name, role=c.role, interface=c.wireguard.interface,
+            overlay_ip=str(c.address), backend=backend.name if backend else c.wireguard.backend,
+            interface_up=bool(lnk and lnk.up and device is not None),
+            peers=peer_views(c, device) if device is not None else (),
+            disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
+            firewall_error=fw.error, firewall_applied=fw.applied,
+            extra={"reconcile_count": self.reconcile_count, "reconcile_errors": self.reconcile_errors,
+                   "reconcile_duration": self.last_reconcile_duration,
+                   "firewall_applies": fw.applies, "firewall_rules": fw.rule_count},
+        )
+
+    async def snapshot_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                snap = await asyncio.to_thread(self._read_snapshot)
+                self.snapshot = snap
+                self._log_peer_changes(snap)
+                self.notifier.status(self.status_line())
+                if self.ready and snap.interface_up:
+                    self.notifier.watchdog()
+            except Exception as e:  # noqa: BLE001
+                log.warning("snapshot failed: %s", e)
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+
+    def _log_peer_changes(self, snap: Snapshot) -> None:
+        """One line per peer state change, nothing on a healthy tick."""
+        seen = {}
+        for p in snap.peers:
+            state = p.state(snap.taken, self.config.stale_after)
+            seen[p.public_key] = state
+            before = self._peer_states.get(p.public_key)
+            if before == state:
+                continue
+            if state == "up":
+                log.info("peer %s (%s) up: handshake %ss ago%s", p.name, p.overlay_ip, p.age(snap.taken),
+                         " (handshake restored)" if before == "stale" else "")
+            elif state == "stale":
+                log.warning("peer %s (%s) stale: last handshake %ss ago", p.name, p.overlay_ip,
+                            p.age(snap.taken))
+            elif before is not None:
+                log.info("peer %s (%s) has no handshake", p.name, p.overlay_ip)
+        self._peer_states = seen
+
+    def status_line(self) -> str:
+        s = self.snapshot
+        up = sum(1 for p in s.peers if p.state(s.taken, self.config.stale_after) == "up")
+        state = s.state(self.config.stale_after)
+        return (f"{state}: {self.config.role} {self.config.wireguard.interface} {self.config.address}, "
+                f"{up}/{len(s.peers)} peers up")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def down(self) -> None:
+        """Remove the interface and the firewall table, then stop."""
+        async with self.lock:
+            await asyncio.to_thread(self.reconciler.down)
+        log.info("interface %s and firewall table removed; stopping", self.config.wireguard.interface)
+        self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        http = await httpapi.start(self)
+        ctl = await control.start(self)
+        tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
+                 asyncio.create_task(self.snapshot_loop(), name="snapshot")]
+        try:
+            await self.stopping.wait()
+        finally:
+            self.notifier.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctl.close()
+            await http.close()
+        log.info("dvpnd stopped")
+        return self.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dvpnd", description="dvpn WireGuard hub/spoke daemon (foreground)")
+    ap.add_argument("--config", type=Path, default=Path(os.environ.get("DVPN_CONFIG", DEFAULT_CONFIG)))
+    ap.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = ap.parse_args(argv)
+    setup_logging("info")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        for p in e.problems:
+            log.error("%s", p)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{args.config}: ok")
+        return 0
+    setup_logging(config.log_level)
+    daemon = Daemon(args.config, config)
+    try:
+        daemon.reconciler.load_key()
+    except DvpnError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    assert daemon.reconciler.private_key is not None
+    REDACTOR.add_secret(daemon.reconciler.private_key)
+    from dvpnd.uapi import b64_to_hex
+
+    REDACTOR.add_secret(b64_to_hex(daemon.reconciler.private_key))
+    log.info("dvpnd starting: %s %s, overlay %s, address %s, public key %s", config.role, config.name,
+             config.network, config.address, daemon.reconciler.public_key)
+    try:
+        return asyncio.run(daemon.run())
+    except DvpnError as e:
+        log.error("%s", e)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The dvpn policy as one nftables table, `inet dvpn`, applied in one transaction.
+
+render_ruleset() is pure: it returns the whole libnftables JSON document. It adds the table,
+deletes it and rebuilds it in the same batch, so the kernel swaps the old policy for the new
+one atomically and there is no moment without a policy. No other table is touched and the
+ruleset is never flushed: Docker's and Dstack's rules stay as they are. The base chains
+accept by default and drop only what the policy is about (the overlay interface, and
+traffic from interfaces that are not trusted), because a drop in any table's base chain
+is final for the packet.
+
+Drift: after an apply the live table is listed and remembered (normalized); a later pass
+that lists something else (the table deleted or edited by hand) applies again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dvpnd.config import Config
+from dvpnd.errors import DvpnError
+
+log = logging.getLogger("dvpnd.firewall")
+
+FAMILY = "inet"
+TABLE = "dvpn"
+Json = dict[str, Any]
+
+
+class FirewallError(DvpnError):
+    """libnftables refused the batch; the previous table stays in force."""
+
+    def __init__(self, message: str, batch: Json | None = None):
+        super().__init__(message)
+        self.batch = batch
+
+
+@dataclass
+class FirewallState:
+    applied: bool = False
+    live: Any = None  # normalized listing of the table right after our last apply
+    rendered: str | None = None  # the batch that produced `live`, as canonical JSON
+    error: str | None = None
+    applies: int = 0
+    rule_count: int = 0
+
+
+def _t() -> Json:
+    return {"family": FAMILY, "name": TABLE}
+
+
+def _chain(name: str, hook: str) -> Json:
+    return {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name, "type": "filter",
+                              "hook": hook, "prio": 0, "policy": "accept"}}}
+
+
+def _rule(chain: str, *expr: Json, comment: str | None = None) -> Json:
+    rule: Json = {"family": FAMILY, "table": TABLE, "chain": chain, "expr": list(expr)}
+    if comment:
+        rule["comment"] = comment
+    return {"add": {"rule": rule}}
+
+
+def _set(name: str, type_: str, elements: list[Any], interval: bool = False) -> list[Json]:
+    s: Json = {"family": FAMILY, "table": TABLE, "name": name, "type": type_}
+    if interval:
+        s["flags"] = ["interval"]
+    out: list[Json] = [{"add": {"set": s}}]
+    if elements:
+        out.append({"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elements}}})
+    return out
+
+
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _payload(proto: str, field_: str) -> Json:
+    return {"payload": {"protocol": proto, "field": field_}}
+
+
+def _prefix(net: Any) -> Json:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+ACCEPT: Json = {"accept": None}
+DROP: Json = {"drop": None}
+ESTABLISHED = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+
+
+def render_ruleset(config: Config) -> Json:
+    """The whole `inet dvpn` table for this node, as one libnftables JSON batch."""
+    wg = config.wireguard.interface
+    fw = config.firewall
+    cmds: list[Json] = [
+        {"metainfo": {"json_schema_version": 1}},
+        {"add": {"table": _t()}},
+        {"delete": {"table": _t()}},
+        {"add": {"table": _t()}},
+    ]
+    iif_wg = _match(_meta("iifname"), wg)
+    oif_wg = _match(_meta("oifname"), wg)
+    head = [
+        _rule("input", _match(_meta("iif"), "lo"), ACCEPT),
+    ]
+    if fw.trusted_interfaces:
+        cmds += _set("trusted_ifs", "ifname", list(fw.trusted_interfaces), interval=True)
+        head.append(_rule("input", _match(_meta("iifname"), "@trusted_ifs"), ACCEPT,
+                          comment="trusted interfaces"))
+    cmds += _set("public_tcp", "inet_service", list(fw.public_tcp_ports))
+    cmds += _set("public_udp", "inet_service", list(fw.public_udp_ports))
+    public = [
+        _rule("input", _match(_payload("tcp", "dport"), "@public_tcp"), ACCEPT),
+        _rule("input", _match(_payload("udp", "dport"), "@public_udp"), ACCEPT),
+    ]
+    if config.is_hub:
+        cmds += _set("spokes", "ipv4_addr", sorted(str(p.address) for p in config.peers))
+        cmds += [_chain("input", "input"), _chain("forward", "forward"), _chain("output", "output")]
+        cmds += head
+        cmds += [_rule("input", ESTABLISHED, ACCEPT)]
+        if config.wireguard.listen_port:
+            cmds.append(_rule("input", _match(_payload("udp", "dport"), config.wireguard.listen_port),
+                              ACCEPT, comment="wireguard"))
+        cmds += public
+        cmds.append(_rule("input", DROP))
+        cmds += [
+            _rule("forward", iif_wg, oif_wg, _match(_payload("ip", "saddr"), "@spokes"),
+                  _match(_payload("ip", "daddr"), "@spokes"), ACCEPT, comment="spoke to spoke"),
+            _rule("forward", iif_wg, DROP),
+            _rule("forward", oif_wg, DROP),
+            _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), DROP),
+            _rule("output", oif_wg, DROP, comment="the hub originates nothing into the overlay"),
+        ]
+    else:
+        overlay_src = _match(_payload("ip", "saddr"), _prefix(config.network))
+        cmds += [_chain("input", "input"), _chain("forward", "forward")]
+        cmds += head[:1]
+        cmds.append(_rule("input", iif_wg, _match(_payload("ip", "saddr"), str(config.hub_address)), DROP,
+                          comment="nothing from the hub"))
+        cmds += head[1:]
+        cmds.append(_rule("input", ESTABLISHED, ACCEPT))
+        if fw.overlay_tcp_ports is None:
+            cmds.append(_rule("input", iif_wg, overlay_src, ACCEPT, comment="other spokes"))
+        else:
+            cmds += _set("overlay_tcp", "inet_service", list(fw.overlay_tcp_ports))
+            cmds.append(_rule("input", iif_wg, overlay_src, _match(_payload("tcp", "dport"), "@overlay_tcp"),
+                              ACCEPT, comment="other spokes, listed ports"))
+            cmds.append(_rule("input", iif_wg, overlay_src,
+                              _match(_payload("icmp", "type"), "echo-request"), ACCEPT))
+        if config.status.enabled:
+            cmds.append(_rule("input", _match(_payload("tcp", "dport"), config.status.port), ACCEPT,
+                              comment="status page"))
+        cmds += public
+        cmds.append(_rule("input", DROP))
+        cmds += [_rule("forward", iif_wg, DROP), _rule("forward", oif_wg, DROP)]
+    return {"nftables": cmds}
+
+
+def count_rules(batch: Json) -> int:
+    return sum(1 for c in batch["nftables"] if "add" in c and "rule" in c["add"])
+
+
+def render_removal() -> Json:
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}},
+                         {"add": {"table": _t()}}, {"delete": {"table": _t()}}]}
+
+
+def normalize_listing(listing: Json) -> Any:
+    """The parts of `list table` output that define the policy, without handles."""
+    out = []
+    for item in listing.get("nftables", []):
+        for kind in ("table", "chain", "rule", "set"):
+            if kind in item:
+                obj = {k: v for k, v in item[kind].items() if k != "handle"}
+                out.append({kind: obj})
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+# --- the only code that talks to libnftables ---------------------------------------------------
+
+def _nft() -> Any:
+    import nftables
+
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    nft.set_handle_output(False)
+    return nft
+
+
+def apply_batch(batch: Json) -> None:
+    nft = _nft()
+    rc, _out, err = nft.json_cmd(batch)
+    if rc != 0:
+        raise FirewallError(f"nftables rejected the batch: {err.strip() or f'rc={rc}'}", batch)
+
+
+def read_table() -> Json | None:
+    """The live `inet dvpn` table as libnftables JSON, or None if it does not exist."""
+    nft = _nft()
+    rc, out, _err = nft.json_cmd({"nftables": [{"list": {"table": _t()}}]})
+    if rc != 0 or not out:
+        return None
+    data: Json = json.loads(out) if isinstance(out, str) else out
+    return data
+
+
+def list_table_text() -> str | None:
+    import nftables
+
+    nft = nftables.Nftables()
+    rc, out, _err = nft.cmd(f"list table {FAMILY} {TABLE}")
+    return out if rc == 0 else None
+
+
+def remove_table() -> None:
+    apply_batch(render_removal())
+
+
+def reconcile_firewall(config: Config, state: FirewallState) -> bool:
+    """Apply the policy if it is missing, drifted or changed; True if it was applied.
+
+    On a rejected batch the previous table stays (the batch is one transaction), the error
+    is recorded in `state.error` for the status page, and FirewallError is not raised:
+    the tunnel keeps working under the last good policy.
+    """
+    if not config.firewall.enabled:
+        if state.applied:
+            remove_table()
+            state.applied, state.live = False, None
+            log.info("firewall disabled: removed table %s %s", FAMILY, TABLE)
+        return False
+    batch = render_ruleset(config)
+    key = json.dumps(batch, sort_keys=True)
+    live = read_table()
+    current = normalize_listing(live) if live is not None else None
+    if state.applied and current is not None and current == state.live and key == state.rendered:
+        return False
+    reason = ("missing" if live is None else "changed by hand" if state.applied and current != state.live
+              else "config changed" if state.applied else "initial")
+    try:
+        apply_batch(batch)
+    except FirewallError as e:
+        state.error = str(e)
+        log.error("firewall not applied, keeping the previous table: %s", e)
+        log.debug("rejected batch: %s", json.dumps(e.batch))
+        return False
+    after = read_table()
+    state.applied, state.live, state.error = True, normalize_listing(after or {}), None
+    state.applies += 1
+    state.rule_count = count_rules(batch)
+    state.rendered = key
+    log.info("firewall applied (%s): table %s %s, %d rules", reason, FAMILY, TABLE, state.rule_count)
+    return True
+

@@ -1,0 +1,500 @@
+"""The lab: the seed's topology on one machine, in network namespaces the lab creates and removes.
+
+    outside (203.0.113.10) ── router ── hub (192.0.2.10, UDP 51820)
+                                 ├──── spoke-a (198.51.100.18)
+                                 ├──── spoke-b (198.51.100.34)
+                                 └──── spoke-c (198.51.100.50)
+
+Every node runs the real dvpnd with its own YAML and state directory, in its own network
+namespace; each generates its own key and only public keys are exchanged. wireguard-go
+keeps its sockets in /var/run/wireguard, which all namespaces share, so every command run
+in a node (dvpnd, and through it wireguard-go) gets a private bind mount of the node's own
+directory there; that is what lets every node's interface be called wg0. Nothing is done in
+the machine's own network namespace: links are created inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dvpnd import control
+from dvpnd.errors import DvpnError
+
+LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
+PREFIX = "dvpn-"
+WG_RUN = Path("/run/wireguard")
+HUB_PUBLIC = "192.0.2.10"
+OUTSIDE_PUBLIC = "203.0.113.10"
+MAX_SPOKES = 12
+
+
+@dataclass
+class Node:
+    name: str
+    role: str  # hub | spoke | router | outside
+    netns: str
+    public_ip: str
+    overlay_ip: str | None
+    status_url: str | None
+    state_dir: str | None
+    config: str | None
+    dir: str
+
+    @property
+    def runs_dvpnd(self) -> bool:
+        return self.role in ("hub", "spoke")
+
+
+def spoke_name(i: int) -> str:
+    return f"spoke-{string.ascii_lowercase[i]}"
+
+
+def plan(spokes: int, backend: str) -> list[Node]:
+    """The lab's nodes and addresses (pure)."""
+    nodes = [Node("router", "router", PREFIX + "router", "", None, None, None, None, str(LAB_DIR / "router")),
+             Node("outside", "outside", PREFIX + "outside", OUTSIDE_PUBLIC, None, None, None, None,
+                  str(LAB_DIR / "outside"))]
+    d = LAB_DIR / "hub"
+    nodes.append(Node("hub", "hub", PREFIX + "hub", HUB_PUBLIC, "10.88.0.1", f"http://{HUB_PUBLIC}:8000/status",
+                      str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
+    for i in range(spokes):
+        name = spoke_name(i)
+        d = LAB_DIR / name
+        pub = f"198.51.100.{16 * (i + 1) + 2}"
+        nodes.append(Node(name, "spoke", PREFIX + name, pub, f"10.88.0.{11 + i}",
+                          f"http://{pub}:8000/status", str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
+    return nodes
+
+
+def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
+    """(node, router-side address/prefix, node-side address/prefix) for every node on the router."""
+    out = []
+    for n in nodes:
+        if n.role == "outside":
+            out.append((n, "203.0.113.1/24", f"{n.public_ip}/24"))
+        elif n.role == "hub":
+            out.append((n, "192.0.2.1/24", f"{n.public_ip}/24"))
+        elif n.role == "spoke":
+            last = int(n.public_ip.rsplit(".", 1)[1])
+            out.append((n, f"198.51.100.{last - 1}/28", f"{n.public_ip}/28"))
+    return out
+
+
+def render_node_config(node: Node, backend: str, hub_key: str | None) -> dict[str, Any]:
+    """A node's dvpnd.yaml in the lab (pure)."""
+    assert node.state_dir is not None
+    cfg: dict[str, Any] = {
+        "role": node.role,
+        "name": node.name,
+        "state_dir": node.state_dir,
+        "overlay": {"network": "10.88.0.0/24"},
+        "wireguard": {"interface": "wg0", "backend": backend},
+        "control": {"socket": str(Path(node.dir) / "control.sock")},
+        "reconcile_interval": 10,
+        # In the lab the hub's status page faces the lab's "Internet" too, so it can be probed.
+        "status": {"listen": "0.0.0.0", "port": 8000},
+        "firewall": {"public_tcp_ports": [22]} if node.role == "hub" else {},
+    }
+    if node.role == "spoke":
+        cfg["overlay"]["address"] = node.overlay_ip
+        cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
+    return cfg
+
+
+# --- running things inside a node --------------------------------------------------------
+
+def node_argv(node: Node, argv: list[str]) -> list[str]:
+    """argv that runs `argv` in the node: its network namespace and its private /run/wireguard."""
+    wgdir = Path(node.dir) / "wireguard"
+    script = 'mount --bind "$0" /run/wireguard && exec "$@"'
+    return ["ip", "netns", "exec", node.netns, "sh", "-c", script, str(wgdir), *argv]
+
+
+def node_env(node: Node) -> dict[str, str]:
+    env = dict(os.environ)
+    if node.config:
+        env["DVPN_CONFIG"] = node.config
+    return env
+
+
+def run_in(node: Node, argv: list[str], check: bool = True, timeout: float = 60,
+           capture: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(node_argv(node, argv), check=check, timeout=timeout, text=True,
+                          capture_output=capture, env=node_env(node))
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DvpnError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def _ns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    _ip("netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
+
+
+# --- state file --------------------------------------------------------------------------
+
+def load_lab() -> tuple[list[Node], dict[str, Any]] | None:
+    f = LAB_DIR / "lab.json"
+    if not f.exists():
+        return None
+    data = json.loads(f.read_text())
+    return [Node(**n) for n in data["nodes"]], data
+
+
+def save_lab(nodes: list[Node], meta: dict[str, Any]) -> None:
+    from dvpnd.fsutil import write_atomic
+
+    data = dict(meta, nodes=[asdict(n) for n in nodes])
+    write_atomic(LAB_DIR / "lab.json", json.dumps(data, indent=2).encode())
+
+
+# --- up ----------------------------------------------------------------------------------
+
+def build_network(nodes: list[Node]) -> None:
+    router = next(n for n in nodes if n.role == "router")
+    if not _ns_exists(router.netns):
+        _ip("netns", "add", router.netns)
+    _ip("-n", router.netns, "link", "set", "lo", "up")
+    _sysctl(router.netns, "net.ipv4.ip_forward", "1")
+    for node, raddr, naddr in _links(nodes):
+        if _ns_exists(node.netns):
+            continue
+        _ip("netns", "add", node.netns)
+        _ip("-n", node.netns, "link", "set", "lo", "up")
+        rif = f"r-{node.name}"[:15]
+        _ip("-n", router.netns, "link", "add", rif, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
+        _ip("-n", router.netns, "addr", "add", raddr, "dev", rif)
+        _ip("-n", router.netns, "link", "set", rif, "up")
+        _ip("-n", node.netns, "addr", "add", naddr, "dev", "eth0")
+        _ip("-n", node.netns, "link", "set", "eth0", "up")
+        _ip("-n", node.netns, "route", "add", "default", "via", raddr.split("/")[0])
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie or a reused PID is not our daemon
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] == "Z":
+        return False
+    # The command line reads empty for a moment while the process execs.
+    return not cmd or b"dvpnd" in cmd
+
+
+def read_pid(node: Node) -> int | None:
+    try:
+        return int((Path(node.dir) / "dvpnd.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def start_daemon(node: Node) -> int:
+    """Start dvpnd in the node, detached, logging to the node's dvpnd.log; return its PID."""
+    assert node.config is not None
+    log = open(Path(node.dir) / "dvpnd.log", "ab")
+    dvpnd = [sys.executable, "-m", "dvpnd.daemon", "--config", node.config]
+    proc = subprocess.Popen(node_argv(node, dvpnd), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            env=node_env(node), start_new_session=True)
+    log.close()
+    (Path(node.dir) / "dvpnd.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_daemon(node: Node, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    pid = read_pid(node)
+    if not _pid_alive(pid):
+        return
+    assert pid is not None
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
+    """Wait until the node's daemon answers and has done its first reconcile."""
+    sock = Path(node.dir) / "control.sock"
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            reply = control.request(sock, "status", timeout=5)
+            st = reply.get("status", {})
+            if st.get("ready") and st.get("interface_up"):
+                return st
+            last = st.get("reconcile_error") or "not ready yet"
+        except DvpnError as e:
+            last = str(e)
+        if not _pid_alive(read_pid(node)):
+            raise DvpnError(f"{node.name}: dvpnd exited; see {Path(node.dir) / 'dvpnd.log'}")
+        time.sleep(0.2)
+    raise DvpnError(f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last}")
+
+
+def pubkey(node: Node) -> str:
+    r = run_in(node, [sys.executable, "-m", "dvpnd.cli", "pubkey", "--config", str(node.config)])
+    return r.stdout.strip()
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    from dvpnd.fsutil import write_atomic
+
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60) -> list[Node]:
+    """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
+    if os.geteuid() != 0:
+        raise DvpnError("the lab needs root (network namespaces, mounts, nftables)")
+    if not 1 <= spokes <= MAX_SPOKES:
+        raise DvpnError(f"--spokes must be between 1 and {MAX_SPOKES}")
+    existing = load_lab()
+    if existing is not None:
+        nodes, meta = existing
+        if len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend:
+            raise DvpnError(
+                f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}) is up; "
+                "run 'dvpnctl lab down' first to change its shape")
+    else:
+        nodes, meta = plan(spokes, backend), {"spokes": spokes, "backend": backend,
+                                              "created_wg_run": not WG_RUN.exists()}
+    LAB_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    WG_RUN.mkdir(mode=0o755, exist_ok=True)
+    for n in nodes:
+        Path(n.dir).mkdir(parents=True, exist_ok=True)
+        (Path(n.dir) / "wireguard").mkdir(exist_ok=True)
+    save_lab(nodes, meta)
+    build_network(nodes)
+
+    hub = next(n for n in nodes if n.role == "hub")
+    assert hub.config is not None
+    if not Path(hub.config).exists():
+        _write_yaml(Path(hub.config), render_node_config(hub, backend, None))
+    (Path(hub.dir) / "peers.d").mkdir(exist_ok=True)
+    if not _pid_alive(read_pid(hub)):
+        start_daemon(hub)
+    wait_ready(hub)
+    hub_key = pubkey(hub)
+
+    added = False
+    for s in (n for n in nodes if n.role == "spoke"):
+        assert s.config is not None
+        if not Path(s.config).exists():
+            _write_yaml(Path(s.config), render_node_config(s, backend, hub_key))
+        if not _pid_alive(read_pid(s)):
+            start_daemon(s)
+        wait_ready(s)
+        peer_file = Path(hub.dir) / "peers.d" / f"{s.name}.yaml"
+        if not peer_file.exists():
+            # The runbook's "add a spoke": the spoke made its key; only the public half travels.
+            _write_yaml(peer_file, {"name": s.name, "public_key": pubkey(s), "address": s.overlay_ip})
+            added = True
+    if added:
+        reply = control.request(Path(hub.dir) / "control.sock", "reload")
+        if not reply.get("ok"):
+            raise DvpnError(f"hub rejected the reload: {reply.get('problems')}")
+    wait_handshakes_done(nodes, wait_handshakes)
+    return nodes
+
+
+def wait_handshakes_done(nodes: list[Node], timeout: float) -> None:
+    """Wait until the hub sees every spoke up and every spoke sees the hub up."""
+    want = {n.name for n in nodes if n.runs_dvpnd}
+    deadline = time.monotonic() + timeout
+    missing = want
+    while time.monotonic() < deadline:
+        missing = set()
+        for n in nodes:
+            if not n.runs_dvpnd:
+                continue
+            st = control.request(Path(n.dir) / "control.sock", "status").get("status", {})
+            peers = st.get("peers", [])
+            if not peers or any(p.get("state") != "up" for p in peers):
+                missing.add(n.name)
+        if not missing:
+            return
+        time.sleep(0.5)
+    raise DvpnError(f"nodes with peers that have not handshaken after {timeout:.0f}s: "
+                    f"{', '.join(sorted(missing))}")
+
+
+# --- status / down -----------------------------------------------------------------------
+
+def status() -> list[dict[str, Any]]:
+    lab = load_lab()
+    if lab is None:
+        return []
+    out = []
+    for n in lab[0]:
+        entry: dict[str, Any] = {
+            "name": n.name, "role": n.role, "netns": n.netns, "public_ip": n.public_ip or None,
+            "overlay_ip": n.overlay_ip, "status_url": n.status_url, "state_dir": n.state_dir,
+            "config": n.config, "pid": None,
+        }
+        if n.runs_dvpnd:
+            pid = read_pid(n)
+            entry["pid"] = pid if _pid_alive(pid) else None
+            try:
+                st = control.request(Path(n.dir) / "control.sock", "status", timeout=5).get("status", {})
+                entry["state"] = st.get("state")
+                entry["peers"] = [{"name": p["name"], "overlay_ip": p["overlay_ip"], "state": p["state"],
+                                   "handshake_age_sec": p["handshake_age_sec"]} for p in st.get("peers", [])]
+            except DvpnError as e:
+                entry["state"] = "down"
+                entry["error"] = str(e)
+        out.append(entry)
+    return out
+
+
+def down() -> list[str]:
+    """Remove everything the lab made. Returns what was removed, for the user."""
+    done: list[str] = []
+    lab = load_lab()
+    nodes = lab[0] if lab else plan(MAX_SPOKES, "userspace")
+    meta = lab[1] if lab else {}
+    wg_pids: list[int] = []
+    from dvpnd.uapi import SOCKET_DIR
+
+    for n in nodes:
+        if n.runs_dvpnd:
+            pid = read_pid(n)
+            if _pid_alive(pid):
+                stop_daemon(n)
+                done.append(f"stopped dvpnd in {n.name} (pid {pid})")
+            wp = _wg_go_pid(Path(n.dir) / "wireguard" / "wg0.sock")
+            if wp:
+                wg_pids.append(wp)
+    for n in nodes:
+        if _ns_exists(n.netns):
+            # Deleting the namespace deletes wg0, and wireguard-go exits with its tun.
+            _ip("netns", "del", n.netns)
+            done.append(f"removed namespace {n.netns}")
+    for pid in wg_pids:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        done.append(f"wireguard-go {pid} gone")
+    if LAB_DIR.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(LAB_DIR)], check=False)
+        done.append(f"removed {LAB_DIR}")
+    if meta.get("created_wg_run") and SOCKET_DIR.exists():
+        try:
+            SOCKET_DIR.rmdir()
+        except OSError:
+            pass
+    return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wg_go_pid(sock: Path) -> int | None:
+    import socket
+    import struct
+
+    if not sock.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            return int(pid)
+    except OSError:
+        return None
+
+
+def find_node(name: str) -> Node:
+    lab = load_lab()
+    if lab is None:
+        raise DvpnError("no lab is up (run 'dvpnctl lab up')")
+    for n in lab[0]:
+        if n.name == name or n.netns == name:
+            return n
+    raise DvpnError(f"no lab node named {name!r} (nodes: {', '.join(n.name for n in lab[0])})")
+
+
+def exec_in(name: str, argv: list[str]) -> int:
+    node = find_node(name)
+    if not argv:
+        raise DvpnError("nothing to run: dvpnctl lab exec NODE -- CMD...")
+    return subprocess.call(node_argv(node, argv), env=node_env(node))
+
+
+def format_status(entries: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in entries:
+        if e["role"] == "router":
+            continue
+        head = f"{e['name']:<9} {e['role']:<7} public {e['public_ip'] or '-':<15} overlay {e['overlay_ip'] or '-':<11}"
+        if e["role"] in ("hub", "spoke"):
+            head += f" dvpnd pid {e['pid'] or '-':<7} {e.get('state', '?')}"
+            peers = ", ".join(f"{p['name']} {p['state']}"
+                              + (f" ({p['handshake_age_sec']}s)" if p["handshake_age_sec"] is not None else "")
+                              for p in e.get("peers", []))
+            head += f"  peers: {peers or '-'}"
+        lines.append(head)
+    return "\n".join(lines)
+
+
+def ping_matrix(nodes: list[Node], count: int = 3) -> list[tuple[str, str, bool, str]]:
+    """Ping every spoke's overlay address from every other spoke (through the hub)."""
+    spokes = [n for n in nodes if n.role == "spoke"]
+    out = []
+    for a in spokes:
+        for b in spokes:
+            if a is b:
+                continue
+            assert b.overlay_ip is not None
+            r = run_in(a, ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", b.overlay_ip],
+                       check=False)
+            summary = next((ln for ln in r.stdout.splitlines() if "packets transmitted" in ln), r.stderr.strip())
+            out.append((a.name, b.name, r.returncode == 0, summary))
+    return out
+
+
+def shell_quote(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

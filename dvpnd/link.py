@@ -1,0 +1,103 @@
+"""The WireGuard interface as an IP link: its address, MTU, up state; and IPv4 forwarding on the hub.
+
+Both backends configure this the same way, through pyroute2. The address carries the
+overlay's prefix, so the kernel's connected route sends the whole overlay into the
+interface, where WireGuard's allowed IPs pick the peer (on a spoke: always the hub).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvpnd.config import Config
+from dvpnd.errors import BackendError
+
+log = logging.getLogger("dvpnd.link")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+@dataclass(frozen=True)
+class LinkState:
+    up: bool
+    mtu: int
+    addresses: frozenset[str]  # "10.88.0.11/24"
+
+
+@dataclass(frozen=True)
+class LinkChanges:
+    up: bool = False
+    mtu: int | None = None
+    add: frozenset[str] = frozenset()
+    remove: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return self.up or self.mtu is not None or bool(self.add) or bool(self.remove)
+
+
+def render_link(config: Config) -> LinkState:
+    return LinkState(up=True, mtu=config.wireguard.mtu,
+                     addresses=frozenset({f"{config.address}/{config.network.prefixlen}"}))
+
+
+def diff_link(desired: LinkState, actual: LinkState) -> LinkChanges:
+    return LinkChanges(
+        up=desired.up and not actual.up,
+        mtu=desired.mtu if desired.mtu != actual.mtu else None,
+        add=desired.addresses - actual.addresses,
+        remove=actual.addresses - desired.addresses,
+    )
+
+
+def read_link(ifname: str) -> LinkState | None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return None
+        link = ipr.get_links(idx[0])[0]
+        up = bool(link["flags"] & 1)  # IFF_UP
+        mtu = int(link.get_attr("IFLA_MTU") or 0)
+        addrs = frozenset(
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=idx[0], family=2)
+        )
+        return LinkState(up=up, mtu=mtu, addresses=addrs)
+
+
+def apply_link(ifname: str, changes: LinkChanges) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise BackendError(f"interface {ifname} does not exist")
+        i = idx[0]
+        try:
+            if changes.mtu is not None:
+                ipr.link("set", index=i, mtu=changes.mtu)
+            for cidr in sorted(changes.remove):
+                addr, _, plen = cidr.partition("/")
+                ipr.addr("del", index=i, address=addr, prefixlen=int(plen))
+            for cidr in sorted(changes.add):
+                addr, _, plen = cidr.partition("/")
+                ipr.addr("add", index=i, address=addr, prefixlen=int(plen))
+            if changes.up:
+                ipr.link("set", index=i, state="up")
+        except NetlinkError as e:
+            raise BackendError(f"cannot configure {ifname}: {e}") from None
+
+
+def ensure_forwarding(enabled: bool) -> bool:
+    """Set net.ipv4.ip_forward in this network namespace; True if it was changed."""
+    want = "1" if enabled else "0"
+    try:
+        if IP_FORWARD.read_text().strip() == want:
+            return False
+        IP_FORWARD.write_text(want + "\n")
+    except OSError as e:
+        raise BackendError(f"{IP_FORWARD}: cannot set IPv4 forwarding: {e.strerror}") from None
+    return True

@@ -1,0 +1,143 @@
+"""One reconcile pass: make the interface, the WireGuard device and the firewall match the config.
+
+Each pass reads the actual state, computes the difference and writes only that, then reads
+the device back: a write that did not take is an error, not a silent success. A pass with
+nothing to do writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+from dvpnd import firewall, link
+from dvpnd.backend import Backend, select_backend
+from dvpnd.config import Config
+from dvpnd.errors import BackendError
+from dvpnd.keys import encode_key, load_or_create_private_key, public_key
+from dvpnd.wgstate import DeviceChanges, DeviceState, diff_device, render_device
+
+log = logging.getLogger("dvpnd.reconcile")
+
+# How long a spoke's session with the hub may be silent before a DNS endpoint is looked up again.
+RERESOLVE_AFTER = 135.0
+RERESOLVE_MIN_INTERVAL = 30.0
+
+
+@dataclass
+class ReconcileResult:
+    device: DeviceState
+    wg_changes: DeviceChanges
+    link_changed: bool
+    firewall_changed: bool
+    duration: float
+
+
+@dataclass
+class EndpointResolver:
+    """Resolves the hub's endpoint, again when the session has gone quiet (the hub may have moved)."""
+
+    resolved: str | None = None
+    resolved_at: float = 0.0
+    host: str | None = None
+
+    def endpoint(self, config: Config, last_handshake: float | None, now: float) -> str | None:
+        assert config.hub is not None
+        ep = config.hub.endpoint
+        if ep.is_literal:
+            return str(ep)
+        quiet = last_handshake is None or now - last_handshake > RERESOLVE_AFTER
+        due = self.resolved is None or self.host != str(ep) or (
+            quiet and now - self.resolved_at > RERESOLVE_MIN_INTERVAL)
+        if due:
+            try:
+                infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
+            except OSError as e:
+                log.warning("cannot resolve hub endpoint %s: %s", ep, e)
+                self.resolved_at = now
+                return self.resolved
+            family, _, _, _, sockaddr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
+            addr = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{sockaddr[1]}"
+            if addr != self.resolved:
+                log.info("hub endpoint %s resolves to %s", ep, addr)
+            self.resolved, self.resolved_at, self.host = addr, now, str(ep)
+        return self.resolved
+
+
+@dataclass
+class Reconciler:
+    config: Config
+    backend: Backend | None = None
+    private_key: str | None = field(default=None, repr=False)
+    public_key: str | None = None
+    resolver: EndpointResolver = field(default_factory=EndpointResolver)
+    firewall_state: firewall.FirewallState = field(default_factory=firewall.FirewallState)
+    passes: int = 0
+
+    def load_key(self) -> bool:
+        """Load (or create on first start) the node's private key. True if it was created."""
+        raw, created = load_or_create_private_key(self.config.wireguard.private_key_file)
+        self.private_key = encode_key(raw)
+        self.public_key = encode_key(public_key(raw))
+        if created:
+            log.info("created a new private key in %s; public key %s",
+                     self.config.wireguard.private_key_file, self.public_key)
+        return created
+
+    def ensure_backend(self) -> Backend:
+        if self.backend is None:
+            wg = self.config.wireguard
+            self.backend = select_backend(wg.backend, wg.interface, self.config.state_dir)
+            log.info("using the %s WireGuard backend for %s", self.backend.name, wg.interface)
+        return self.backend
+
+    def reconcile(self, now: float | None = None) -> ReconcileResult:
+        """Bring everything in line with the config; raises BackendError on failure."""
+        start = time.monotonic()
+        config = self.config
+        assert self.private_key is not None
+        backend = self.ensure_backend()
+        if not backend.exists():
+            backend.create()
+
+        want_link = link.render_link(config)
+        have_link = link.read_link(config.wireguard.interface)
+        if have_link is None:
+            raise BackendError(f"interface {config.wireguard.interface} vanished")
+        link_changes = link.diff_link(want_link, have_link)
+        if link_changes:
+            link.apply_link(config.wireguard.interface, link_changes)
+        if config.is_hub:
+            link.ensure_forwarding(True)
+
+        actual = backend.read()
+        hub_ep = None
+        if not config.is_hub:
+            assert config.hub is not None
+            hub_peer = actual.peers.get(config.hub.public_key)
+            hub_ep = self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
+                                            time.time() if now is None else now)
+        desired = render_device(config, self.private_key, hub_ep)
+        changes = diff_device(desired, actual)
+        if changes:
+            backend.apply(changes)
+            actual = backend.read()
+            leftover = diff_device(desired, actual)
+            if leftover:
+                raise BackendError(
+                    f"{config.wireguard.interface}: the device did not take the change "
+                    f"({leftover.summary()} still differ after writing)")
+            log.info("%s: %s", config.wireguard.interface, changes.summary())
+
+        fw_changed = firewall.reconcile_firewall(config, self.firewall_state)
+        self.passes += 1
+        return ReconcileResult(device=actual, wg_changes=changes, link_changed=bool(link_changes),
+                               firewall_changed=fw_changed, duration=time.monotonic() - start)
+
+    def down(self) -> None:
+        """Remove the interface (and wireguard-go with it) and the firewall table."""
+        backend = self.ensure_backend()
+        backend.delete()
+        firewall.remove_table()

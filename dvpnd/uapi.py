@@ -1,0 +1,168 @@
+"""wireguard-go's UAPI: the cross-platform text protocol on /var/run/wireguard/<if>.sock.
+
+`encode_set` and `parse_get` are pure; `uapi_request` is the only I/O.
+Keys travel as hex on this protocol and as base64 everywhere else in dvpnd.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from pathlib import Path
+
+from dvpnd.errors import BackendError
+from dvpnd.wgstate import DeviceChanges, DeviceState, PeerState, normalize_cidr
+
+SOCKET_DIR = Path("/var/run/wireguard")
+
+
+def b64_to_hex(key: str) -> str:
+    return base64.b64decode(key).hex()
+
+
+def hex_to_b64(key: str) -> str:
+    return base64.b64encode(bytes.fromhex(key)).decode("ascii")
+
+
+def encode_set(changes: DeviceChanges) -> str:
+    """The `set=1` request for these changes (ending with the blank line)."""
+    lines = ["set=1"]
+    if changes.private_key is not None:
+        lines.append(f"private_key={b64_to_hex(changes.private_key)}")
+    if changes.listen_port is not None:
+        lines.append(f"listen_port={changes.listen_port}")
+    for p in changes.peers:
+        lines.append(f"public_key={b64_to_hex(p.public_key)}")
+        if p.remove:
+            lines.append("remove=true")
+            continue
+        if not p.create:
+            # Never create a peer by accident when updating one that vanished meanwhile.
+            lines.append("update_only=true")
+        if p.endpoint is not None:
+            lines.append(f"endpoint={p.endpoint}")
+        if p.persistent_keepalive is not None:
+            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        if p.allowed_ips is not None:
+            lines.append("replace_allowed_ips=true")
+            lines.extend(f"allowed_ip={cidr}" for cidr in sorted(p.allowed_ips))
+    return "\n".join(lines) + "\n\n"
+
+
+def parse_get(text: str) -> DeviceState:
+    """Parse the reply to `get=1` into a DeviceState; raise BackendError on errno != 0."""
+    private_key = None
+    listen_port = 0
+    fwmark = 0
+    peers: dict[str, PeerState] = {}
+    cur: dict[str, object] | None = None
+    errno = None
+
+    def finish() -> None:
+        if cur is None:
+            return
+        sec = int(cur.get("hs_sec", 0))  # type: ignore[call-overload]
+        nsec = int(cur.get("hs_nsec", 0))  # type: ignore[call-overload]
+        key = str(cur["public_key"])
+        peers[key] = PeerState(
+            public_key=key,
+            allowed_ips=frozenset(cur.get("allowed_ips", ())),  # type: ignore[arg-type]
+            endpoint=cur.get("endpoint"),  # type: ignore[arg-type]
+            persistent_keepalive=int(cur.get("keepalive", 0)),  # type: ignore[call-overload]
+            last_handshake=(sec + nsec / 1e9) if sec or nsec else None,
+            rx_bytes=int(cur.get("rx", 0)),  # type: ignore[call-overload]
+            tx_bytes=int(cur.get("tx", 0)),  # type: ignore[call-overload]
+        )
+
+    for line in text.split("\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise BackendError(f"UAPI: malformed line {line[:40]!r}")
+        if key == "errno":
+            errno = int(value)
+        elif key == "public_key":
+            finish()
+            cur = {"public_key": hex_to_b64(value)}
+        elif cur is None:
+            if key == "private_key":
+                private_key = hex_to_b64(value)
+            elif key == "listen_port":
+                listen_port = int(value)
+            elif key == "fwmark":
+                fwmark = int(value)
+        elif key == "endpoint":
+            cur["endpoint"] = value
+        elif key == "allowed_ip":
+            cur.setdefault("allowed_ips", set()).add(normalize_cidr(value))  # type: ignore[union-attr]
+        elif key == "persistent_keepalive_interval":
+            cur["keepalive"] = value
+        elif key == "last_handshake_time_sec":
+            cur["hs_sec"] = value
+        elif key == "last_handshake_time_nsec":
+            cur["hs_nsec"] = value
+        elif key == "rx_bytes":
+            cur["rx"] = value
+        elif key == "tx_bytes":
+            cur["tx"] = value
+    finish()
+    if errno not in (None, 0):
+        raise BackendError(f"UAPI get failed: errno={errno}")
+    from dvpnd.keys import decode_key, encode_key, public_key
+
+    pub = encode_key(public_key(decode_key(private_key))) if private_key else None
+    return DeviceState(private_key=private_key, public_key=pub, listen_port=listen_port,
+                       fwmark=fwmark, peers=peers)
+
+
+def parse_errno(reply: str) -> int:
+    for line in reply.split("\n"):
+        if line.startswith("errno="):
+            return int(line[6:])
+    raise BackendError("UAPI: reply has no errno line")
+
+
+def socket_path(ifname: str) -> Path:
+    return SOCKET_DIR / f"{ifname}.sock"
+
+
+def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
+    """Send one request and return the whole reply (up to and including errno=N)."""
+    path = socket_path(ifname)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(request.encode("ascii"))
+            chunks: list[bytes] = []
+            buf = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                # The reply ends with "errno=N\n\n"; look only at the tail.
+                buf = (buf + data)[-64:]
+                if b"errno=" in buf and buf.endswith(b"\n\n"):
+                    break
+    except FileNotFoundError:
+        raise BackendError(f"{path}: no such socket (is wireguard-go running for {ifname}?)") from None
+    except OSError as e:
+        raise BackendError(f"{path}: {e.strerror or e}") from None
+    return b"".join(chunks).decode("ascii", errors="replace")
+
+
+def uapi_peer_pid(ifname: str) -> int | None:
+    """The PID of the wireguard-go process serving `ifname`, from the socket's peer credentials."""
+    import struct
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(str(socket_path(ifname)))
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, _uid, _gid = struct.unpack("3i", creds)
+            return pid
+    except OSError:
+        return None
