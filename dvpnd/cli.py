@@ -100,6 +100,16 @@ def cmd_firewall_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_firewall_apply(args: argparse.Namespace) -> int:
+    reply = _request(args, "firewall-apply")
+    if not reply.get("ok"):
+        for p in reply.get("problems", []):
+            print(p, file=sys.stderr)
+        return EXIT_FAILURE
+    print("firewall applied")
+    return 0
+
+
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from dvpnd import lab
 
@@ -167,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = fw.add_parser("show", help="print the live inet dvpn table")
     _config_arg(p)
     p.set_defaults(func=cmd_firewall_show)
+    p = fw.add_parser("apply", help="re-apply the table now (one atomic transaction)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_firewall_apply)
 
     lab = sub.add_parser("lab", help="a local lab in network namespaces").add_subparsers(dest="lab", required=True)
     p = lab.add_parser("up", help="build (or repair) the lab and show it working")
@@ -197,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dvpnctl: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except BrokenPipeError:  # `dvpnctl ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
 
 

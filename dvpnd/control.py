@@ -52,6 +52,10 @@ async def handle(daemon: "Daemon", request: dict[str, Any]) -> dict[str, Any]:
 
         text = await asyncio.to_thread(list_table_text)
         return {"ok": text is not None, "table": text}
+    if cmd == "firewall-apply":
+        ok = await daemon.reconcile("firewall apply requested", force_firewall=True)
+        fw = daemon.reconciler.firewall_state
+        return {"ok": ok and fw.error is None, "problems": [e for e in (fw.error, daemon.reconcile_error) if e]}
     if cmd == "down":
         try:
             await daemon.down()

@@ -56,10 +56,10 @@ class Daemon:
 
     # --- reconcile ---------------------------------------------------------------------------
 
-    async def reconcile(self, why: str) -> bool:
+    async def reconcile(self, why: str, force_firewall: bool = False) -> bool:
         async with self.lock:
             try:
-                result = await asyncio.to_thread(self.reconciler.reconcile)
+                result = await asyncio.to_thread(self.reconciler.reconcile, None, force_firewall)
             except DvpnError as e:
                 self.reconcile_errors += 1
                 if str(e) != self.reconcile_error:
@@ -151,6 +151,7 @@ class Daemon:
             disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
             firewall_error=fw.error, firewall_applied=fw.applied,
             extra={"reconcile_count": self.reconcile_count, "reconcile_errors": self.reconcile_errors,
+                   "device_writes": self.reconciler.device_writes,
                    "reconcile_duration": self.last_reconcile_duration,
                    "firewall_applies": fw.applies, "firewall_rules": fw.rule_count},
         )

@@ -91,6 +91,7 @@ def _prefix(net: Any) -> Json:
 
 ACCEPT: Json = {"accept": None}
 DROP: Json = {"drop": None}
+COUNTER: Json = {"counter": {"packets": 0, "bytes": 0}}
 ESTABLISHED = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
 
 
@@ -128,20 +129,20 @@ def render_ruleset(config: Config) -> Json:
             cmds.append(_rule("input", _match(_payload("udp", "dport"), config.wireguard.listen_port),
                               ACCEPT, comment="wireguard"))
         cmds += public
-        cmds.append(_rule("input", DROP))
+        cmds.append(_rule("input", COUNTER, DROP))
         cmds += [
             _rule("forward", iif_wg, oif_wg, _match(_payload("ip", "saddr"), "@spokes"),
                   _match(_payload("ip", "daddr"), "@spokes"), ACCEPT, comment="spoke to spoke"),
-            _rule("forward", iif_wg, DROP),
-            _rule("forward", oif_wg, DROP),
-            _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), DROP),
-            _rule("output", oif_wg, DROP, comment="the hub originates nothing into the overlay"),
+            _rule("forward", iif_wg, COUNTER, DROP),
+            _rule("forward", oif_wg, COUNTER, DROP),
+            _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), COUNTER, DROP),
+            _rule("output", oif_wg, COUNTER, DROP, comment="the hub originates nothing into the overlay"),
         ]
     else:
         overlay_src = _match(_payload("ip", "saddr"), _prefix(config.network))
         cmds += [_chain("input", "input"), _chain("forward", "forward")]
         cmds += head[:1]
-        cmds.append(_rule("input", iif_wg, _match(_payload("ip", "saddr"), str(config.hub_address)), DROP,
+        cmds.append(_rule("input", iif_wg, _match(_payload("ip", "saddr"), str(config.hub_address)), COUNTER, DROP,
                           comment="nothing from the hub"))
         cmds += head[1:]
         cmds.append(_rule("input", ESTABLISHED, ACCEPT))
@@ -157,8 +158,8 @@ def render_ruleset(config: Config) -> Json:
             cmds.append(_rule("input", _match(_payload("tcp", "dport"), config.status.port), ACCEPT,
                               comment="status page"))
         cmds += public
-        cmds.append(_rule("input", DROP))
-        cmds += [_rule("forward", iif_wg, DROP), _rule("forward", oif_wg, DROP)]
+        cmds.append(_rule("input", COUNTER, DROP))
+        cmds += [_rule("forward", iif_wg, COUNTER, DROP), _rule("forward", oif_wg, COUNTER, DROP)]
     return {"nftables": cmds}
 
 
@@ -172,12 +173,14 @@ def render_removal() -> Json:
 
 
 def normalize_listing(listing: Json) -> Any:
-    """The parts of `list table` output that define the policy, without handles."""
+    """The parts of `list table` output that define the policy: no handles, no counter values."""
     out = []
     for item in listing.get("nftables", []):
         for kind in ("table", "chain", "rule", "set"):
             if kind in item:
                 obj = {k: v for k, v in item[kind].items() if k != "handle"}
+                if kind == "rule":
+                    obj["expr"] = [{"counter": None} if "counter" in e else e for e in obj.get("expr", [])]
                 out.append({kind: obj})
     return json.loads(json.dumps(out, sort_keys=True))
 
@@ -222,8 +225,8 @@ def remove_table() -> None:
     apply_batch(render_removal())
 
 
-def reconcile_firewall(config: Config, state: FirewallState) -> bool:
-    """Apply the policy if it is missing, drifted or changed; True if it was applied.
+def reconcile_firewall(config: Config, state: FirewallState, force: bool = False) -> bool:
+    """Apply the policy if it is missing, drifted or changed (or `force`); True if it was applied.
 
     On a rejected batch the previous table stays (the batch is one transaction), the error
     is recorded in `state.error` for the status page, and FirewallError is not raised:
@@ -239,9 +242,9 @@ def reconcile_firewall(config: Config, state: FirewallState) -> bool:
     key = json.dumps(batch, sort_keys=True)
     live = read_table()
     current = normalize_listing(live) if live is not None else None
-    if state.applied and current is not None and current == state.live and key == state.rendered:
+    if not force and state.applied and current is not None and current == state.live and key == state.rendered:
         return False
-    reason = ("missing" if live is None else "changed by hand" if state.applied and current != state.live
+    reason = ("requested" if force else "missing" if live is None else "changed by hand" if state.applied and current != state.live
               else "config changed" if state.applied else "initial")
     try:
         apply_batch(batch)

@@ -75,6 +75,7 @@ class Reconciler:
     resolver: EndpointResolver = field(default_factory=EndpointResolver)
     firewall_state: firewall.FirewallState = field(default_factory=firewall.FirewallState)
     passes: int = 0
+    device_writes: int = 0
 
     def load_key(self) -> bool:
         """Load (or create on first start) the node's private key. True if it was created."""
@@ -93,7 +94,7 @@ class Reconciler:
             log.info("using the %s WireGuard backend for %s", self.backend.name, wg.interface)
         return self.backend
 
-    def reconcile(self, now: float | None = None) -> ReconcileResult:
+    def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
         """Bring everything in line with the config; raises BackendError on failure."""
         start = time.monotonic()
         config = self.config
@@ -123,6 +124,7 @@ class Reconciler:
         changes = diff_device(desired, actual)
         if changes:
             backend.apply(changes)
+            self.device_writes += 1
             actual = backend.read()
             leftover = diff_device(desired, actual)
             if leftover:
@@ -131,7 +133,7 @@ class Reconciler:
                     f"({leftover.summary()} still differ after writing)")
             log.info("%s: %s", config.wireguard.interface, changes.summary())
 
-        fw_changed = firewall.reconcile_firewall(config, self.firewall_state)
+        fw_changed = firewall.reconcile_firewall(config, self.firewall_state, force=force_firewall)
         self.passes += 1
         return ReconcileResult(device=actual, wg_changes=changes, link_changed=bool(link_changes),
                                firewall_changed=fw_changed, duration=time.monotonic() - start)

@@ -121,6 +121,7 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "reconcile_error": snap.reconcile_error,
         "firewall": {"applied": snap.firewall_applied, "error": snap.firewall_error},
         "snapshot_age_sec": round(max(0.0, now - snap.taken), 1),
+        "counters": dict(snap.extra),
         "peers": [
             {
                 "name": p.name,

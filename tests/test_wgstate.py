@@ -1,0 +1,257 @@
+"""Desired state, the syncconf-style peer diff, UAPI encoding/parsing and netlink messages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dvpnd import uapi
+from dvpnd.backend import (
+    WGPEER_F_REMOVE_ME,
+    WGPEER_F_REPLACE_ALLOWEDIPS,
+    WGPEER_F_UPDATE_ONLY,
+    build_netlink_set,
+)
+from dvpnd.config import load_config
+from dvpnd.keys import (
+    KeyFileError,
+    decode_key,
+    encode_key,
+    generate_private_key,
+    load_or_create_private_key,
+    public_key,
+)
+from dvpnd.wgstate import DesiredDevice, DeviceState, PeerChange, PeerState, diff_device, render_device
+from tests.test_config import HUB, K1, K2, K3, SPOKE, write
+
+PRIV = encode_key(bytes(range(32)))
+
+
+def as_device(d: DesiredDevice, port: int = 51820) -> DeviceState:
+    """What a device looks like after it took `d` exactly."""
+    return DeviceState(
+        private_key=d.private_key, listen_port=d.listen_port or port,
+        peers={k: PeerState(public_key=k, allowed_ips=p.allowed_ips, endpoint=p.endpoint or "198.51.100.18:40000",
+                            persistent_keepalive=p.persistent_keepalive)
+               for k, p in d.peers.items()})
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools not installed")
+def test_public_key_matches_wg_pubkey() -> None:
+    for _ in range(5):
+        priv = generate_private_key()
+        out = subprocess.run(["wg", "pubkey"], input=encode_key(priv), capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == encode_key(public_key(priv))
+
+
+def test_x25519_rfc7748_vector() -> None:
+    from dvpnd.keys import _x25519
+
+    k = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+    assert _x25519(k, u).hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+
+
+def test_key_file_is_created_0600_in_0700_dir_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "private.key"
+    key, created = load_or_create_private_key(path)
+    assert created
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    again, created2 = load_or_create_private_key(path)
+    assert again == key and not created2
+    assert [p.name for p in path.parent.iterdir()] == ["private.key"]  # no temp file left
+
+
+def test_key_readable_by_others_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = tmp_path / "private.key"
+    key, _ = load_or_create_private_key(path)
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyFileError) as e:
+        load_or_create_private_key(path)
+    assert "accessible by group or others (mode 0640)" in str(e.value)
+    assert encode_key(key) not in str(e.value)
+
+
+def test_malformed_key_file_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    path = tmp_path / "private.key"
+    path.write_text("c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError) as e:
+        load_or_create_private_key(path)
+    assert "c2VjcmV0" not in str(e.value) and "is not a WireGuard key" in str(e.value)
+
+
+# --- desired state and diff --------------------------------------------------------------
+
+def test_hub_renders_one_peer_per_spoke_with_its_32(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, HUB + f"  - name: spoke-b\n    public_key: {K2}\n    address: 10.88.0.12\n"))
+    d = render_device(c, PRIV, None)
+    assert d.listen_port == 51820
+    assert {k: (p.name, set(p.allowed_ips), p.endpoint, p.persistent_keepalive) for k, p in d.peers.items()} == {
+        K1: ("spoke-a", {"10.88.0.11/32"}, None, 0),
+        K2: ("spoke-b", {"10.88.0.12/32"}, None, 0),
+    }
+
+
+def test_spoke_routes_the_whole_overlay_to_the_hub_with_keepalive(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, SPOKE))
+    d = render_device(c, PRIV, "192.0.2.10:51820")
+    assert d.listen_port is None
+    (peer,) = d.peers.values()
+    assert (peer.public_key, set(peer.allowed_ips), peer.endpoint, peer.persistent_keepalive) == (
+        K3, {"10.88.0.0/24"}, "192.0.2.10:51820", 25)
+
+
+def test_fresh_device_gets_key_port_and_all_peers(tmp_path: Path) -> None:
+    d = render_device(load_config(write(tmp_path, HUB)), PRIV, None)
+    ch = diff_device(d, DeviceState())
+    assert ch.private_key == PRIV and ch.listen_port == 51820
+    assert ch.peers == (PeerChange(public_key=K1, create=True, endpoint=None, persistent_keepalive=0,
+                                   allowed_ips=frozenset({"10.88.0.11/32"})),)
+
+
+def test_second_diff_after_apply_is_empty(tmp_path: Path) -> None:
+    d = render_device(load_config(write(tmp_path, HUB)), PRIV, None)
+    assert not diff_device(d, as_device(d))
+
+
+def test_roaming_spoke_endpoint_and_counters_are_not_a_change(tmp_path: Path) -> None:
+    d = render_device(load_config(write(tmp_path, HUB)), PRIV, None)
+    dev = as_device(d)
+    dev.peers[K1] = replace(dev.peers[K1], endpoint="203.0.113.77:1234", last_handshake=1e9, rx_bytes=5)
+    assert not diff_device(d, dev)
+
+
+def test_only_the_changed_peer_is_touched_and_unknown_peers_removed(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, HUB + f"  - name: spoke-b\n    public_key: {K2}\n    address: 10.88.0.12\n"))
+    d = render_device(c, PRIV, None)
+    dev = as_device(d)
+    dev.peers[K2] = replace(dev.peers[K2], allowed_ips=frozenset({"10.88.0.99/32"}))
+    dev.peers[K3] = PeerState(public_key=K3, allowed_ips=frozenset({"10.88.0.13/32"}))
+    ch = diff_device(d, dev)
+    assert ch.private_key is None and ch.listen_port is None
+    assert ch.peers == (
+        PeerChange(public_key=K3, remove=True),
+        PeerChange(public_key=K2, allowed_ips=frozenset({"10.88.0.12/32"})),
+    )
+
+
+def test_spoke_endpoint_change_updates_only_the_endpoint(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, SPOKE))
+    d = render_device(c, PRIV, "192.0.2.10:51820")
+    dev = as_device(d)
+    dev.peers[K3] = replace(dev.peers[K3], endpoint="192.0.2.99:51820")
+    assert diff_device(d, dev).peers == (PeerChange(public_key=K3, endpoint="192.0.2.10:51820"),)
+
+
+def test_changes_repr_never_shows_the_private_key(tmp_path: Path) -> None:
+    d = render_device(load_config(write(tmp_path, HUB)), PRIV, None)
+    ch = diff_device(d, DeviceState())
+    assert PRIV not in repr(ch) and PRIV not in repr(d)
+
+
+# --- UAPI --------------------------------------------------------------------------------
+
+def test_uapi_set_encoding_follows_syncconf() -> None:
+    from dvpnd.wgstate import DeviceChanges
+
+    ch = DeviceChanges(private_key=PRIV, listen_port=51820, peers=(
+        PeerChange(public_key=K3, remove=True),
+        PeerChange(public_key=K1, create=True, endpoint="192.0.2.10:51820", persistent_keepalive=25,
+                   allowed_ips=frozenset({"10.88.0.0/24"})),
+        PeerChange(public_key=K2, allowed_ips=frozenset({"10.88.0.12/32"})),
+    ))
+    h = uapi.b64_to_hex
+    assert uapi.encode_set(ch) == (
+        f"set=1\nprivate_key={h(PRIV)}\nlisten_port=51820\n"
+        f"public_key={h(K3)}\nremove=true\n"
+        f"public_key={h(K1)}\nendpoint=192.0.2.10:51820\npersistent_keepalive_interval=25\n"
+        f"replace_allowed_ips=true\nallowed_ip=10.88.0.0/24\n"
+        f"public_key={h(K2)}\nupdate_only=true\nreplace_allowed_ips=true\nallowed_ip=10.88.0.12/32\n\n"
+    )
+
+
+def test_uapi_get_parsing() -> None:
+    h = uapi.b64_to_hex
+    text = (f"private_key={h(PRIV)}\nlisten_port=51820\n"
+            f"public_key={h(K1)}\npreshared_key={'0' * 64}\nprotocol_version=1\nendpoint=198.51.100.18:39000\n"
+            "last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=500000000\n"
+            "tx_bytes=100\nrx_bytes=200\npersistent_keepalive_interval=0\n"
+            "allowed_ip=10.88.0.11/32\n"
+            f"public_key={h(K2)}\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\n"
+            "allowed_ip=10.88.0.12/32\nallowed_ip=10.88.0.112/32\n"
+            "errno=0\n\n")
+    dev = uapi.parse_get(text)
+    assert dev.private_key == PRIV and dev.listen_port == 51820
+    assert dev.public_key == encode_key(public_key(decode_key(PRIV)))
+    assert dev.peers[K1] == PeerState(public_key=K1, allowed_ips=frozenset({"10.88.0.11/32"}),
+                                      endpoint="198.51.100.18:39000", persistent_keepalive=0,
+                                      last_handshake=1700000000.5, rx_bytes=200, tx_bytes=100)
+    assert dev.peers[K2].last_handshake is None
+    assert dev.peers[K2].allowed_ips == frozenset({"10.88.0.12/32", "10.88.0.112/32"})
+
+
+def test_uapi_errno_is_an_error() -> None:
+    from dvpnd.errors import BackendError
+
+    with pytest.raises(BackendError):
+        uapi.parse_get("errno=1\n\n")
+    assert uapi.parse_errno("errno=22\n\n") == 22
+
+
+# --- netlink (kernel backend) --------------------------------------------------------------
+
+def test_netlink_flags_use_the_kernel_values_not_pyroute2_072s() -> None:
+    from dvpnd.wgstate import DeviceChanges
+
+    assert (WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY) == (1, 2, 4)
+    ch = DeviceChanges(peers=(
+        PeerChange(public_key=K3, remove=True),
+        PeerChange(public_key=K1, create=True, endpoint="192.0.2.10:51820", persistent_keepalive=25,
+                   allowed_ips=frozenset({"10.88.0.0/24"})),
+        PeerChange(public_key=K2, endpoint="192.0.2.10:51821"),
+    ))
+    (msg,) = build_netlink_set("wg0", ch)
+    peers = dict(msg)["WGDEVICE_A_PEERS"]
+
+    def flags(p: dict) -> int:  # type: ignore[type-arg]
+        return dict(p["attrs"])["WGPEER_A_FLAGS"]
+
+    assert [flags(p) for p in peers] == [WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY]
+    allowed = dict(peers[1]["attrs"])["WGPEER_A_ALLOWEDIPS"][0]["attrs"]
+    assert allowed == [["WGALLOWEDIP_A_FAMILY", 2], ["WGALLOWEDIP_A_IPADDR", bytes([10, 88, 0, 0])],
+                       ["WGALLOWEDIP_A_CIDR_MASK", 24]]
+
+
+def test_netlink_messages_encode_with_pyroute2_and_split_big_devices() -> None:
+    from pyroute2.netlink.generic.wireguard import wgmsg
+
+    from dvpnd.wgstate import DeviceChanges
+
+    keys = [encode_key(bytes([i % 256, i // 256]) + bytes(30)) for i in range(150)]
+    ch = DeviceChanges(private_key=PRIV, listen_port=51820, peers=tuple(
+        PeerChange(public_key=k, create=True, persistent_keepalive=0,
+                   allowed_ips=frozenset({f"10.88.{i // 250}.{i % 250 + 2}/32"})) for i, k in enumerate(keys)))
+    msgs = build_netlink_set("wg0", ch)
+    assert len(msgs) == 3
+    assert sum(len(dict(m)["WGDEVICE_A_PEERS"]) for m in msgs) == 150
+    # The private key goes once, in the first message.
+    assert [("WGDEVICE_A_PRIVATE_KEY" in dict(m)) for m in msgs] == [True, False, False]
+    for attrs in msgs:
+        m = wgmsg()
+        m["cmd"] = 1
+        m["version"] = 1
+        m["attrs"] = attrs
+        m.encode()
+        back = wgmsg(m.data)
+        back.decode()
+        assert back.get_attr("WGDEVICE_A_IFNAME") == "wg0"
