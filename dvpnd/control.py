@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,8 @@ class ControlServer:
 async def handle(daemon: "Daemon", request: dict[str, Any]) -> dict[str, Any]:
     cmd = request.get("cmd")
     if cmd == "status":
-        return {"ok": True, "status": render_detail(daemon.snapshot, time.time(), daemon.config.stale_after)}
+        snap = replace(daemon.snapshot, extra=daemon.counters())
+        return {"ok": True, "status": render_detail(snap, time.time(), daemon.config.stale_after)}
     if cmd == "reload":
         ok, problems = await daemon.reload()
         return {"ok": ok, "problems": problems}

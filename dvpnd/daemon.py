@@ -150,11 +150,16 @@ class Daemon:
             peers=peer_views(c, device) if device is not None else (),
             disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
             firewall_error=fw.error, firewall_applied=fw.applied,
-            extra={"reconcile_count": self.reconcile_count, "reconcile_errors": self.reconcile_errors,
-                   "device_writes": self.reconciler.device_writes,
-                   "reconcile_duration": self.last_reconcile_duration,
-                   "firewall_applies": fw.applies, "firewall_rules": fw.rule_count},
+            extra=self.counters(),
         )
+
+    def counters(self) -> dict[str, float]:
+        """In-memory counters (cheap, always current)."""
+        fw = self.reconciler.firewall_state
+        return {"reconcile_count": self.reconcile_count, "reconcile_errors": self.reconcile_errors,
+                "device_writes": self.reconciler.device_writes,
+                "reconcile_duration": self.last_reconcile_duration,
+                "firewall_applies": fw.applies, "firewall_rules": fw.rule_count}
 
     async def snapshot_loop(self) -> None:
         while not self.stopping.is_set():

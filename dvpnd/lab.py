@@ -33,7 +33,7 @@ from dvpnd import control
 from dvpnd.errors import DvpnError
 
 LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
-PREFIX = "dvpn-"
+PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
 WG_RUN = Path("/run/wireguard")
 HUB_PUBLIC = "192.0.2.10"
 OUTSIDE_PUBLIC = "203.0.113.10"
