@@ -105,7 +105,7 @@ def render_node_config(node: Node, backend: str, hub_key: str | None) -> dict[st
         "reconcile_interval": 10,
         # In the lab the hub's status page faces the lab's "Internet" too, so it can be probed.
         "status": {"listen": "0.0.0.0", "port": 8000},
-        "firewall": {"public_tcp_ports": [22]} if node.role == "hub" else {},
+        "firewall": {"public_tcp_ports": [22, 8000]} if node.role == "hub" else {},
     }
     if node.role == "spoke":
         cfg["overlay"]["address"] = node.overlay_ip
