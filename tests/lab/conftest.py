@@ -52,6 +52,15 @@ class Lab:
             raise AssertionError(f"{node}: {' '.join(argv)} exited {r.returncode}: {r.stdout}{r.stderr}")
         return r
 
+    def nft_file(self, node: str, ruleset: str) -> None:
+        """Load an nftables ruleset file in the node (`nft -f`)."""
+        f = Path(self.nodes[node].dir) / "test-ruleset.nft"
+        f.write_text(ruleset + "\n")
+        try:
+            self.run(node, "nft", "-f", str(f))
+        finally:
+            f.unlink()
+
     def popen(self, node: str, *argv: str) -> subprocess.Popen[str]:
         n = self.nodes[node]
         return subprocess.Popen(lab.node_argv(n, list(argv)), env=lab.node_env(n), text=True,
