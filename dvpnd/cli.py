@@ -7,11 +7,17 @@ import json
 import os
 import sys
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from dvpnd.config import DEFAULT_CONFIG, Config, load_config
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE, ConfigError, DvpnError
+from dvpnd.runbook import RunbookInputError
+
+
+class BadInput(DvpnError):
+    """The command line asks for something impossible: exit 2."""
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -110,6 +116,127 @@ def cmd_firewall_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
+    import yaml
+
+    from dvpnd.fsutil import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def _reload_or_undo(args: argparse.Namespace, undo: Any) -> None:
+    """Ask the daemon to reload; if it refuses, put the peers.d file back as it was."""
+    reply = _request(args, "reload")
+    if not reply.get("ok"):
+        undo()
+        raise DvpnError("dvpnd refused the change, which was undone: " + "; ".join(reply.get("problems", [])))
+
+
+def _restore(path: Path, old: bytes | None) -> Any:
+    def undo() -> None:
+        from dvpnd.fsutil import write_atomic
+
+        if old is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, old)
+    return undo
+
+
+def cmd_spoke_add(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dvpnd import runbook
+    from dvpnd.config import _check_name
+    from dvpnd.keys import encode_key, load_or_create_private_key, public_key
+
+    config = _load(args.config)
+    if problem := _check_name(args.name):
+        raise BadInput(f"NAME {problem}")
+    address = runbook.check_new_spoke(config, args.name, args.pubkey, args.address)
+    path = config.peers_dir / f"{args.name}.yaml"
+    if path.exists():
+        raise BadInput(f"{path} exists already")
+    _write_yaml(path, runbook.render_peer_file(args.name, args.pubkey, address))
+    _reload_or_undo(args, _restore(path, None))
+    raw, _ = load_or_create_private_key(config.wireguard.private_key_file)
+    print(f"# added spoke {args.name} ({address}) in {path}; its /etc/dvpn/dvpnd.yaml:")
+    print(yaml.safe_dump(runbook.render_spoke_config(config, encode_key(public_key(raw)), args.name, address),
+                         sort_keys=False), end="")
+    return 0
+
+
+def cmd_spoke_remove(args: argparse.Namespace) -> int:
+    from dvpnd import runbook
+
+    config = _load(args.config)
+    path = runbook.peer_file_of(config, args.name)
+    old = path.read_bytes()
+    path.unlink()
+    _reload_or_undo(args, _restore(path, old))
+    print(f"removed spoke {args.name} ({path})")
+    return 0
+
+
+def cmd_spoke_rotate(args: argparse.Namespace) -> int:
+    from dvpnd import runbook
+    from dvpnd.keys import decode_key
+
+    config = _load(args.config)
+    try:
+        decode_key(args.pubkey)
+    except ValueError as e:
+        raise BadInput(f"--pubkey {e}") from None
+    spoke = runbook.find_spoke(config, args.name)
+    if args.pubkey == spoke.public_key:
+        raise BadInput(f"spoke {args.name!r} already uses that key")
+    path = runbook.peer_file_of(config, args.name)
+    old = path.read_bytes()
+    _write_yaml(path, runbook.render_peer_file(spoke.name, spoke.public_key, spoke.address, args.pubkey))
+    _reload_or_undo(args, _restore(path, old))
+    print(f"spoke {args.name} may now switch to its new key: run 'dvpnctl rotate-key --commit' on it;\n"
+          "the hub moves its address to the new key at its first handshake and then drops the old key")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from dvpnd.fsutil import write_atomic
+    from dvpnd.keys import encode_key, generate_private_key, load_or_create_private_key, public_key
+
+    config = _load(args.config)
+    if config.is_hub:
+        raise BadInput("rotate-key runs on a spoke; a hub key change means reconfiguring every spoke")
+    key_file = config.wireguard.private_key_file
+    nxt = key_file.with_name(key_file.name + ".next")
+    if not args.commit:
+        if nxt.exists():
+            raw, _ = load_or_create_private_key(nxt)
+        else:
+            raw = generate_private_key()
+            write_atomic(nxt, (encode_key(raw) + "\n").encode(), mode=0o600)
+        new_pub = encode_key(public_key(raw))
+        print(new_pub)
+        print(f"# the old key stays in use. On the hub run:\n#   dvpnctl spoke rotate {config.name} --pubkey {new_pub}\n"
+              "# then here: dvpnctl rotate-key --commit", file=sys.stderr)
+        return 0
+    if not nxt.exists():
+        raise BadInput(f"{nxt} does not exist: run 'dvpnctl rotate-key' first")
+    load_or_create_private_key(nxt)  # refuses a bad file before anything moves
+    old = key_file.with_name(key_file.name + ".old")
+    os.replace(key_file, old)
+    os.replace(nxt, key_file)
+    reply = _request(args, "rekey")
+    if not reply.get("ok"):
+        os.replace(key_file, nxt)
+        os.replace(old, key_file)
+        _request(args, "rekey")
+        raise DvpnError("dvpnd could not use the new key; the old key is back: "
+                        + "; ".join(reply.get("problems", [])))
+    print(f"now using the new key (the old one is kept in {old})")
+    return 0
+
+
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from dvpnd import lab
 
@@ -181,6 +308,27 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(func=cmd_firewall_apply)
 
+    spoke = sub.add_parser("spoke", help="runbooks on the hub").add_subparsers(dest="spoke", required=True)
+    p = spoke.add_parser("add", help="add a spoke (writes peers.d/NAME.yaml, reloads, prints its config)")
+    _config_arg(p)
+    p.add_argument("name")
+    p.add_argument("--pubkey", required=True, help="the spoke's public key (dvpnctl pubkey on the spoke)")
+    p.add_argument("--address", type=IPv4Address, help="its overlay address (default: the next free one)")
+    p.set_defaults(func=cmd_spoke_add)
+    p = spoke.add_parser("remove", help="remove a spoke (deletes peers.d/NAME.yaml, reloads)")
+    _config_arg(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_spoke_remove)
+    p = spoke.add_parser("rotate", help="accept a spoke's new key alongside its old one")
+    _config_arg(p)
+    p.add_argument("name")
+    p.add_argument("--pubkey", required=True, help="the new public key (printed by dvpnctl rotate-key)")
+    p.set_defaults(func=cmd_spoke_rotate)
+    p = sub.add_parser("rotate-key", help="on a spoke: make a new key (then --commit once the hub has it)")
+    _config_arg(p)
+    p.add_argument("--commit", action="store_true", help="switch to the new key")
+    p.set_defaults(func=cmd_rotate_key)
+
     lab = sub.add_parser("lab", help="a local lab in network namespaces").add_subparsers(dest="lab", required=True)
     p = lab.add_parser("up", help="build (or repair) the lab and show it working")
     p.add_argument("--spokes", type=int, default=3)
@@ -205,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BadInput, RunbookInputError) as e:
+        print(f"dvpnctl: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DvpnError as e:
         print(f"dvpnctl: {e}", file=sys.stderr)

@@ -61,6 +61,7 @@ class PeerSpec:
     public_key: str
     address: IPv4Address
     origin: str  # "file:line" it was declared at, for messages
+    next_public_key: str | None = None  # a key rotation in progress (see `dvpnctl spoke rotate`)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Config:
     stale_after: int
     log_level: str
     peers_dir: Path = field(default=Path("peers.d"))
+    public_endpoint: Endpoint | None = None  # hub: how spokes reach it (printed by `spoke add`)
 
     @property
     def is_hub(self) -> bool:
@@ -278,7 +280,7 @@ def parse_endpoint(text: str) -> Endpoint:
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
     "overlay", "wireguard", "hub", "peers", "peers_dir", "firewall", "status", "metrics",
-    "control",
+    "control", "public_endpoint",
 }
 
 
@@ -347,6 +349,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
 
     # hub (spokes) / peers (hub)
     hub: HubSpec | None = None
+    public_endpoint: Endpoint | None = None
     peers: list[PeerSpec] = []
     peers_dir = Path(r.get(top, ("peers_dir",), str, default="peers.d"))
     if not peers_dir.is_absolute():
@@ -355,7 +358,15 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         if "hub" in top:
             r.error(("hub",), "only a spoke names a hub (this node has role: hub)")
         peers = _peers(r, top, peers_dir, network, hub_address, problems)
+        ep_text = r.get(top, ("public_endpoint",), str, default="")
+        if ep_text:
+            try:
+                public_endpoint = parse_endpoint(ep_text)
+            except ValueError as e:
+                r.error(("public_endpoint",), f"'{ep_text}' {e}")
     else:
+        if "public_endpoint" in top:
+            r.error(("public_endpoint",), "only the hub has a public_endpoint (spokes name hub.endpoint)")
         if "peers" in top:
             r.error(("peers",), "only the hub lists peers (this node has role: spoke)")
         hub = _hub(r, top)
@@ -376,6 +387,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         hub_address=hub_address, address=address, wireguard=wg, hub=hub, peers=tuple(peers),
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
+        public_endpoint=public_endpoint,
     )
 
 
@@ -436,7 +448,7 @@ def _hub(r: _Reader, top: dict[str, Any]) -> HubSpec | None:
     return HubSpec(public_key=key, endpoint=endpoint)
 
 
-PEER_KEYS = {"name", "public_key", "address"}
+PEER_KEYS = {"name", "public_key", "address", "next_public_key"}
 
 
 def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Network | None,
@@ -476,6 +488,7 @@ def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Networ
         name = rd.get(item, kp + ("name",), str, default=default_name if default_name else _MISSING,
                       check=_check_name)
         key = rd.get(item, kp + ("public_key",), str, check=_check_key)
+        next_key = rd.get(item, kp + ("next_public_key",), str, default="", check=_check_key) or None
         addr_text = rd.get(item, kp + ("address",), str)
         addr = _in_overlay(rd, kp + ("address",), addr_text, network) if addr_text is not None else None
         origin = rd.src.where(kp)
@@ -489,13 +502,18 @@ def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Networ
         if key is not None and key in seen_key:
             rd.error(kp + ("public_key",), f"duplicate public key (also at {seen_key[key]})")
             dup = True
+        if next_key is not None and (next_key in seen_key or next_key == key):
+            rd.error(kp + ("next_public_key",), "duplicate public key (already in use)")
+            dup = True
         if addr is not None and addr in seen_addr:
             rd.error(kp + ("address",), f"duplicate address {addr} (also at {seen_addr[addr]})")
             dup = True
         if name is None or key is None or addr is None or dup:
             continue
         seen_name[name], seen_key[key], seen_addr[addr] = origin, origin, origin
-        peers.append(PeerSpec(name=name, public_key=key, address=addr, origin=origin))
+        if next_key is not None:
+            seen_key[next_key] = origin
+        peers.append(PeerSpec(name=name, public_key=key, address=addr, origin=origin, next_public_key=next_key))
     return peers
 
 

@@ -54,6 +54,9 @@ async def handle(daemon: "Daemon", request: dict[str, Any]) -> dict[str, Any]:
 
         text = await asyncio.to_thread(list_table_text)
         return {"ok": text is not None, "table": text}
+    if cmd == "rekey":
+        ok, problems = await daemon.rekey()
+        return {"ok": ok, "problems": problems}
     if cmd == "firewall-apply":
         ok = await daemon.reconcile("firewall apply requested", force_firewall=True)
         fw = daemon.reconciler.firewall_state

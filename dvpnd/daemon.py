@@ -18,17 +18,23 @@ import sys
 import time
 from pathlib import Path
 
-from dvpnd import control, httpapi
+import yaml
+
+from dvpnd import control, httpapi, runbook
 from dvpnd.config import DEFAULT_CONFIG, Config, load_config
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
+from dvpnd.fsutil import write_atomic
 from dvpnd.link import read_link
 from dvpnd.log import REDACTOR, set_level, setup_logging
 from dvpnd.reconcile import Reconciler
 from dvpnd.snapshot import Snapshot, peer_views
 from dvpnd.systemd import Notifier
+from dvpnd.uapi import b64_to_hex
+from dvpnd.wgstate import DeviceState, rotation_done
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
+ROTATION_POLL = 0.1
 
 
 class Daemon:
@@ -48,6 +54,7 @@ class Daemon:
         self.exit_code = 0
         self.wake = asyncio.Event()
         self._peer_states: dict[str, str] = {}
+        self.last_device: DeviceState | None = None
 
     def _empty_snapshot(self) -> Snapshot:
         c = self.config
@@ -71,6 +78,7 @@ class Daemon:
                 log.exception("reconcile (%s) failed unexpectedly: %s", why, e)
                 self.reconcile_error = f"unexpected: {e}"
                 return False
+            self.last_device = result.device
             if self.reconcile_error:
                 log.info("reconcile succeeded again")
             self.reconcile_error = None
@@ -81,7 +89,9 @@ class Daemon:
                 log.info("first reconcile done in %.2fs: %s %s up with %d peers",
                          result.duration, self.config.role, self.config.wireguard.interface,
                          len(result.device.peers))
-            return True
+        # What was just applied is what the next answer shows.
+        await self.refresh_snapshot()
+        return True
 
     async def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config; on problems keep everything as it was and report them."""
@@ -112,11 +122,50 @@ class Daemon:
         finally:
             self.notifier.reloaded(self.status_line())
 
+    async def finish_rotations(self) -> None:
+        """A rotating spoke whose new key has handshaken: make the new key its only key."""
+        device = self.last_device
+        if device is None:
+            return
+        done = []
+        for p in self.config.peers:
+            if not p.next_public_key:
+                continue
+            cur, new = device.peers.get(p.public_key), device.peers.get(p.next_public_key)
+            if new is not None and rotation_done(cur.last_handshake if cur else None, new.last_handshake):
+                done.append(p)
+        if not done:
+            return
+        for p in done:
+            try:
+                path = runbook.peer_file_of(self.config, p.name)
+                doc = runbook.render_peer_file(p.name, p.next_public_key or "", p.address)
+                await asyncio.to_thread(write_atomic, path, yaml.safe_dump(doc, sort_keys=False).encode())
+                log.info("spoke %s rotated to its new key %s", p.name, p.next_public_key)
+            except DvpnError as e:
+                log.warning("spoke %s uses its new key; finish by hand: %s", p.name, e)
+        await self.reload()
+
+    async def rekey(self) -> tuple[bool, list[str]]:
+        """Load the private key file again (after `dvpnctl rotate-key --commit`) and apply it."""
+        async with self.lock:
+            try:
+                await asyncio.to_thread(self.reconciler.load_key)
+            except DvpnError as e:
+                return False, [str(e)]
+            assert self.reconciler.private_key is not None
+            REDACTOR.add_secret(self.reconciler.private_key)
+            REDACTOR.add_secret(b64_to_hex(self.reconciler.private_key))
+        log.info("private key reloaded; public key now %s", self.reconciler.public_key)
+        ok = await self.reconcile("new private key")
+        return ok, [] if ok else [self.reconcile_error or "reconcile failed"]
+
     async def reconcile_loop(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
             ok = await self.reconcile("periodic" if self.ready else "start")
             if ok:
+                await self.finish_rotations()
                 self.notifier.ready(self.status_line())
             delay = self.config.reconcile_interval if ok else min(backoff, self.config.reconcile_interval)
             backoff = 1.0 if ok else min(backoff * 2, 30.0)
@@ -161,18 +210,34 @@ class Daemon:
                 "reconcile_duration": self.last_reconcile_duration,
                 "firewall_applies": fw.applies, "firewall_rules": fw.rule_count}
 
+    async def refresh_snapshot(self) -> Snapshot:
+        snap = await asyncio.to_thread(self._read_snapshot)
+        self.snapshot = snap
+        self._log_peer_changes(snap)
+        return snap
+
     async def snapshot_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                snap = await asyncio.to_thread(self._read_snapshot)
-                self.snapshot = snap
-                self._log_peer_changes(snap)
+                snap = await self.refresh_snapshot()
                 self.notifier.status(self.status_line())
                 if self.ready and snap.interface_up:
                     self.notifier.watchdog()
+                rotating = self.reconciler.pending_rotations()
+                if rotating and self._rotation_ready(snap, rotating):
+                    self.wake.set()
             except Exception as e:  # noqa: BLE001
                 log.warning("snapshot failed: %s", e)
-            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            # While a spoke switches keys, look often: its traffic waits for its address to move.
+            await asyncio.sleep(ROTATION_POLL if self.reconciler.pending_rotations() else SNAPSHOT_INTERVAL)
+
+    def _rotation_ready(self, snap: Snapshot, rotating: list[tuple[str, str]]) -> bool:
+        by_key = {p.public_key: p for p in snap.peers}
+        for _name, new_key in rotating:
+            new = by_key.get(new_key)
+            if new is not None and new.last_handshake is not None and not new.allowed_ips:
+                return True
+        return False
 
     def _log_peer_changes(self, snap: Snapshot) -> None:
         """One line per peer state change, nothing on a healthy tick."""
@@ -255,8 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     assert daemon.reconciler.private_key is not None
     REDACTOR.add_secret(daemon.reconciler.private_key)
-    from dvpnd.uapi import b64_to_hex
-
     REDACTOR.add_secret(b64_to_hex(daemon.reconciler.private_key))
     log.info("dvpnd starting: %s %s, overlay %s, address %s, public key %s", config.role, config.name,
              config.network, config.address, daemon.reconciler.public_key)

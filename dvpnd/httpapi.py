@@ -21,19 +21,21 @@ log = logging.getLogger("dvpnd.http")
 
 try:  # typed keys on aiohttp >= 3.9; Debian 12 has 3.8
     DAEMON_KEY: Any = web.AppKey("daemon", object)
+    REGISTRY_KEY: Any = web.AppKey("registry", object)
 except AttributeError:  # pragma: no cover - old aiohttp
     DAEMON_KEY = "dvpn_daemon"
+    REGISTRY_KEY = "dvpn_registry"
 
 MAX_REQUEST_BYTES = 4096
 
 
 class Server:
-    def __init__(self, runner: web.AppRunner | None):
-        self.runner = runner
+    def __init__(self, runners: list[web.AppRunner]):
+        self.runners = runners
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        for runner in self.runners:
+            await runner.cleanup()
 
 
 def _daemon(request: web.Request) -> "Daemon":
@@ -56,6 +58,24 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok}, status=200 if ok else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_metrics_app(daemon: "Daemon") -> web.Application:
+    from dvpnd.metrics import make_registry
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[DAEMON_KEY] = daemon
+    app[REGISTRY_KEY] = make_registry(daemon)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
 def make_app(daemon: "Daemon") -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[DAEMON_KEY] = daemon
@@ -65,19 +85,26 @@ def make_app(daemon: "Daemon") -> web.Application:
     return app
 
 
-async def start(daemon: "Daemon") -> Server:
-    cfg = daemon.config.status
-    if not cfg.enabled:
-        return Server(None)
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False,
-                           keepalive_timeout=15)
+async def _serve(app: web.Application, what: str, address: str, port: int) -> web.AppRunner | None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.address, cfg.port, reuse_address=True, backlog=512)
+    site = web.TCPSite(runner, address, port, reuse_address=True, backlog=512)
     try:
         await site.start()
     except OSError as e:
         await runner.cleanup()
-        log.error("status page cannot listen on %s:%d: %s", cfg.address, cfg.port, e.strerror)
-        return Server(None)
-    log.info("status page on http://%s:%d/status", cfg.address, cfg.port)
-    return Server(runner)
+        log.error("%s cannot listen on %s:%d: %s", what, address, port, e.strerror)
+        return None
+    log.info("%s on http://%s:%d", what, address, port)
+    return runner
+
+
+async def start(daemon: "Daemon") -> Server:
+    """Start the status page and the metrics endpoint, each on its configured address."""
+    runners = []
+    st, mt = daemon.config.status, daemon.config.metrics
+    if st.enabled and (r := await _serve(make_app(daemon), "status page", st.address, st.port)):
+        runners.append(r)
+    if mt.enabled and (r := await _serve(make_metrics_app(daemon), "metrics", mt.address, mt.port)):
+        runners.append(r)
+    return Server(runners)

@@ -107,6 +107,8 @@ def render_node_config(node: Node, backend: str, hub_key: str | None) -> dict[st
         "status": {"listen": "0.0.0.0", "port": 8000},
         "firewall": {"public_tcp_ports": [22, 8000]} if node.role == "hub" else {},
     }
+    if node.role == "hub":
+        cfg["public_endpoint"] = f"{HUB_PUBLIC}:51820"
     if node.role == "spoke":
         cfg["overlay"]["address"] = node.overlay_ip
         cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
@@ -213,13 +215,13 @@ def read_pid(node: Node) -> int | None:
         return None
 
 
-def start_daemon(node: Node) -> int:
+def start_daemon(node: Node, extra_env: dict[str, str] | None = None) -> int:
     """Start dvpnd in the node, detached, logging to the node's dvpnd.log; return its PID."""
     assert node.config is not None
     log = open(Path(node.dir) / "dvpnd.log", "ab")
     dvpnd = [sys.executable, "-m", "dvpnd.daemon", "--config", node.config]
     proc = subprocess.Popen(node_argv(node, dvpnd), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                            env=node_env(node), start_new_session=True)
+                            env=dict(node_env(node), **(extra_env or {})), start_new_session=True)
     log.close()
     (Path(node.dir) / "dvpnd.pid").write_text(str(proc.pid))
     return proc.pid

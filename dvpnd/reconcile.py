@@ -120,7 +120,8 @@ class Reconciler:
             hub_peer = actual.peers.get(config.hub.public_key)
             hub_ep = self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
                                             time.time() if now is None else now)
-        desired = render_device(config, self.private_key, hub_ep)
+        desired = render_device(config, self.private_key, hub_ep,
+                                {k: p.last_handshake for k, p in actual.peers.items()})
         changes = diff_device(desired, actual)
         if changes:
             backend.apply(changes)
@@ -137,6 +138,10 @@ class Reconciler:
         self.passes += 1
         return ReconcileResult(device=actual, wg_changes=changes, link_changed=bool(link_changes),
                                firewall_changed=fw_changed, duration=time.monotonic() - start)
+
+    def pending_rotations(self) -> list[tuple[str, str]]:
+        """(name, new key) of spokes whose key rotation is not finished."""
+        return [(p.name, p.next_public_key) for p in self.config.peers if p.next_public_key]
 
     def down(self) -> None:
         """Remove the interface (and wireguard-go with it) and the firewall table."""

@@ -69,6 +69,7 @@ def peer_views(config: Config, device: DeviceState) -> tuple[PeerView, ...]:
     names: dict[str, tuple[str, str]] = {}
     if config.is_hub:
         names = {p.public_key: (p.name, str(p.address)) for p in config.peers}
+        names.update({p.next_public_key: (p.name, str(p.address)) for p in config.peers if p.next_public_key})
     elif config.hub is not None:
         names = {config.hub.public_key: ("hub", str(config.hub_address))}
     views = []

@@ -9,6 +9,7 @@ sessions. A second diff after applying is empty.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
@@ -90,16 +91,30 @@ class DeviceChanges:
         return ", ".join(parts)
 
 
-def render_device(config: Config, private_key: str, hub_endpoint: str | None) -> DesiredDevice:
-    """The device the config asks for. `hub_endpoint` is the spoke's resolved `ip:port`."""
+def rotation_done(current: float | None, new: float | None) -> bool:
+    """A rotating spoke uses its new key once that key has the newer handshake."""
+    return new is not None and (current is None or new >= current)
+
+
+def render_device(config: Config, private_key: str, hub_endpoint: str | None,
+                  handshakes: Mapping[str, float | None] | None = None) -> DesiredDevice:
+    """The device the config asks for. `hub_endpoint` is the spoke's resolved `ip:port`;
+    `handshakes` (key -> latest handshake) decides which key of a rotating spoke holds its address."""
     peers: dict[str, DesiredPeer] = {}
+    hs = handshakes or {}
     if config.is_hub:
         for p in config.peers:
-            peers[p.public_key] = DesiredPeer(
-                public_key=p.public_key,
-                name=p.name,
-                allowed_ips=frozenset({f"{p.address}/32"}),
-            )
+            own = frozenset({f"{p.address}/32"})
+            holder = p.public_key
+            if p.next_public_key is not None:
+                if rotation_done(hs.get(p.public_key), hs.get(p.next_public_key)):
+                    holder = p.next_public_key
+                # Both keys are peers while the spoke switches; only one can hold its address.
+                for key in (p.public_key, p.next_public_key):
+                    peers[key] = DesiredPeer(public_key=key, name=p.name,
+                                             allowed_ips=own if key == holder else frozenset())
+                continue
+            peers[p.public_key] = DesiredPeer(public_key=p.public_key, name=p.name, allowed_ips=own)
     else:
         assert config.hub is not None
         peers[config.hub.public_key] = DesiredPeer(
