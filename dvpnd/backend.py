@@ -35,6 +35,8 @@ WGPEER_F_REPLACE_ALLOWEDIPS = 1 << 1
 WGPEER_F_UPDATE_ONLY = 1 << 2
 # Peers per netlink SET message; wireguard-tools also splits big devices over messages.
 NETLINK_PEERS_PER_MESSAGE = 64
+# wireguard-go answers `get` in milliseconds; one that says nothing for this long is hung.
+UAPI_LIVENESS_TIMEOUT = 5.0
 
 
 class Backend(Protocol):
@@ -86,23 +88,37 @@ class UserspaceBackend:
         self.state_dir = state_dir
         self.binary = binary
 
-    def _socket_alive(self) -> bool:
+    def _probe(self) -> str:
+        """'ok', 'gone' (no socket, or nobody listening) or 'hung' (accepts but does not answer)."""
         try:
-            uapi.uapi_request(self.ifname, "get=1\n\n", timeout=2)
-            return True
+            uapi.uapi_request(self.ifname, "get=1\n\n", timeout=UAPI_LIVENESS_TIMEOUT)
+            return "ok"
+        except uapi.UapiTimeout:
+            return "hung"
         except BackendError:
-            return False
+            return "gone"
 
     def exists(self) -> bool:
-        return link_kind(self.ifname) == "tun" and self._socket_alive()
+        return link_kind(self.ifname) == "tun" and self._probe() == "ok"
 
     def create(self) -> None:
         kind = link_kind(self.ifname)
         if kind is not None:
-            if kind == "tun" and self._socket_alive():
+            state = self._probe() if kind == "tun" else "foreign"
+            if state == "ok":
                 return
-            # A tun left by a dead wireguard-go, or a device of another kind under our name.
-            log.warning("removing stale %s interface %s before starting wireguard-go", kind, self.ifname)
+            if state == "hung":
+                # Its data plane is dead too; only a new process brings the tunnel back.
+                pid = uapi.uapi_peer_pid(self.ifname)
+                log.error("wireguard-go%s for %s does not answer on its socket; replacing it",
+                          f" (pid {pid})" if pid else "", self.ifname)
+                if pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            else:
+                log.warning("removing stale %s interface %s before starting wireguard-go", kind, self.ifname)
             delete_link(self.ifname)
         uapi.SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         stale = uapi.socket_path(self.ifname)
@@ -121,7 +137,7 @@ class UserspaceBackend:
             raise BackendError(f"{self.binary}: not found (install the wireguard-go package)") from None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self._socket_alive():
+            if self._probe() == "ok":
                 log.info("started wireguard-go for %s (pid %d)", self.ifname, proc.pid)
                 return
             if proc.poll() is not None:

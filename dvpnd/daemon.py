@@ -296,6 +296,16 @@ class Daemon:
         return self.exit_code
 
 
+def _raise_nofile() -> None:
+    """Many status-page clients need file descriptors; take what the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dvpnd", description="dvpn WireGuard hub/spoke daemon (foreground)")
     ap.add_argument("--config", type=Path, default=Path(os.environ.get("DVPN_CONFIG", DEFAULT_CONFIG)))
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         return 0
     setup_logging(config.log_level)
+    _raise_nofile()
     daemon = Daemon(args.config, config)
     try:
         daemon.reconciler.load_key()

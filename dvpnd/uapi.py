@@ -16,6 +16,10 @@ from dvpnd.wgstate import DeviceChanges, DeviceState, PeerState, normalize_cidr
 SOCKET_DIR = Path("/var/run/wireguard")
 
 
+class UapiTimeout(BackendError):
+    """The socket accepted the request but no answer came in time."""
+
+
 def b64_to_hex(key: str) -> str:
     return base64.b64decode(key).hex()
 
@@ -148,6 +152,8 @@ def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
                     break
     except FileNotFoundError:
         raise BackendError(f"{path}: no such socket (is wireguard-go running for {ifname}?)") from None
+    except socket.timeout:
+        raise UapiTimeout(f"{path}: wireguard-go did not answer within {timeout:.0f}s") from None
     except OSError as e:
         raise BackendError(f"{path}: {e.strerror or e}") from None
     return b"".join(chunks).decode("ascii", errors="replace")

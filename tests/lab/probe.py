@@ -3,6 +3,8 @@
   probe.py tcp HOST PORT... [--timeout S]     -> {"PORT": "open" | "refused" | "timeout"}
   probe.py listen PORT...                     -> listens (accept and close) until killed
   probe.py hammer HOST PORT --seconds S       -> {"attempts": N, "successes": M}
+  probe.py idle HOST PORT N --seconds S       -> holds N silent connections for S seconds:
+                                                 {"opened": N, "closed_by_server": M}
 """
 
 from __future__ import annotations
@@ -64,6 +66,30 @@ def main(argv: list[str]) -> int:
             if tcp(host, port, 0.2) == "open":
                 successes += 1
         print(json.dumps({"attempts": attempts, "successes": successes}))
+        return 0
+    if cmd == "idle":
+        import resource
+
+        host, port, n = argv[1], int(argv[2]), int(argv[3])
+        seconds = float(argv[argv.index("--seconds") + 1])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, max(n + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+        conns = []
+        for _ in range(n):
+            s = socket.create_connection((host, port), timeout=5)
+            s.setblocking(False)
+            conns.append(s)
+        print(json.dumps({"opened": len(conns)}), flush=True)
+        time.sleep(seconds)
+        closed = 0
+        for s in conns:
+            try:
+                closed += s.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+            s.close()
+        print(json.dumps({"opened": len(conns), "closed_by_server": closed}), flush=True)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

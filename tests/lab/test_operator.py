@@ -186,20 +186,71 @@ def test_sd_notify_ready_status_watchdog_and_reloading(L: Lab) -> None:
 
 
 @pytest.mark.long
-def test_a_frozen_spoke_shows_stale_and_comes_back(L: Lab) -> None:
-    wg_go = L.wg_go_pid("spoke-c")
-    assert wg_go
-    os.kill(wg_go, signal.SIGSTOP)
-    try:
-        def c_state() -> str:
-            return next(p["state"] for p in L.status("hub")["peers"] if p["name"] == "spoke-c")
+def test_a_cut_off_spoke_shows_stale_and_comes_back(L: Lab) -> None:
+    def c_state() -> str:
+        return next(p["state"] for p in L.status("hub")["peers"] if p["name"] == "spoke-c")
 
+    L.run("router", "ip", "link", "set", "r-spoke-c", "down")
+    try:
         L.wait("spoke-c stale on the hub", lambda: c_state() == "stale", timeout=200, step=2)
         out = L.dvpnctl("hub", "status").stdout
         assert re.search(r"^spoke-c .* stale$", out, re.M) and re.search(r"^spoke-a .* up$", out, re.M), out
         assert json.loads(curl(L, "outside", f"http://{L.public('hub')}:8000/status")[1])["state"] == "degraded"
     finally:
-        os.kill(wg_go, signal.SIGCONT)
-    L.wait("spoke-c up again", lambda: c_state() == "up", timeout=40)
+        L.run("router", "ip", "link", "set", "r-spoke-c", "up")
+    L.wait("spoke-c up again", lambda: c_state() == "up", timeout=60)
     log = (Path(L.nodes["hub"].dir) / "dvpnd.log").read_text()
     assert "peer spoke-c (10.88.0.13) stale" in log and "(handshake restored)" in log
+
+
+def test_a_frozen_wireguard_go_is_replaced(L: Lab) -> None:
+    old = L.wg_go_pid("spoke-b")
+    assert old
+    os.kill(old, signal.SIGSTOP)
+    try:
+        new = L.wait("a new wireguard-go for spoke-b",
+                     lambda: (p := L.wg_go_pid("spoke-b")) and p != old and p, timeout=30, step=1)
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    L.wait("the frozen process gone", lambda: not Path(f"/proc/{old}").exists(), timeout=10)
+    assert new
+    L.wait("spoke-b reachable again", lambda: L.ping("spoke-a", L.ip("spoke-b"), count=1), timeout=30)
+    log = (Path(L.nodes["spoke-b"].dir) / "dvpnd.log").read_text()
+    assert f"wireguard-go (pid {old}) for wg0 does not answer on its socket; replacing it" in log
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) -> None:
+    import sys
+
+    from dvpnd.httpapi import HEADER_TIMEOUT
+    from tests.lab.conftest import PROBE
+
+    pid = L.pid("spoke-a")
+    url = f"http://{L.public('spoke-a')}:8000/status"
+    rss_before = _rss_kib(pid)
+    idle = L.popen("outside", sys.executable, PROBE, "idle", L.public("spoke-a"), "8000", "3000",
+                   # Connections still in the accept backlog (512) start their clock when accepted.
+                   "--seconds", str(2 * HEADER_TIMEOUT + 5))
+    assert idle.stdout is not None
+    assert json.loads(idle.stdout.readline())["opened"] == 3000
+    t0 = time.monotonic()
+    for _ in range(20):
+        code, body = curl(L, "outside", url)
+        assert code == 200 and json.loads(body)["node"] == "spoke-a"
+    per_request = (time.monotonic() - t0) / 20
+    rss_held = _rss_kib(pid)
+    result = json.loads(idle.stdout.readline())
+    idle.communicate(timeout=30)
+    print(f"\nidle: {result}, rss {rss_before} -> {rss_held} KiB, {per_request * 1000:.0f} ms per curl")
+    assert result["closed_by_server"] == 3000, "silent connections must be closed by the server"
+    assert rss_held - rss_before < 64 * 1024, "3000 idle connections must not cost more than 64 MiB"
