@@ -30,7 +30,7 @@ from dvpnd.reconcile import Reconciler
 from dvpnd.snapshot import Snapshot, peer_views
 from dvpnd.systemd import Notifier
 from dvpnd.uapi import b64_to_hex
-from dvpnd.wgstate import DeviceState, rotation_done
+from dvpnd.wgstate import DeviceState, PeerState, rotation_done
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
@@ -213,6 +213,10 @@ class Daemon:
     async def refresh_snapshot(self) -> Snapshot:
         snap = await asyncio.to_thread(self._read_snapshot)
         self.snapshot = snap
+        if self.config.is_hub and snap.peers:
+            device = DeviceState(peers={p.public_key: PeerState(public_key=p.public_key, endpoint=p.endpoint)
+                                        for p in snap.peers})
+            await asyncio.to_thread(self.reconciler.endpoint_memory.remember, device)
         self._log_peer_changes(snap)
         return snap
 

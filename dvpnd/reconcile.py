@@ -7,15 +7,18 @@ nothing to do writes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dvpnd import firewall, link
 from dvpnd.backend import Backend, select_backend
 from dvpnd.config import Config
 from dvpnd.errors import BackendError
+from dvpnd.fsutil import write_atomic
 from dvpnd.keys import encode_key, load_or_create_private_key, public_key
 from dvpnd.wgstate import DeviceChanges, DeviceState, diff_device, render_device
 
@@ -66,6 +69,36 @@ class EndpointResolver:
         return self.resolved
 
 
+class EndpointMemory:
+    """The hub's record of where each spoke was last seen (state_dir/endpoints.json)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._cache: dict[str, str] | None = None
+
+    def load(self) -> dict[str, str]:
+        if self._cache is None:
+            self._cache = {}
+            if self.path is not None:
+                try:
+                    data = json.loads(self.path.read_text())
+                    if isinstance(data, dict):
+                        self._cache = {str(k): str(v) for k, v in data.items()}
+                except (OSError, ValueError):
+                    pass
+        return self._cache
+
+    def remember(self, device: DeviceState) -> bool:
+        """Record the device's current endpoints; True if the file was rewritten."""
+        seen = {k: p.endpoint for k, p in device.peers.items() if p.endpoint}
+        merged = {k: v for k, v in {**self.load(), **seen}.items() if k in device.peers}
+        if merged == self.load() or self.path is None:
+            return False
+        write_atomic(self.path, json.dumps(merged, sort_keys=True).encode(), mode=0o600)
+        self._cache = merged
+        return True
+
+
 @dataclass
 class Reconciler:
     config: Config
@@ -76,6 +109,11 @@ class Reconciler:
     firewall_state: firewall.FirewallState = field(default_factory=firewall.FirewallState)
     passes: int = 0
     device_writes: int = 0
+    endpoint_memory: "EndpointMemory" = field(default_factory=lambda: EndpointMemory(None))
+
+    def __post_init__(self) -> None:
+        if self.endpoint_memory.path is None:
+            self.endpoint_memory = EndpointMemory(self.config.state_dir / "endpoints.json")
 
     def load_key(self) -> bool:
         """Load (or create on first start) the node's private key. True if it was created."""
@@ -121,7 +159,8 @@ class Reconciler:
             hub_ep = self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
                                             time.time() if now is None else now)
         desired = render_device(config, self.private_key, hub_ep,
-                                {k: p.last_handshake for k, p in actual.peers.items()})
+                                {k: p.last_handshake for k, p in actual.peers.items()},
+                                self.endpoint_memory.load() if config.is_hub else None)
         changes = diff_device(desired, actual)
         if changes:
             backend.apply(changes)

@@ -50,6 +50,8 @@ class DesiredPeer:
     # None: the device learns the endpoint (a roaming spoke); do not touch it.
     endpoint: str | None = None
     persistent_keepalive: int = 0
+    # Where the peer was last seen; set only while the device knows no endpoint (after a restart).
+    endpoint_hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,18 @@ def rotation_done(current: float | None, new: float | None) -> bool:
 
 
 def render_device(config: Config, private_key: str, hub_endpoint: str | None,
-                  handshakes: Mapping[str, float | None] | None = None) -> DesiredDevice:
+                  handshakes: Mapping[str, float | None] | None = None,
+                  endpoint_hints: Mapping[str, str] | None = None) -> DesiredDevice:
     """The device the config asks for. `hub_endpoint` is the spoke's resolved `ip:port`;
-    `handshakes` (key -> latest handshake) decides which key of a rotating spoke holds its address."""
+    `handshakes` (key -> latest handshake) decides which key of a rotating spoke holds its address;
+    `endpoint_hints` are the hub's remembered spoke endpoints.
+
+    The hub keeps a keepalive towards spokes too: with a remembered endpoint, a hub that comes
+    back from a reboot initiates the handshake at once instead of waiting for idle spokes."""
     peers: dict[str, DesiredPeer] = {}
     hs = handshakes or {}
+    hints = endpoint_hints or {}
+    keepalive = config.wireguard.persistent_keepalive
     if config.is_hub:
         for p in config.peers:
             own = frozenset({f"{p.address}/32"})
@@ -112,9 +121,12 @@ def render_device(config: Config, private_key: str, hub_endpoint: str | None,
                 # Both keys are peers while the spoke switches; only one can hold its address.
                 for key in (p.public_key, p.next_public_key):
                     peers[key] = DesiredPeer(public_key=key, name=p.name,
-                                             allowed_ips=own if key == holder else frozenset())
+                                             allowed_ips=own if key == holder else frozenset(),
+                                             persistent_keepalive=keepalive, endpoint_hint=hints.get(key))
                 continue
-            peers[p.public_key] = DesiredPeer(public_key=p.public_key, name=p.name, allowed_ips=own)
+            peers[p.public_key] = DesiredPeer(public_key=p.public_key, name=p.name, allowed_ips=own,
+                                              persistent_keepalive=keepalive,
+                                              endpoint_hint=hints.get(p.public_key))
     else:
         assert config.hub is not None
         peers[config.hub.public_key] = DesiredPeer(
@@ -143,11 +155,13 @@ def diff_device(desired: DesiredDevice, actual: DeviceState) -> DeviceChanges:
         have = actual.peers.get(key)
         if have is None:
             changes.append(PeerChange(
-                public_key=key, create=True, endpoint=want.endpoint,
+                public_key=key, create=True, endpoint=want.endpoint or want.endpoint_hint,
                 persistent_keepalive=want.persistent_keepalive, allowed_ips=want.allowed_ips,
             ))
             continue
         endpoint = want.endpoint if want.endpoint is not None and want.endpoint != have.endpoint else None
+        if want.endpoint is None and have.endpoint is None and want.endpoint_hint is not None:
+            endpoint = want.endpoint_hint
         keepalive = (want.persistent_keepalive
                      if want.persistent_keepalive != have.persistent_keepalive else None)
         allowed = want.allowed_ips if want.allowed_ips != have.allowed_ips else None

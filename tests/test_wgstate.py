@@ -97,8 +97,8 @@ def test_hub_renders_one_peer_per_spoke_with_its_32(tmp_path: Path) -> None:
     d = render_device(c, PRIV, None)
     assert d.listen_port == 51820
     assert {k: (p.name, set(p.allowed_ips), p.endpoint, p.persistent_keepalive) for k, p in d.peers.items()} == {
-        K1: ("spoke-a", {"10.88.0.11/32"}, None, 0),
-        K2: ("spoke-b", {"10.88.0.12/32"}, None, 0),
+        K1: ("spoke-a", {"10.88.0.11/32"}, None, 25),
+        K2: ("spoke-b", {"10.88.0.12/32"}, None, 25),
     }
 
 
@@ -115,8 +115,37 @@ def test_fresh_device_gets_key_port_and_all_peers(tmp_path: Path) -> None:
     d = render_device(load_config(write(tmp_path, HUB)), PRIV, None)
     ch = diff_device(d, DeviceState())
     assert ch.private_key == PRIV and ch.listen_port == 51820
-    assert ch.peers == (PeerChange(public_key=K1, create=True, endpoint=None, persistent_keepalive=0,
+    assert ch.peers == (PeerChange(public_key=K1, create=True, endpoint=None, persistent_keepalive=25,
                                    allowed_ips=frozenset({"10.88.0.11/32"})),)
+
+
+def test_remembered_endpoints_seed_a_fresh_hub_device_and_never_override_roaming(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, HUB))
+    d = render_device(c, PRIV, None, endpoint_hints={K1: "198.51.100.18:40000"})
+    (fresh,) = diff_device(d, DeviceState()).peers
+    assert fresh.create and fresh.endpoint == "198.51.100.18:40000"
+    # A peer already on the device without an endpoint gets the hint ...
+    bare = DeviceState(private_key=PRIV, listen_port=51820, peers={K1: PeerState(
+        public_key=K1, allowed_ips=frozenset({"10.88.0.11/32"}), persistent_keepalive=25)})
+    assert diff_device(d, bare).peers == (PeerChange(public_key=K1, endpoint="198.51.100.18:40000"),)
+    # ... but a spoke that roamed elsewhere keeps the endpoint the device learned.
+    roamed = DeviceState(private_key=PRIV, listen_port=51820, peers={K1: replace(
+        bare.peers[K1], endpoint="203.0.113.9:5555")})
+    assert not diff_device(d, roamed)
+
+
+def test_endpoint_memory_survives_a_restart_and_forgets_removed_peers(tmp_path: Path) -> None:
+    from dvpnd.reconcile import EndpointMemory
+
+    path = tmp_path / "endpoints.json"
+    m = EndpointMemory(path)
+    dev = DeviceState(peers={K1: PeerState(public_key=K1, endpoint="198.51.100.18:1"),
+                             K2: PeerState(public_key=K2)})
+    assert m.remember(dev) and not m.remember(dev)  # written once, then nothing to write
+    assert EndpointMemory(path).load() == {K1: "198.51.100.18:1"}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    m.remember(DeviceState(peers={K2: PeerState(public_key=K2, endpoint="198.51.100.34:2")}))
+    assert EndpointMemory(path).load() == {K2: "198.51.100.34:2"}
 
 
 def test_second_diff_after_apply_is_empty(tmp_path: Path) -> None:
