@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import stat
 from pathlib import Path
@@ -63,6 +64,7 @@ def generate_private_key() -> bytes:
     return bytes(k)
 
 
+@functools.lru_cache(maxsize=8)
 def public_key(private: bytes) -> bytes:
     """The public key of a private key (what `wg pubkey` prints, as raw bytes)."""
     return _x25519(private, (9).to_bytes(32, "little"))

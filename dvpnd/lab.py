@@ -408,11 +408,7 @@ def down() -> list[str]:
             _ip("netns", "del", n.netns)
             done.append(f"removed namespace {n.netns}")
     for pid in wg_pids:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
         done.append(f"wireguard-go {pid} gone")
     if LAB_DIR.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(LAB_DIR)], check=False)
@@ -423,6 +419,15 @@ def down() -> list[str]:
         except OSError:
             pass
     return done
+
+
+def wait_gone(pid: int, timeout: float = 5) -> None:
+    """Wait for a process we started (directly or through dvpnd) to end; SIGKILL it after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

@@ -138,8 +138,13 @@ class Reconciler:
         config = self.config
         assert self.private_key is not None
         backend = self.ensure_backend()
-        if not backend.exists():
+        try:
+            # Reading the device is also the liveness check: no separate probe on the hot path.
+            actual = backend.read()
+        except BackendError as e:
+            log.info("%s: %s; (re)creating it", config.wireguard.interface, e)
             backend.create()
+            actual = backend.read()
 
         want_link = link.render_link(config)
         have_link = link.read_link(config.wireguard.interface)
@@ -151,7 +156,6 @@ class Reconciler:
         if config.is_hub:
             link.ensure_forwarding(True)
 
-        actual = backend.read()
         hub_ep = None
         if not config.is_hub:
             assert config.hub is not None

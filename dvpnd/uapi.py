@@ -99,7 +99,9 @@ def parse_get(text: str) -> DeviceState:
         elif key == "endpoint":
             cur["endpoint"] = value
         elif key == "allowed_ip":
-            cur.setdefault("allowed_ips", set()).add(normalize_cidr(value))  # type: ignore[union-attr]
+            # wireguard-go prints masked prefixes; a host route needs no re-parsing (the hot path).
+            cidr = value if value.endswith("/32") and "." in value else normalize_cidr(value)
+            cur.setdefault("allowed_ips", set()).add(cidr)  # type: ignore[union-attr]
         elif key == "persistent_keepalive_interval":
             cur["keepalive"] = value
         elif key == "last_handshake_time_sec":

@@ -1,0 +1,177 @@
+"""dvpn benchmarks: `sudo .venv/bin/python -m bench [--quick]` writes bench/RESULTS.md.
+
+Everything runs in network namespaces this harness creates and removes (its own lab, with
+the prefix dvpnb-). Each dvpnd figure stands beside the tool a user would otherwise use,
+measured in the same run. Medians and ratios: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("DVPN_LAB_DIR", "/run/dvpn-bench-lab")
+os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
+
+from bench import dataplane  # noqa: E402
+from bench.stats import Figure  # noqa: E402
+from dvpnd import lab  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def scratch_node(name: str) -> lab.Node:
+    d = lab.LAB_DIR / name
+    return lab.Node(name, "scratch", lab.PREFIX + name, "", None, None, None, None, str(d))
+
+
+def with_scratch(name: str) -> lab.Node:
+    node = scratch_node(name)
+    Path(node.dir, "wireguard").mkdir(parents=True, exist_ok=True)
+    lab.WG_RUN.mkdir(exist_ok=True)
+    subprocess.run(["ip", "netns", "add", node.netns], check=True)
+    subprocess.run(["ip", "-n", node.netns, "link", "set", "lo", "up"], check=True)
+    return node
+
+
+def drop_scratch(node: lab.Node) -> None:
+    pid = lab._wg_go_pid(Path(node.dir) / "wireguard" / "wg0.sock")
+    subprocess.run(["ip", "netns", "del", node.netns], check=False)
+    if pid:
+        lab.wait_gone(pid)
+
+
+def control_plane(quick: bool) -> list[Figure]:
+    node = with_scratch("ctl")
+    try:
+        opts = {"sizes": [200, 1000] if quick else [1000, 10000], "add_among": 1000 if quick else 5000,
+                "repeat": 1 if quick else 3, "dir": node.dir}
+        env = dict(lab.node_env(node), PYTHONPATH=str(ROOT))
+        r = subprocess.run(lab.node_argv(node, [sys.executable, "-m", "bench.ctl", json.dumps(opts)]),
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError(f"bench.ctl failed: {r.stderr[-2000:]}")
+        return [Figure.from_json(f) for f in json.loads(r.stdout.strip().splitlines()[-1])]
+    finally:
+        drop_scratch(node)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid: int) -> int:
+    f = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(f[11]) + int(f[12])
+
+
+def daemon_figures(quick: bool) -> list[Figure]:
+    """A real dvpnd hub with N peers: its memory, /metrics time, idle CPU."""
+    from bench.ctl import peer_keys, write_hub
+
+    figs: list[Figure] = []
+    sizes = [3, 1000] if quick else [3, 1000, 10000]
+    goals = {3: 50, 1000: 70, 10000: 120}
+    for n in sizes:
+        node = with_scratch(f"d{n}")
+        try:
+            cfg_path = write_hub(Path(node.dir), peer_keys(n), firewall_on=True)
+            cfg = json.loads(json.dumps(__import__("yaml").safe_load(cfg_path.read_text())))
+            cfg["metrics"] = {"enabled": True, "listen": "127.0.0.1", "port": 9586}
+            cfg_path.write_text(__import__("yaml").safe_dump(cfg))
+            node.config = str(cfg_path)
+            node.role = "hub"
+            pid = lab.start_daemon(node)
+            lab.wait_ready(node, timeout=300)
+            time.sleep(2)
+            rss = rss_kib(pid) / 1024
+            figs.append(Figure(f"dvpnd RSS, {n} peers", "MiB", [rss], goal=f"≤ {goals[n]} MiB",
+                               met=rss <= goals[n]))
+            if n == 1000:
+                code = ("import time,urllib.request as u;t=[];"
+                        "[(s:=time.perf_counter(),u.urlopen('http://127.0.0.1:9586/metrics').read(),"
+                        "t.append(time.perf_counter()-s)) for _ in range(20)];print(t)")
+                out = lab.run_in(node, [sys.executable, "-c", code]).stdout
+                times = json.loads(out.strip())
+                med = sorted(times)[len(times) // 2]
+                figs.append(Figure("/metrics at 1000 peers", "s", times, goal="≤ 50 ms", met=med <= 0.05))
+                secs = 10 if quick else 60
+                t0 = cpu_ticks(pid)
+                time.sleep(secs)
+                pct = (cpu_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / secs * 100
+                figs.append(Figure(f"dvpnd idle CPU over {secs} s, 1000 peers", "% of a core", [pct],
+                                   goal="≤ 1 %", met=pct <= 1.0))
+            lab.stop_daemon(node)
+        finally:
+            drop_scratch(node)
+    return figs
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    return f"{cores} cores, kernel {platform.release()}, {platform.python_implementation()} {platform.python_version()}"
+
+
+def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
+    out = HERE / ("RESULTS-quick.md" if quick else "RESULTS.md")
+    lines = [
+        "# dvpn benchmark results",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        "- backend: userspace (wireguard-go; this kernel has no WireGuard module)",
+        f"- mode: {'quick (tiny sizes, single runs)' if quick else 'full'}; took {time.monotonic() - started:.0f} s",
+        "- command: `sudo .venv/bin/python -m bench" + (" --quick`" if quick else "`"),
+        "",
+        "Values are min / median / max over the runs; the anchor is the tool a user would otherwise",
+        "use, measured in the same run; ratio = dvpnd median / anchor median.",
+        "",
+        "| figure | dvpnd | anchor (same run) | ratio | goal | met | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f.row() for f in figs]
+    out.write_text("\n".join(lines) + "\n")
+    (HERE / (out.stem + ".json")).write_text(json.dumps([f.to_json() for f in figs], indent=1))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, a minute or two")
+    ap.add_argument("--only", choices=("control", "daemon", "data"), action="append")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("the benchmarks need root (network namespaces, nftables, wireguard-go)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    figs: list[Figure] = []
+    lab.down()
+    try:
+        for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run)):
+            if args.only and name not in args.only:
+                continue
+            print(f"== {name}", flush=True)
+            got = fn(args.quick)
+            for f in got:
+                print(f.row(), flush=True)
+            figs += got
+    finally:
+        lab.down()
+    out = write_results(figs, args.quick, started)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Control-plane figures, run inside a scratch network namespace (see bench/__main__.py).
+
+  python -m bench.ctl '{"sizes": [1000, 10000], "add_among": 5000, "repeat": 3, "dir": "..."}'
+
+Prints a JSON list of figures. Each dvpnd figure is measured beside its anchor, the
+wireguard-tools command a user would otherwise run, on the same wireguard-go in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.stats import Figure, timed
+from dvpnd import firewall
+from dvpnd.backend import UserspaceBackend, delete_link
+from dvpnd.config import load_config
+from dvpnd.keys import encode_key
+from dvpnd.reconcile import Reconciler
+from dvpnd.uapi import b64_to_hex
+
+
+def peer_keys(n: int) -> list[str]:
+    return [encode_key(os.urandom(32)) for _ in range(n)]
+
+
+def write_hub(d: Path, keys: list[str], firewall_on: bool = False) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    peers = [{"name": f"s{i}", "public_key": k, "address": f"10.88.{(i + 11) // 250}.{(i + 11) % 250 + 2}"}
+             for i, k in enumerate(keys)]
+    cfg = {"role": "hub", "name": "bench", "state_dir": str(d / "state"),
+           "overlay": {"network": "10.88.0.0/16"}, "firewall": {"enabled": firewall_on},
+           "status": {"enabled": False}, "metrics": {"enabled": False},
+           "control": {"socket": str(d / "control.sock")}, "peers": peers}
+    path = d / "dvpnd.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def wg_conf(path: Path, private_key: str, keys: list[str], cfg_path: Path) -> Path:
+    config = load_config(cfg_path)
+    lines = ["[Interface]", f"PrivateKey = {private_key}", "ListenPort = 51820", ""]
+    for p in config.peers:
+        lines += ["[Peer]", f"PublicKey = {p.public_key}", f"AllowedIPs = {p.address}/32",
+                  "PersistentKeepalive = 25", ""]
+    path.write_text("\n".join(lines))
+    os.chmod(path, 0o600)
+    return path
+
+
+def fresh_device(d: Path) -> UserspaceBackend:
+    delete_link("wg0")
+    b = UserspaceBackend("wg0", d)
+    b.create()
+    return b
+
+
+def wg(*args: str) -> None:
+    subprocess.run(["wg", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def run(opts: dict[str, Any]) -> list[Figure]:
+    d = Path(opts["dir"])
+    repeat = int(opts["repeat"])
+    figs: list[Figure] = []
+
+    # cold apply of N peers vs `wg setconf`
+    for n in opts["sizes"]:
+        keys = peer_keys(n)
+        cfg_path = write_hub(d / f"cold{n}", keys)
+        load_s, config = timed(lambda: load_config(cfg_path))
+        ours, anchor = [], []
+        for _ in range(repeat):
+            backend = fresh_device(d)
+            r = Reconciler(config, backend=backend)
+            r.load_key()
+            ours.append(timed(r.reconcile)[0])
+            assert len(backend.read().peers) == n
+            fresh_device(d)
+            conf = wg_conf(d / "wg.conf", r.private_key or "", keys, cfg_path)
+            anchor.append(timed(lambda: wg("setconf", "wg0", str(conf)))[0])
+        ratio = (sorted(ours)[len(ours) // 2]) / (sorted(anchor)[len(anchor) // 2])
+        figs.append(Figure(f"cold apply, {n} peers (userspace)", "s", ours, "wg setconf", anchor, "≤ 1.5×",
+                           ratio <= 1.5, f"config load {load_s:.2f}s, not included"))
+
+    # one spoke added among N vs `wg syncconf`, and a reconcile with nothing to do vs `wg show dump`
+    n = opts["add_among"]
+    keys = peer_keys(n + 1)
+    base_cfg = load_config(write_hub(d / "base", keys[:n]))
+    plus_path = write_hub(d / "plus", keys)
+    plus_cfg = load_config(plus_path)
+    backend = fresh_device(d)
+    r = Reconciler(base_cfg, backend=backend)
+    r.load_key()
+    r.reconcile()
+    conf_plus = wg_conf(d / "plus.conf", r.private_key or "", keys, plus_path)
+    ours, anchor = [], []
+    remove_last = f"set=1\npublic_key={b64_to_hex(keys[n])}\nremove=true\n\n"
+    from dvpnd.uapi import uapi_request
+
+    for _ in range(repeat):
+        r.config = plus_cfg
+        ours.append(timed(r.reconcile)[0])
+        uapi_request("wg0", remove_last)
+        anchor.append(timed(lambda: wg("syncconf", "wg0", str(conf_plus)))[0])
+        uapi_request("wg0", remove_last)
+        r.config = base_cfg
+    ratio = sorted(ours)[len(ours) // 2] / sorted(anchor)[len(anchor) // 2]
+    figs.append(Figure(f"one spoke added among {n}", "s", ours, "wg syncconf", anchor, "≤ 1.0×", ratio <= 1.0))
+
+    r.config = base_cfg
+    r.reconcile()
+    writes = r.device_writes
+    ours = [timed(r.reconcile)[0] for _ in range(max(repeat, 5))]
+    anchor = [timed(lambda: subprocess.run(["wg", "show", "wg0", "dump"], check=True,
+                                           stdout=subprocess.DEVNULL))[0] for _ in range(max(repeat, 5))]
+    zero = r.device_writes == writes
+    ratio = sorted(ours)[len(ours) // 2] / sorted(anchor)[len(anchor) // 2]
+    figs.append(Figure(f"reconcile with nothing to do, {n} peers", "s", ours, "wg show wg0 dump", anchor,
+                       "≤ 2×, zero writes", ratio <= 2 and zero,
+                       f"device writes during these passes: {r.device_writes - writes}"))
+    delete_link("wg0")
+
+    # firewall: rule count and apply time with 10 vs 1000 spokes
+    counts, times = {}, {}
+    for n in (10, 1000):
+        cfg = load_config(write_hub(d / f"fw{n}", peer_keys(n), firewall_on=True))
+        batch = firewall.render_ruleset(cfg)
+        counts[n] = firewall.count_rules(batch)
+        times[n] = [timed(lambda: firewall.apply_batch(batch))[0] for _ in range(max(repeat, 5))]
+    firewall.remove_table()
+    med = sorted(times[1000])[len(times[1000]) // 2]
+    figs.append(Figure("firewall apply, 1000 spokes", "s", times[1000], "same with 10 spokes", times[10],
+                       "rules equal; ≤ 50 ms", counts[10] == counts[1000] and med <= 0.05,
+                       f"rules: {counts[10]} at 10 spokes, {counts[1000]} at 1000"))
+    return figs
+
+
+def main() -> int:
+    opts = json.loads(sys.argv[1])
+    figs = run(opts)
+    print(json.dumps([f.to_json() for f in figs]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

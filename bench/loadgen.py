@@ -1,0 +1,77 @@
+"""Fixed-rate HTTP GET load (stdlib asyncio), run inside a namespace.
+
+  python -m bench.loadgen HOST PORT PATH RATE SECONDS [CONNECTIONS]
+
+Open loop: requests are due at a fixed schedule and latency counts from the due time, so a
+slow server cannot hide behind fewer requests. Prints {"sent", "errors", "p50", "p99", "max"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+
+async def worker(host: str, port: int, path: str, queue: "asyncio.Queue[float | None]",
+                 lat: list[float], errors: list[int]) -> None:
+    reader = writer = None
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    while True:
+        due = await queue.get()
+        if due is None:
+            break
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            assert reader is not None
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - due)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            errors.append(1)
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def main_async(host: str, port: int, path: str, rate: float, seconds: float, conns: int) -> dict[str, float]:
+    queue: asyncio.Queue[float | None] = asyncio.Queue()
+    lat: list[float] = []
+    errors: list[int] = []
+    tasks = [asyncio.create_task(worker(host, port, path, queue, lat, errors)) for _ in range(conns)]
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(due)
+    for _ in tasks:
+        queue.put_nowait(None)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 30)
+    s = sorted(lat)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else float("nan")
+
+    return {"sent": n, "errors": len(errors), "p50": pct(50), "p99": pct(99), "max": s[-1] if s else float("nan"),
+            "achieved_rps": len(s) / (time.perf_counter() - start)}
+
+
+def main() -> int:
+    host, port, path, rate, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+    conns = int(sys.argv[6]) if len(sys.argv) > 6 else 32
+    print(json.dumps(asyncio.run(main_async(host, port, path, rate, seconds, conns))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
