@@ -19,7 +19,7 @@ import yaml
 
 from bench.stats import Figure, timed
 from dvpnd import firewall
-from dvpnd.backend import UserspaceBackend, delete_link
+from dvpnd.backend import UserspaceBackend
 from dvpnd.config import load_config
 from dvpnd.keys import encode_key
 from dvpnd.reconcile import Reconciler
@@ -55,8 +55,8 @@ def wg_conf(path: Path, private_key: str, keys: list[str], cfg_path: Path) -> Pa
 
 
 def fresh_device(d: Path) -> UserspaceBackend:
-    delete_link("wg0")
     b = UserspaceBackend("wg0", d)
+    b.delete()  # waits for the old wireguard-go to be gone
     b.create()
     return b
 
@@ -125,7 +125,7 @@ def run(opts: dict[str, Any]) -> list[Figure]:
     figs.append(Figure(f"reconcile with nothing to do, {n} peers", "s", ours, "wg show wg0 dump", anchor,
                        "≤ 2×, zero writes", ratio <= 2 and zero,
                        f"device writes during these passes: {r.device_writes - writes}"))
-    delete_link("wg0")
+    UserspaceBackend("wg0", d).delete()
 
     # firewall: rule count and apply time with 10 vs 1000 spokes
     counts, times = {}, {}

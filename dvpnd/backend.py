@@ -159,21 +159,29 @@ class UserspaceBackend:
         delete_link(self.ifname)
         # wireguard-go exits when its tun goes away; make sure of it, by its PID only.
         if pid is not None:
-            _wait_exit(pid, 5)
+            _wait_exit(pid, 10)
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    """Wait for wireguard-go to finish its own shutdown; a process still tearing down could
+    remove a new interface of the same name. SIGTERM, then SIGKILL, if it takes too long."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            try:  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
 
 
 class KernelBackend:
