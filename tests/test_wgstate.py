@@ -284,3 +284,26 @@ def test_netlink_messages_encode_with_pyroute2_and_split_big_devices() -> None:
         back = wgmsg(m.data)
         back.decode()
         assert back.get_attr("WGDEVICE_A_IFNAME") == "wg0"
+
+
+def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from dvpnd.reconcile import EndpointResolver
+
+    c = load_config(write(tmp_path, SPOKE.replace("192.0.2.10:51820", "hub.example.org:51820")))
+    answers = iter(["192.0.2.10", "192.0.2.99"])
+    calls: list[str] = []
+
+    def fake(host: str, port: int, type: int = 0) -> list:  # type: ignore[type-arg]
+        calls.append(host)
+        return [(socket.AF_INET, type, 17, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    r = EndpointResolver()
+    assert r.endpoint(c, None, now=1000.0) == "192.0.2.10:51820"
+    assert r.endpoint(c, 1000.0, now=1100.0) == "192.0.2.10:51820"  # handshakes fresh: no lookup
+    assert len(calls) == 1
+    assert r.endpoint(c, 1000.0, now=1200.0) == "192.0.2.99:51820"  # quiet for 200 s: look up again
+    assert len(calls) == 2

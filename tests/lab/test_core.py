@@ -189,3 +189,16 @@ def test_hub_back_from_a_reboot_reaches_idle_spokes_by_itself(L: Lab) -> None:
     L.wait("every spoke passing traffic again",
            lambda: all(L.ping(a, L.ip(b), count=1) for a, b in pairs), timeout=60, step=0.2)
     print(f"\nhub reboot: every spoke passes traffic {time.monotonic() - t0:.1f}s after dvpnd started")
+
+
+def test_dvpnctl_down_removes_interface_and_table_and_up_brings_them_back(L: Lab) -> None:
+    pid = L.pid("spoke-c")
+    wg_go = L.wg_go_pid("spoke-c")
+    r = L.dvpnctl("spoke-c", "down")
+    assert "removed" in r.stdout
+    L.wait("dvpnd to exit", lambda: not lab._pid_alive(pid), timeout=10)
+    assert "wg0" not in L.run("spoke-c", "ip", "-br", "link").stdout
+    assert L.run("spoke-c", "nft", "list", "table", "inet", "dvpn", check=False).returncode != 0
+    assert wg_go and not Path(f"/proc/{wg_go}").exists()
+    lab.up(spokes=3, backend="auto")
+    assert L.wg_go_pid("spoke-c") and L.ping("spoke-c", L.ip("spoke-a"), count=2)
