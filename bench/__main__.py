@@ -14,15 +14,15 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("DVPN_LAB_DIR", "/run/dvpn-bench-lab")
 os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 
-from bench import dataplane  # noqa: E402
-from bench.stats import Figure  # noqa: E402
-from dvpnd import lab  # noqa: E402
+from bench import dataplane
+from bench.stats import Figure
+from dvpnd import lab
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -128,7 +128,7 @@ def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
     lines = [
         "# dvpn benchmark results",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
         "- backend: userspace (wireguard-go; this kernel has no WireGuard module)",
         f"- mode: {'quick (tiny sizes, single runs)' if quick else 'full'}; took {time.monotonic() - started:.0f} s",

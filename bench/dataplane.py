@@ -246,7 +246,8 @@ def hub_reboot(L: Lab, quick: bool) -> list[Figure]:
     for mode in ("idle", "busy"):
         ours, plain = results["dvpnd"][mode], results["plain"][mode]
         shown = [min(v, cap) for v in plain]
-        note = f"plain wg capped at {cap:.0f} s" + (" (not recovered by then)" if any(v == float("inf") for v in plain) else "")
+        unrecovered = any(v == float("inf") for v in plain)
+        note = f"plain wg capped at {cap:.0f} s" + (" (not recovered by then)" if unrecovered else "")
         figs.append(Figure(f"hub back from a reboot, spokes {mode}: every spoke passing traffic", "s",
                            ours, "plain wg, keepalive 25", shown, "≤ 10 s", statistics.median(ours) <= 10, note))
     return figs

@@ -14,7 +14,7 @@ import sys
 import time
 
 
-async def worker(host: str, port: int, path: str, queue: "asyncio.Queue[float | None]",
+async def worker(host: str, port: int, path: str, queue: asyncio.Queue[float | None],
                  lat: list[float], errors: list[int]) -> None:
     reader = writer = None
     req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()

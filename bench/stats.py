@@ -48,7 +48,7 @@ class Figure:
                 "anchor": self.anchor, "goal": self.goal, "met": self.met, "note": self.note}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Figure":
+    def from_json(cls, d: dict[str, Any]) -> Figure:
         return cls(**d)
 
 

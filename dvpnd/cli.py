@@ -77,24 +77,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reload(args: argparse.Namespace) -> int:
-    reply = _request(args, "reload")
+def _simple(args: argparse.Namespace, cmd: str, done: str) -> int:
+    """Send one command; print `done`, or the daemon's problems (exit 2 if the input was at fault)."""
+    reply = _request(args, cmd)
     if reply.get("ok"):
-        print("reloaded")
+        print(done)
         return 0
     for p in reply.get("problems", []):
         print(p, file=sys.stderr)
-    return EXIT_BAD_INPUT if any(": " in p for p in reply.get("problems", [])) else EXIT_FAILURE
+    return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _simple(args, "reload", "reloaded")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    reply = _request(args, "down")
-    if not reply.get("ok"):
-        for p in reply.get("problems", []):
-            print(p, file=sys.stderr)
-        return EXIT_FAILURE
-    print("interface and firewall table removed; dvpnd stopped")
-    return 0
+    return _simple(args, "down", "interface and firewall table removed; dvpnd stopped")
 
 
 def cmd_firewall_show(args: argparse.Namespace) -> int:
@@ -107,13 +106,7 @@ def cmd_firewall_show(args: argparse.Namespace) -> int:
 
 
 def cmd_firewall_apply(args: argparse.Namespace) -> int:
-    reply = _request(args, "firewall-apply")
-    if not reply.get("ok"):
-        for p in reply.get("problems", []):
-            print(p, file=sys.stderr)
-        return EXIT_FAILURE
-    print("firewall applied")
-    return 0
+    return _simple(args, "firewall-apply", "firewall applied")
 
 
 def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
@@ -217,7 +210,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
             write_atomic(nxt, (encode_key(raw) + "\n").encode(), mode=0o600)
         new_pub = encode_key(public_key(raw))
         print(new_pub)
-        print(f"# the old key stays in use. On the hub run:\n#   dvpnctl spoke rotate {config.name} --pubkey {new_pub}\n"
+        print("# the old key stays in use. On the hub run:\n"
+              f"#   dvpnctl spoke rotate {config.name} --pubkey {new_pub}\n"
               "# then here: dvpnctl rotate-key --commit", file=sys.stderr)
         return 0
     if not nxt.exists():

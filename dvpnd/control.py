@@ -41,14 +41,14 @@ class ControlServer:
                 pass
 
 
-async def handle(daemon: "Daemon", request: dict[str, Any]) -> dict[str, Any]:
+async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
     cmd = request.get("cmd")
     if cmd == "status":
         snap = replace(daemon.snapshot, extra=daemon.counters())
         return {"ok": True, "status": render_detail(snap, time.time(), daemon.config.stale_after)}
     if cmd == "reload":
         ok, problems = await daemon.reload()
-        return {"ok": ok, "problems": problems}
+        return {"ok": ok, "problems": problems, "bad_input": daemon.last_reload_bad_input}
     if cmd == "firewall":
         from dvpnd.firewall import list_table_text
 
@@ -70,7 +70,7 @@ async def handle(daemon: "Daemon", request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "problems": [f"unknown command {cmd!r}"]}
 
 
-async def start(daemon: "Daemon") -> ControlServer:
+async def start(daemon: Daemon) -> ControlServer:
     path = daemon.config.control_socket
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.exists():
@@ -96,7 +96,7 @@ async def start(daemon: "Daemon") -> ControlServer:
                     reply = {"ok": False, "problems": ["request is not JSON"]}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -55,6 +55,7 @@ class Daemon:
         self.wake = asyncio.Event()
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
+        self.last_reload_bad_input = False
 
     def _empty_snapshot(self) -> Snapshot:
         c = self.config
@@ -73,7 +74,7 @@ class Daemon:
                     log.error("reconcile (%s) failed: %s", why, e)
                 self.reconcile_error = str(e)
                 return False
-            except Exception as e:  # noqa: BLE001 - an unforeseen failure must not kill the loop
+            except Exception as e:
                 self.reconcile_errors += 1
                 log.exception("reconcile (%s) failed unexpectedly: %s", why, e)
                 self.reconcile_error = f"unexpected: {e}"
@@ -94,7 +95,10 @@ class Daemon:
         return True
 
     async def reload(self) -> tuple[bool, list[str]]:
-        """Re-read the config; on problems keep everything as it was and report them."""
+        """Re-read the config; on problems keep everything as it was and report them.
+
+        Sets `self.last_reload_bad_input` when the refusal was the configuration's fault."""
+        self.last_reload_bad_input = False
         self.notifier.reloading()
         try:
             try:
@@ -102,6 +106,7 @@ class Daemon:
             except ConfigError as e:
                 for p in e.problems:
                     log.error("reload rejected: %s", p)
+                self.last_reload_bad_input = True
                 return False, e.problems
             fixed = ("role", "state_dir", "control_socket")
             changed = [k for k in fixed if getattr(new, k) != getattr(self.config, k)]
@@ -111,6 +116,7 @@ class Daemon:
             if changed:
                 msg = f"{self.config_path}: changing {', '.join(changed)} needs a restart of dvpnd"
                 log.error("reload rejected: %s", msg)
+                self.last_reload_bad_input = True
                 return False, [msg]
             async with self.lock:
                 self.config = new
@@ -172,7 +178,7 @@ class Daemon:
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # --- snapshot ----------------------------------------------------------------------------

@@ -244,8 +244,14 @@ def reconcile_firewall(config: Config, state: FirewallState, force: bool = False
     current = normalize_listing(live) if live is not None else None
     if not force and state.applied and current is not None and current == state.live and key == state.rendered:
         return False
-    reason = ("requested" if force else "missing" if live is None else "changed by hand" if state.applied and current != state.live
-              else "config changed" if state.applied else "initial")
+    if force:
+        reason = "requested"
+    elif live is None:
+        reason = "missing"
+    elif state.applied and current != state.live:
+        reason = "changed by hand"
+    else:
+        reason = "config changed" if state.applied else "initial"
     try:
         apply_batch(batch)
     except FirewallError as e:

@@ -65,7 +65,7 @@ def collect_snapshot(snap: Snapshot, counters: dict[str, float], stale_after: in
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, daemon: "Daemon"):
+    def __init__(self, daemon: Daemon):
         self.daemon = daemon
 
     def collect(self) -> Iterator[Any]:
@@ -73,7 +73,7 @@ class SnapshotCollector(Collector):
         return collect_snapshot(d.snapshot, d.counters(), d.config.stale_after, time.time())
 
 
-def make_registry(daemon: "Daemon") -> CollectorRegistry:
+def make_registry(daemon: Daemon) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(daemon))
     return registry

@@ -62,7 +62,8 @@ class EndpointResolver:
                 self.resolved_at = now
                 return self.resolved
             family, _, _, _, sockaddr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
-            addr = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{sockaddr[1]}"
+            host, port = str(sockaddr[0]), int(sockaddr[1])
+            addr = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             if addr != self.resolved:
                 log.info("hub endpoint %s resolves to %s", ep, addr)
             self.resolved, self.resolved_at, self.host = addr, now, str(ep)
@@ -109,7 +110,7 @@ class Reconciler:
     firewall_state: firewall.FirewallState = field(default_factory=firewall.FirewallState)
     passes: int = 0
     device_writes: int = 0
-    endpoint_memory: "EndpointMemory" = field(default_factory=lambda: EndpointMemory(None))
+    endpoint_memory: EndpointMemory = field(default_factory=lambda: EndpointMemory(None))
 
     def __post_init__(self) -> None:
         if self.endpoint_memory.path is None:

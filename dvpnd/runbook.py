@@ -8,11 +8,12 @@ from typing import Any
 
 from dvpnd.config import Config, PeerSpec
 from dvpnd.errors import DvpnError
+from dvpnd.keys import decode_key
 
 
 class RunbookInputError(DvpnError):
     """The request contradicts the configuration (exit 2)."""
-from dvpnd.keys import decode_key
+
 
 FIRST_SPOKE_HOST = 11  # the seed numbers spokes .11, .12, .13 ...
 
@@ -62,7 +63,8 @@ def render_peer_file(name: str, pubkey: str, address: IPv4Address, next_key: str
 
 def render_spoke_config(config: Config, hub_pubkey: str, name: str, address: IPv4Address) -> dict[str, Any]:
     """The YAML a new spoke needs (its own key it makes itself)."""
-    endpoint = str(config.public_endpoint) if config.public_endpoint else f"<hub-public-address>:{config.wireguard.listen_port}"
+    port = config.wireguard.listen_port
+    endpoint = str(config.public_endpoint) if config.public_endpoint else f"<hub-public-address>:{port}"
     return {
         "role": "spoke",
         "name": name,

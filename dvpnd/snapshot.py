@@ -8,7 +8,7 @@ subprocess. The functions here are pure: they turn a device reading into what is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dvpnd.config import Config
@@ -82,7 +82,7 @@ def peer_views(config: Config, device: DeviceState) -> tuple[PeerView, ...]:
 
 
 def rfc3339_ms(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(t * 1000) % 1000:03d}Z"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(t * 1000) % 1000:03d}Z"
 
 
 def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvpnd.errors import BackendError
@@ -53,31 +54,37 @@ def encode_set(changes: DeviceChanges) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+@dataclass
+class _Peer:
+    """A peer being read from a `get` reply."""
+
+    public_key: str
+    allowed_ips: set[str] = field(default_factory=set)
+    endpoint: str | None = None
+    keepalive: int = 0
+    hs_sec: int = 0
+    hs_nsec: int = 0
+    rx: int = 0
+    tx: int = 0
+
+    def state(self) -> PeerState:
+        handshake = (self.hs_sec + self.hs_nsec / 1e9) if self.hs_sec or self.hs_nsec else None
+        return PeerState(public_key=self.public_key, allowed_ips=frozenset(self.allowed_ips),
+                         endpoint=self.endpoint, persistent_keepalive=self.keepalive,
+                         last_handshake=handshake, rx_bytes=self.rx, tx_bytes=self.tx)
+
+
+_INT_FIELDS = {"persistent_keepalive_interval": "keepalive", "last_handshake_time_sec": "hs_sec",
+               "last_handshake_time_nsec": "hs_nsec", "rx_bytes": "rx", "tx_bytes": "tx"}
+
+
 def parse_get(text: str) -> DeviceState:
     """Parse the reply to `get=1` into a DeviceState; raise BackendError on errno != 0."""
     private_key = None
-    listen_port = 0
-    fwmark = 0
+    listen_port = fwmark = 0
     peers: dict[str, PeerState] = {}
-    cur: dict[str, object] | None = None
+    cur: _Peer | None = None
     errno = None
-
-    def finish() -> None:
-        if cur is None:
-            return
-        sec = int(cur.get("hs_sec", 0))  # type: ignore[call-overload]
-        nsec = int(cur.get("hs_nsec", 0))  # type: ignore[call-overload]
-        key = str(cur["public_key"])
-        peers[key] = PeerState(
-            public_key=key,
-            allowed_ips=frozenset(cur.get("allowed_ips", ())),  # type: ignore[arg-type]
-            endpoint=cur.get("endpoint"),  # type: ignore[arg-type]
-            persistent_keepalive=int(cur.get("keepalive", 0)),  # type: ignore[call-overload]
-            last_handshake=(sec + nsec / 1e9) if sec or nsec else None,
-            rx_bytes=int(cur.get("rx", 0)),  # type: ignore[call-overload]
-            tx_bytes=int(cur.get("tx", 0)),  # type: ignore[call-overload]
-        )
-
     for line in text.split("\n"):
         if not line:
             continue
@@ -87,8 +94,9 @@ def parse_get(text: str) -> DeviceState:
         if key == "errno":
             errno = int(value)
         elif key == "public_key":
-            finish()
-            cur = {"public_key": hex_to_b64(value)}
+            if cur is not None:
+                peers[cur.public_key] = cur.state()
+            cur = _Peer(hex_to_b64(value))
         elif cur is None:
             if key == "private_key":
                 private_key = hex_to_b64(value)
@@ -96,23 +104,15 @@ def parse_get(text: str) -> DeviceState:
                 listen_port = int(value)
             elif key == "fwmark":
                 fwmark = int(value)
-        elif key == "endpoint":
-            cur["endpoint"] = value
         elif key == "allowed_ip":
             # wireguard-go prints masked prefixes; a host route needs no re-parsing (the hot path).
-            cidr = value if value.endswith("/32") and "." in value else normalize_cidr(value)
-            cur.setdefault("allowed_ips", set()).add(cidr)  # type: ignore[union-attr]
-        elif key == "persistent_keepalive_interval":
-            cur["keepalive"] = value
-        elif key == "last_handshake_time_sec":
-            cur["hs_sec"] = value
-        elif key == "last_handshake_time_nsec":
-            cur["hs_nsec"] = value
-        elif key == "rx_bytes":
-            cur["rx"] = value
-        elif key == "tx_bytes":
-            cur["tx"] = value
-    finish()
+            cur.allowed_ips.add(value if value.endswith("/32") and "." in value else normalize_cidr(value))
+        elif key == "endpoint":
+            cur.endpoint = value
+        elif key in _INT_FIELDS:
+            setattr(cur, _INT_FIELDS[key], int(value))
+    if cur is not None:
+        peers[cur.public_key] = cur.state()
     if errno not in (None, 0):
         raise BackendError(f"UAPI get failed: errno={errno}")
     from dvpnd.keys import decode_key, encode_key, public_key
@@ -154,7 +154,7 @@ def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
                     break
     except FileNotFoundError:
         raise BackendError(f"{path}: no such socket (is wireguard-go running for {ifname}?)") from None
-    except socket.timeout:
+    except TimeoutError:
         raise UapiTimeout(f"{path}: wireguard-go did not answer within {timeout:.0f}s") from None
     except OSError as e:
         raise BackendError(f"{path}: {e.strerror or e}") from None

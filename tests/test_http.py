@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from dvpnd.httpapi import HEADER_TIMEOUT, MAX_CONNECTIONS, ConnectionGuard
 from dvpnd.snapshot import PeerView, Snapshot, render_status
 
@@ -72,3 +74,26 @@ def test_guard_keeps_no_state_for_connections_that_are_gone() -> None:
     g.sweep(conns, now=0.0)
     g.sweep(conns[4:], now=1.0)
     assert len(g.first_seen) == 1 and not g.served
+
+
+def test_connections_of_every_listener_keep_aging_across_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: one guard serves the status and metrics listeners; sweeping them one by one
+    pruned each other's connections, so silent status connections never aged (aiohttp 3.8)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import dvpnd.httpapi
+
+    monkeypatch.setattr(dvpnd.httpapi, "HEADER_TIMEOUT", 1.0)
+    g = ConnectionGuard()
+    status_conn, metrics_conn = Conn(), Conn()
+    runners = [SimpleNamespace(server=SimpleNamespace(connections=[status_conn])),
+               SimpleNamespace(server=SimpleNamespace(connections=[metrics_conn]))]
+
+    async def drive() -> None:
+        task = asyncio.create_task(g.run(runners))  # type: ignore[arg-type]
+        await asyncio.sleep(3.5)
+        task.cancel()
+
+    asyncio.run(drive())
+    assert status_conn.closed and metrics_conn.closed

@@ -27,7 +27,14 @@ from dvpnd.keys import (
     load_or_create_private_key,
     public_key,
 )
-from dvpnd.wgstate import DesiredDevice, DeviceState, PeerChange, PeerState, diff_device, render_device
+from dvpnd.wgstate import (
+    DesiredDevice,
+    DeviceState,
+    PeerChange,
+    PeerState,
+    diff_device,
+    render_device,
+)
 from tests.test_config import HUB, K1, K2, K3, SPOKE, write
 
 PRIV = encode_key(bytes(range(32)))

@@ -23,7 +23,7 @@ import pytest
 os.environ["DVPN_LAB_DIR"] = "/run/dvpn-test-lab"
 os.environ["DVPN_LAB_PREFIX"] = "dvpnt-"
 
-from dvpnd import control, lab  # noqa: E402
+from dvpnd import control, lab
 
 PROBE = str(Path(__file__).with_name("probe.py"))
 NEEDS = ("ip", "nft", "wireguard-go", "wg", "ping", "ss")

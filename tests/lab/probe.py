@@ -24,7 +24,7 @@ def tcp(host: str, port: int, timeout: float) -> str:
         return "open"
     except ConnectionRefusedError:
         return "refused"
-    except (socket.timeout, OSError):
+    except (TimeoutError, OSError):
         return "timeout"
     finally:
         s.close()
