@@ -271,7 +271,7 @@ class Daemon:
     def status_line(self) -> str:
         s = self.snapshot
         up = sum(1 for p in s.peers if p.state(s.taken, self.config.stale_after) == "up")
-        state = s.state(self.config.stale_after)
+        state = s.state(self.config.stale_after, s.taken)
         return (f"{state}: {self.config.role} {self.config.wireguard.interface} {self.config.address}, "
                 f"{up}/{len(s.peers)} peers up")
 

@@ -55,12 +55,13 @@ class Snapshot:
     firewall_applied: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def state(self, stale_after: int) -> str:
+    def state(self, stale_after: int, now: float) -> str:
+        """ok / degraded / failed, judged at `now` like the peers shown beside it."""
         if not self.interface_up or (self.reconcile_error and not self.ready):
             return "failed"
         if self.reconcile_error or self.firewall_error:
             return "degraded"
-        if any(p.state(self.taken, stale_after) != "up" for p in self.peers):
+        if any(p.state(now, stale_after) != "up" for p in self.peers):
             return "degraded"
         return "ok"
 
@@ -102,7 +103,7 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "disk_free_gb": round(snap.disk_free_bytes / 1e9, 1),
         "time": rfc3339_ms(now),
         "role": snap.role,
-        "state": snap.state(stale_after),
+        "state": snap.state(stale_after, now),
         "peers_up": sum(1 for p in snap.peers if p.state(now, stale_after) == "up"),
         "version": VERSION,
     }
@@ -113,7 +114,7 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
     return {
         "node": snap.node,
         "role": snap.role,
-        "state": snap.state(stale_after),
+        "state": snap.state(stale_after, now),
         "interface": snap.interface,
         "interface_up": snap.interface_up,
         "backend": snap.backend,
