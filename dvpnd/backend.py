@@ -117,6 +117,7 @@ class UserspaceBackend:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+                    _wait_exit(pid, 5)  # reaps it too, if it is our child
             else:
                 log.warning("removing stale %s interface %s before starting wireguard-go", kind, self.ifname)
             delete_link(self.ifname)
