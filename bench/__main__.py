@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 from bench import dataplane
 from bench.stats import Figure
 from dvpnd import lab
+from dvpnd.procutil import wait_exit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,10 +45,10 @@ def with_scratch(name: str) -> lab.Node:
 
 
 def drop_scratch(node: lab.Node) -> None:
-    pid = lab._wg_go_pid(Path(node.dir) / "wireguard" / "wg0.sock")
+    pid = lab.wg_go_pid(node)
     subprocess.run(["ip", "netns", "del", node.netns], check=False)
     if pid:
-        lab.wait_gone(pid)
+        wait_exit(pid, 5, (None, signal.SIGKILL))
 
 
 def control_plane(quick: bool) -> list[Figure]:

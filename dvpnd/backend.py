@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from dvpnd import uapi
 from dvpnd.errors import BackendError
+from dvpnd.procutil import wait_exit
 from dvpnd.wgstate import DeviceChanges, DeviceState, PeerState, normalize_cidr
 
 log = logging.getLogger("dvpnd.backend")
@@ -43,7 +44,6 @@ class Backend(Protocol):
     name: str
     ifname: str
 
-    def exists(self) -> bool: ...
     def create(self) -> None: ...
     def read(self) -> DeviceState: ...
     def apply(self, changes: DeviceChanges) -> None: ...
@@ -98,9 +98,6 @@ class UserspaceBackend:
         except BackendError:
             return "gone"
 
-    def exists(self) -> bool:
-        return link_kind(self.ifname) == "tun" and self._probe() == "ok"
-
     def create(self) -> None:
         kind = link_kind(self.ifname)
         if kind is not None:
@@ -117,7 +114,7 @@ class UserspaceBackend:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-                    _wait_exit(pid, 5)  # reaps it too, if it is our child
+                    wait_exit(pid, 5)  # reaps it too, if it is our child
             else:
                 log.warning("removing stale %s interface %s before starting wireguard-go", kind, self.ifname)
             delete_link(self.ifname)
@@ -160,29 +157,7 @@ class UserspaceBackend:
         delete_link(self.ifname)
         # wireguard-go exits when its tun goes away; make sure of it, by its PID only.
         if pid is not None:
-            _wait_exit(pid, 10)
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Wait for wireguard-go to finish its own shutdown; a process still tearing down could
-    remove a new interface of the same name. SIGTERM, then SIGKILL, if it takes too long."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            try:  # reap it if it is our child
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
+            wait_exit(pid, 10)
 
 
 class KernelBackend:
@@ -190,9 +165,6 @@ class KernelBackend:
 
     def __init__(self, ifname: str):
         self.ifname = ifname
-
-    def exists(self) -> bool:
-        return link_kind(self.ifname) == "wireguard"
 
     def create(self) -> None:
         from pyroute2 import IPRoute

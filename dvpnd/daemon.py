@@ -29,8 +29,7 @@ from dvpnd.log import REDACTOR, set_level, setup_logging
 from dvpnd.reconcile import Reconciler
 from dvpnd.snapshot import Snapshot, peer_views
 from dvpnd.systemd import Notifier
-from dvpnd.uapi import b64_to_hex
-from dvpnd.wgstate import DeviceState, PeerState, rotation_done
+from dvpnd.wgstate import DeviceState, rotation_done
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
@@ -160,8 +159,7 @@ class Daemon:
             except DvpnError as e:
                 return False, [str(e)]
             assert self.reconciler.private_key is not None
-            REDACTOR.add_secret(self.reconciler.private_key)
-            REDACTOR.add_secret(b64_to_hex(self.reconciler.private_key))
+            REDACTOR.add_private_key(self.reconciler.private_key)
         log.info("private key reloaded; public key now %s", self.reconciler.public_key)
         ok = await self.reconcile("new private key")
         return ok, [] if ok else [self.reconcile_error or "reconcile failed"]
@@ -220,9 +218,8 @@ class Daemon:
         snap = await asyncio.to_thread(self._read_snapshot)
         self.snapshot = snap
         if self.config.is_hub and snap.peers:
-            device = DeviceState(peers={p.public_key: PeerState(public_key=p.public_key, endpoint=p.endpoint)
-                                        for p in snap.peers})
-            await asyncio.to_thread(self.reconciler.endpoint_memory.remember, device)
+            endpoints = {p.public_key: p.endpoint for p in snap.peers}
+            await asyncio.to_thread(self.reconciler.endpoint_memory.remember, endpoints)
         self._log_peer_changes(snap)
         return snap
 
@@ -340,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return EXIT_CONFIG
     assert daemon.reconciler.private_key is not None
-    REDACTOR.add_secret(daemon.reconciler.private_key)
-    REDACTOR.add_secret(b64_to_hex(daemon.reconciler.private_key))
+    REDACTOR.add_private_key(daemon.reconciler.private_key)
     log.info("dvpnd starting: %s %s, overlay %s, address %s, public key %s", config.role, config.name,
              config.network, config.address, daemon.reconciler.public_key)
     try:

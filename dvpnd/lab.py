@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import string
 import subprocess
@@ -31,6 +30,8 @@ import yaml
 
 from dvpnd import control
 from dvpnd.errors import DvpnError
+from dvpnd.procutil import wait_exit
+from dvpnd.uapi import socket_peer_pid
 
 LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
 PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
@@ -229,24 +230,9 @@ def start_daemon(node: Node, extra_env: dict[str, str] | None = None) -> int:
 
 def stop_daemon(node: Node, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     pid = read_pid(node)
-    if not _pid_alive(pid):
-        return
-    assert pid is not None
-    os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        _reap(pid)
-        time.sleep(0.05)
     if _pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+        assert pid is not None
+        wait_exit(pid, timeout, (sig, signal.SIGKILL))
 
 
 def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
@@ -399,7 +385,7 @@ def down() -> list[str]:
             if _pid_alive(pid):
                 stop_daemon(n)
                 done.append(f"stopped dvpnd in {n.name} (pid {pid})")
-            wp = _wg_go_pid(Path(n.dir) / "wireguard" / "wg0.sock")
+            wp = wg_go_pid(n)
             if wp:
                 wg_pids.append(wp)
     for n in nodes:
@@ -408,7 +394,7 @@ def down() -> list[str]:
             _ip("netns", "del", n.netns)
             done.append(f"removed namespace {n.netns}")
     for pid in wg_pids:
-        wait_gone(pid)
+        wait_exit(pid, 5, (None, signal.SIGKILL))
         done.append(f"wireguard-go {pid} gone")
     if LAB_DIR.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(LAB_DIR)], check=False)
@@ -421,37 +407,9 @@ def down() -> list[str]:
     return done
 
 
-def wait_gone(pid: int, timeout: float = 5) -> None:
-    """Wait for a process we started (directly or through dvpnd) to end; SIGKILL it after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _wg_go_pid(sock: Path) -> int | None:
-    import socket
-    import struct
-
-    if not sock.exists():
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(str(sock))
-            pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            return int(pid)
-    except OSError:
-        return None
+def wg_go_pid(node: Node) -> int | None:
+    """The PID of the wireguard-go serving the node's wg0."""
+    return socket_peer_pid(Path(node.dir) / "wireguard" / "wg0.sock")
 
 
 def find_node(name: str) -> Node:
@@ -501,7 +459,3 @@ def ping_matrix(nodes: list[Node], count: int = 3) -> list[tuple[str, str, bool,
             summary = next((ln for ln in r.stdout.splitlines() if "packets transmitted" in ln), r.stderr.strip())
             out.append((a.name, b.name, r.returncode == 0, summary))
     return out
-
-
-def shell_quote(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -24,6 +24,13 @@ class RedactingFilter(logging.Filter):
         if secret:
             self.secrets.add(secret)
 
+    def add_private_key(self, b64: str) -> None:
+        """A WireGuard private key, as base64 and as the hex the UAPI protocol uses."""
+        import base64
+
+        self.add_secret(b64)
+        self.add_secret(base64.b64decode(b64).hex())
+
     def redact(self, text: str) -> str:
         for s in self.secrets:
             if s in text:

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,10 +90,11 @@ class EndpointMemory:
                     pass
         return self._cache
 
-    def remember(self, device: DeviceState) -> bool:
-        """Record the device's current endpoints; True if the file was rewritten."""
-        seen = {k: p.endpoint for k, p in device.peers.items() if p.endpoint}
-        merged = {k: v for k, v in {**self.load(), **seen}.items() if k in device.peers}
+    def remember(self, endpoints: Mapping[str, str | None]) -> bool:
+        """Record the peers' current endpoints (peer key -> endpoint, None if unknown); forget
+        peers no longer present. True if the file was rewritten."""
+        merged = {k: v for k, v in self.load().items() if k in endpoints}
+        merged.update({k: v for k, v in endpoints.items() if v})
         if merged == self.load() or self.path is None:
             return False
         write_atomic(self.path, json.dumps(merged, sort_keys=True).encode(), mode=0o600)

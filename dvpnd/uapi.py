@@ -161,16 +161,21 @@ def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
     return b"".join(chunks).decode("ascii", errors="replace")
 
 
-def uapi_peer_pid(ifname: str) -> int | None:
-    """The PID of the wireguard-go process serving `ifname`, from the socket's peer credentials."""
+def socket_peer_pid(path: Path) -> int | None:
+    """The PID of the process listening on a Unix socket (SO_PEERCRED), or None."""
     import struct
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
-            s.connect(str(socket_path(ifname)))
+            s.connect(str(path))
             creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, _uid, _gid = struct.unpack("3i", creds)
-            return pid
+            return int(pid)
     except OSError:
         return None
+
+
+def uapi_peer_pid(ifname: str) -> int | None:
+    """The PID of the wireguard-go process serving `ifname`."""
+    return socket_peer_pid(socket_path(ifname))

@@ -90,7 +90,7 @@ class Lab:
         return pid
 
     def wg_go_pid(self, node: str) -> int | None:
-        return lab._wg_go_pid(Path(self.nodes[node].dir) / "wireguard" / "wg0.sock")
+        return lab.wg_go_pid(self.nodes[node])
 
     def ip(self, node: str) -> str:
         ip = self.nodes[node].overlay_ip
