@@ -2,7 +2,8 @@
 
   probe.py tcp HOST PORT... [--timeout S]     -> {"PORT": "open" | "refused" | "timeout"}
   probe.py listen PORT...                     -> listens (accept and close) until killed
-  probe.py hammer HOST PORT --seconds S       -> {"attempts": N, "successes": M}
+  probe.py hammer HOST PORT --until-file F    -> connects until F exists (at most 300 s):
+                                                 {"attempts": N, "successes": M}
   probe.py idle HOST PORT N --seconds S       -> holds N silent connections for S seconds:
                                                  {"opened": N, "closed_by_server": M}
 """
@@ -57,11 +58,13 @@ def main(argv: list[str]) -> int:
                 conn.close()
         return 0
     if cmd == "hammer":
+        import os
+
         host, port = argv[1], int(argv[2])
-        seconds = float(argv[argv.index("--seconds") + 1])
+        stop = argv[argv.index("--until-file") + 1]
         attempts = successes = 0
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        end = time.monotonic() + 300  # bounded whatever happens to the caller
+        while time.monotonic() < end and not os.path.exists(stop):
             attempts += 1
             if tcp(host, port, 0.2) == "open":
                 successes += 1
