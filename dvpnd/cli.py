@@ -74,6 +74,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
     else:
         print(format_peer_table(st))
+        if db := format_db(st):
+            print(db)
+        for p in st.get("problems", []):
+            print(f"problem: {p}")
     return 0
 
 
@@ -231,18 +235,178 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- PostgreSQL and backups -------------------------------------------------------------
+
+def _pg_config(args: argparse.Namespace) -> Config:
+    config = _load(args.config)
+    if not config.postgres.enabled:
+        raise BadInput(f"{args.config}: no postgres section (this node has no database)")
+    return config
+
+
+def cmd_pg_setup(args: argparse.Namespace) -> int:
+    from dvpnd import pg
+
+    for line in pg.setup(_pg_config(args)):
+        print(line)
+    return 0
+
+
+def cmd_pg_password(args: argparse.Namespace) -> int:
+    from dvpnd import pg
+
+    config = _pg_config(args)
+    made = pg.make_password(config.postgres)
+    print(f"{config.postgres.password_file}: {'created' if made else 'exists'} "
+          "(copy the same file to every spoke, mode 0600)")
+    return 0
+
+
+def cmd_pg_init_replica(args: argparse.Namespace) -> int:
+    from dvpnd import pg
+
+    for line in pg.init_replica(_pg_config(args), args.primary):
+        print(line)
+    return 0
+
+
+def cmd_pg_promote(args: argparse.Namespace) -> int:
+    from dvpnd import pg
+
+    print(pg.promote(_pg_config(args)))
+    print("re-point the other replicas: dvpnctl pg follow THIS_NODE'S_OVERLAY_ADDRESS (on each of them)")
+    return 0
+
+
+def cmd_pg_follow(args: argparse.Namespace) -> int:
+    from dvpnd import pg
+
+    for line in pg.follow(_pg_config(args), args.primary):
+        print(line)
+    return 0
+
+
+def format_db(st: dict[str, Any]) -> str:
+    lines = []
+    v = st.get("postgres")
+    if v is not None:
+        if not v["up"]:
+            lines.append(f"postgres: down ({v.get('error')})")
+        elif v["role"] == "primary":
+            lines.append(f"postgres: primary, version {v['version']}, {len(v['replicas'])} replicas connected")
+            for r in v["replicas"]:
+                lag = "-" if r["replay_lag_sec"] is None else f"{r['replay_lag_sec']:.3f}s"
+                lines.append(f"  replica {r['name']:<10} {r['client_addr'] or '-':<13} {r['state']:<10} "
+                             f"lag {r['lag_bytes']} bytes, {lag}")
+            for sl in v["slots"]:
+                lines.append(f"  slot {sl['name']:<13} {'active' if sl['active'] else 'INACTIVE':<9}"
+                             f" holds {sl['retained_bytes']} bytes of WAL")
+        else:
+            lines.append(f"postgres: replica of {v['upstream'] or '?'}, {v['receiver_status'] or 'not streaming'}, "
+                         f"lag {v['lag_bytes']} bytes, {v['lag_sec']}s, version {v['version']}")
+    b = st.get("backup")
+    if b is not None:
+        from dvpnd.backup import human
+
+        if b["last_success"]:
+            lines.append(f"backup: last {b['last_name']} ({b['age_sec']}s ago, {human(b['last_size_bytes'] or 0)}, "
+                         f"{b['last_duration_sec']}s + {b['last_verify_sec']}s verify), {b['kept']} kept"
+                         + (", OVERDUE" if b["overdue"] else ""))
+        else:
+            lines.append("backup: none yet" + (", OVERDUE" if b["overdue"] else ""))
+        if b["running_since"]:
+            lines.append(f"  running since {time.strftime('%H:%M:%S', time.localtime(b['running_since']))}"
+                         f" (pid {b['running_pid']})")
+        if b["last_error"]:
+            lines.append(f"  last error: {b['last_error']}")
+    return "\n".join(lines)
+
+
+def cmd_pg_status(args: argparse.Namespace) -> int:
+    st = _request(args, "status")["status"]
+    if "postgres" not in st:
+        raise BadInput("this node's dvpnd reports no database (no postgres section)")
+    print(json.dumps({k: st[k] for k in ("postgres", "backup") if k in st}, indent=2) if args.json else format_db(st))
+    return 0
+
+
+def cmd_backup_now(args: argparse.Namespace) -> int:
+    from dvpnd import control
+    from dvpnd.backup import human
+
+    config = _pg_config(args)
+    reply = control.request(config.control_socket, "backup-now", timeout=config.backup.timeout * 2 + 60)
+    if not reply.get("ok"):
+        for p in reply.get("problems", []):
+            print(p, file=sys.stderr)
+        return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
+    b = reply["backup"]
+    print(f"backup {b['name']}: {human(b['size_bytes'])} in {b['duration_sec']}s, verified in {b['verify_sec']}s")
+    return 0
+
+
+def cmd_backup_list(args: argparse.Namespace) -> int:
+    from dvpnd import backup
+
+    config = _pg_config(args)
+    entries = backup.list_backups(config.backup.dir)
+    if args.json:
+        print(json.dumps([backup.entry_json(e) for e in entries], indent=2))
+        return 0
+    print(f"{'NAME':<17} {'FINISHED (UTC)':<20} {'SIZE':>10} {'UNPACKED':>10} {'TAKE':>7} {'VERIFY':>7}  FROM")
+    for e in entries:
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.finished))
+        print(f"{e.name:<17} {t:<20} {backup.human(e.size_bytes):>10} {backup.human(e.extracted_bytes):>10} "
+              f"{e.duration_sec:>6.1f}s {e.verify_sec:>6.1f}s  {e.server_role}")
+    return 0
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dvpnd import backup
+
+    config = _pg_config(args)
+    entry = backup.find_backup(config.backup, args.name)
+    seconds = asyncio.run(backup.verify_backup(config, entry))
+    print(f"backup {entry.name}: verified against its manifest in {seconds:.1f}s")
+    return 0
+
+
+def cmd_backup_restore(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dvpnd import backup
+
+    config = _pg_config(args)
+    entry = backup.find_backup(config.backup, args.name)
+    for line in asyncio.run(backup.restore(config, entry, args.to.resolve(), standby=args.standby)):
+        print(line)
+    print(f"start it with: {config.postgres.bin_dir / 'postgres'} -D {args.to.resolve()} "
+          "(as the postgres user; give it its own port and socket directory if another server runs here)")
+    return 0
+
+
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from dvpnd import lab
 
     t0 = time.monotonic()
-    nodes = lab.up(spokes=args.spokes, backend=args.backend)
-    print(f"lab up in {time.monotonic() - t0:.1f}s ({args.spokes} spokes, {args.backend} backend)\n")
+    nodes = lab.up(spokes=args.spokes, backend=args.backend, postgres=args.postgres)
+    print(f"lab up in {time.monotonic() - t0:.1f}s ({args.spokes} spokes, {args.backend} backend"
+          f"{', PostgreSQL' if args.postgres else ''})\n")
     print(lab.format_status(lab.status()))
     print("\nspoke to spoke through the hub (overlay ping):")
     ok = True
     for a, b, passed, summary in lab.ping_matrix(nodes):
         ok &= passed
         print(f"  {a} -> {b}: {'ok' if passed else 'FAILED'}  {summary}")
+    if args.postgres:
+        from dvpnd import labpg
+
+        print("\nPostgreSQL over the overlay:")
+        for line in labpg.demo(nodes):
+            ok &= "NOT" not in line
+            print(f"  {line}")
     return 0 if ok else EXIT_FAILURE
 
 
@@ -323,10 +487,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", action="store_true", help="switch to the new key")
     p.set_defaults(func=cmd_rotate_key)
 
+    pgp = sub.add_parser("pg", help="the spoke's PostgreSQL server").add_subparsers(dest="pg", required=True)
+    p = pgp.add_parser("setup", help="initdb on the primary if empty; write dvpn.conf, hba, ident; replication role")
+    _config_arg(p)
+    p.set_defaults(func=cmd_pg_setup)
+    p = pgp.add_parser("password", help="make the replication password file if missing")
+    _config_arg(p)
+    p.set_defaults(func=cmd_pg_password)
+    p = pgp.add_parser("init-replica", help="copy the primary over the overlay into an empty data directory")
+    _config_arg(p)
+    p.add_argument("--primary", type=IPv4Address, help="the primary's overlay address (default postgres.primary)")
+    p.set_defaults(func=cmd_pg_init_replica)
+    p = pgp.add_parser("promote", help="make this replica the primary (manual failover)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_pg_promote)
+    p = pgp.add_parser("follow", help="re-point this replica at a new primary")
+    _config_arg(p)
+    p.add_argument("primary", type=IPv4Address, help="the new primary's overlay address")
+    p.set_defaults(func=cmd_pg_follow)
+    p = pgp.add_parser("status", help="role, replicas, lag, slots and backups as dvpnd sees them")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pg_status)
+
+    bk = sub.add_parser("backup", help="verified local backups").add_subparsers(dest="backup", required=True)
+    p = bk.add_parser("now", help="take a backup now (through dvpnd) and wait for it")
+    _config_arg(p)
+    p.set_defaults(func=cmd_backup_now)
+    p = bk.add_parser("list", help="the verified backups, newest first")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backup_list)
+    p = bk.add_parser("verify", help="check a backup against its manifest again (default: the newest)")
+    _config_arg(p)
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_backup_verify)
+    p = bk.add_parser("restore", help="unpack a backup into a new data directory (default: the newest)")
+    _config_arg(p)
+    p.add_argument("name", nargs="?")
+    p.add_argument("--to", type=Path, required=True, help="a new or empty directory")
+    p.add_argument("--standby", action="store_true", help="keep standby.signal (restore a replica as a replica)")
+    p.set_defaults(func=cmd_backup_restore)
+
     lab = sub.add_parser("lab", help="a local lab in network namespaces").add_subparsers(dest="lab", required=True)
     p = lab.add_parser("up", help="build (or repair) the lab and show it working")
     p.add_argument("--spokes", type=int, default=3)
     p.add_argument("--backend", choices=("auto", "kernel", "userspace"), default="auto")
+    p.add_argument("--postgres", action="store_true",
+                   help="PostgreSQL 15 on the spokes: spoke-a primary, the others streaming replicas")
     p.set_defaults(func=cmd_lab_up)
     p = lab.add_parser("status", help="list the lab's nodes")
     p.add_argument("--json", action="store_true")

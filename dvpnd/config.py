@@ -28,6 +28,10 @@ DEFAULT_KEEPALIVE = 25
 DEFAULT_MTU = 1420
 DEFAULT_STATUS_PORT = 8000
 DEFAULT_METRICS_PORT = 9586
+DEFAULT_PG_PORT = 5432
+COMPRESSIONS = ("gzip", "none")  # what tar unpacks for verification without extra tools
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 BACKENDS = ("auto", "kernel", "userspace")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
@@ -94,6 +98,40 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True)
+class PostgresConfig:
+    """The local PostgreSQL server that dvpnd reports on and backs up (spokes only)."""
+
+    enabled: bool = False
+    data_dir: Path = Path("/var/lib/postgresql/15/main")
+    config_dir: Path = Path("/var/lib/postgresql/15/main")  # where postgresql.conf is (Debian: /etc/postgresql/15/main)
+    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    port: int = DEFAULT_PG_PORT
+    socket_dir: Path = Path("/var/run/postgresql")
+    os_user: str = "postgres"
+    primary: IPv4Address | None = None  # overlay address of the primary (replicas bootstrap from it)
+    replication_user: str = "replicator"
+    password_file: Path = Path("/etc/dvpn/pg-replication.password")
+    slot: str = ""  # this node's replication slot on the primary
+
+    @property
+    def passfile(self) -> Path:
+        """The server's copy of the replication password (pgpass format), outside the data directory."""
+        return self.data_dir.parent / f"{self.data_dir.name}.dvpn.pgpass"
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    enabled: bool = False
+    dir: Path = DEFAULT_STATE_DIR / "backups"
+    interval: int = 86400
+    keep_last: int = 7
+    keep_age: int = 0  # seconds; 0: no age rule
+    compress: str = "gzip:1"
+    verify: bool = True
+    timeout: int = 6 * 3600
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     enabled: bool
     address: str
@@ -121,6 +159,8 @@ class Config:
     log_level: str
     peers_dir: Path = field(default=Path("peers.d"))
     public_endpoint: Endpoint | None = None  # hub: how spokes reach it (printed by `spoke add`)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     @property
     def is_hub(self) -> bool:
@@ -281,7 +321,7 @@ def parse_endpoint(text: str) -> Endpoint:
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
     "overlay", "wireguard", "hub", "peers", "peers_dir", "firewall", "status", "metrics",
-    "control", "public_endpoint",
+    "control", "public_endpoint", "postgres", "backup",
 }
 
 
@@ -372,7 +412,12 @@ def _build(src: Source, problems: list[str]) -> Config | None:
             r.error(("peers",), "only the hub lists peers (this node has role: spoke)")
         hub = _hub(r, top)
 
+    pg = _postgres(r, top, is_hub, name, network, address)
+    backup = _backup(r, top, pg, state_dir)
     fw = _firewall(r, top, is_hub, wg)
+    if pg.enabled and pg.port in fw.public_tcp_ports:
+        r.error(("firewall", "public_tcp_ports"),
+                f"TCP {pg.port} is PostgreSQL's port, which is open to other spokes on the overlay only")
     status = _listen(r, top, "status", enabled=True, address="127.0.0.1" if is_hub else "0.0.0.0",
                      port=DEFAULT_STATUS_PORT)
     metrics = _listen(r, top, "metrics", enabled=True, address="127.0.0.1", port=DEFAULT_METRICS_PORT)
@@ -388,7 +433,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         hub_address=hub_address, address=address, wireguard=wg, hub=hub, peers=tuple(peers),
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
-        public_endpoint=public_endpoint,
+        public_endpoint=public_endpoint, postgres=pg, backup=backup,
     )
 
 
@@ -569,3 +614,111 @@ def _listen(r: _Reader, top: dict[str, Any], key: str, *, enabled: bool, address
     addr = r.get(m, (key, "listen"), str, default=address, check=check_addr)
     p = r.get(m, (key, "port"), int, default=port, check=_check_port)
     return ListenConfig(enabled=en, address=addr, port=p)
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from an integer or a string like '90', '30m', '6h', '7d'; ValueError otherwise."""
+    if isinstance(value, int):
+        return value
+    m = _DURATION.match(value.strip())
+    if not m:
+        raise ValueError(f"'{value}' is not a duration (seconds, or a number with s, m, h or d)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _duration(r: _Reader, m: dict[str, Any], kp: KeyPath, default: int, lo: int, hi: int) -> int:
+    raw = r.get(m, kp, (int, str), default=default)
+    try:
+        value = parse_duration(raw)
+    except ValueError as e:
+        r.error(kp, str(e))
+        return default
+    if not lo <= value <= hi:
+        r.error(kp, f"must be between {lo} and {hi} seconds, got {value}")
+        return default
+    return value
+
+
+PG_KEYS = {"enabled", "data_dir", "config_dir", "bin_dir", "port", "socket_dir", "os_user", "primary",
+           "replication_user", "password_file", "slot"}
+
+
+def _abs_path(r: _Reader, m: dict[str, Any], kp: KeyPath, default: str) -> Path:
+    text = r.get(m, kp, str, default=default,
+                 check=lambda v: None if v.startswith("/") else f"'{v}' must be an absolute path")
+    return Path(text)
+
+
+def _postgres(r: _Reader, top: dict[str, Any], is_hub: bool, name: str | None,
+              network: IPv4Network | None, address: IPv4Address | None) -> PostgresConfig:
+    m = r.section(top, ("postgres",), PG_KEYS)
+    enabled = r.get(m, ("postgres", "enabled"), bool, default=bool(m))
+    if not enabled:
+        return PostgresConfig()
+    if is_hub:
+        r.error(("postgres",), "the hub runs no database (PostgreSQL lives on the spokes)")
+        return PostgresConfig()
+    data_dir = _abs_path(r, m, ("postgres", "data_dir"), str(PostgresConfig.data_dir))
+    primary = None
+    if "primary" in m:
+        primary = _address(r, m, ("postgres", "primary"), network)
+    else:
+        r.error(("postgres", "primary"), "is required: the overlay address of the primary server "
+                                         "(this node's own address on the primary)")
+    ident = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+    default_slot = re.sub(r"[^a-z0-9_]", "_", (name or "dvpn").lower())
+    return PostgresConfig(
+        enabled=True,
+        data_dir=data_dir,
+        config_dir=_abs_path(r, m, ("postgres", "config_dir"), str(data_dir)),
+        bin_dir=_abs_path(r, m, ("postgres", "bin_dir"), str(PostgresConfig.bin_dir)),
+        port=r.get(m, ("postgres", "port"), int, default=DEFAULT_PG_PORT, check=_check_port),
+        socket_dir=_abs_path(r, m, ("postgres", "socket_dir"), str(PostgresConfig.socket_dir)),
+        os_user=r.get(m, ("postgres", "os_user"), str, default="postgres",
+                      check=lambda v: None if re.match(r"^[a-z_][a-z0-9_\-]{0,31}$", v) else "is not a user name"),
+        primary=primary,
+        replication_user=r.get(m, ("postgres", "replication_user"), str, default="replicator",
+                               check=lambda v: None if ident.match(v) else
+                               "must be a lower-case SQL identifier (a-z, 0-9, _)"),
+        password_file=_abs_path(r, m, ("postgres", "password_file"), str(PostgresConfig.password_file)),
+        slot=r.get(m, ("postgres", "slot"), str, default=default_slot,
+                   check=lambda v: None if ident.match(v) else "must be a-z, 0-9 and _ (a replication slot name)"),
+    )
+
+
+BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout"}
+
+
+def _backup(r: _Reader, top: dict[str, Any], pg: PostgresConfig, state_dir: Path) -> BackupConfig:
+    m = r.section(top, ("backup",), BACKUP_KEYS)
+    enabled = r.get(m, ("backup", "enabled"), bool, default=pg.enabled)
+    if not enabled:
+        return BackupConfig()
+    if not pg.enabled:
+        r.error(("backup", "enabled"), "backups need the postgres section (enabled: true)")
+        return BackupConfig()
+
+    def check_compress(v: str) -> str | None:
+        method, _, level = v.partition(":")
+        if method not in COMPRESSIONS:
+            return f"'{v}': the method must be one of {', '.join(COMPRESSIONS)}"
+        if level and not level.isdigit():
+            return f"'{v}': the level after ':' must be a number"
+        return None
+
+    keep_last = r.get(m, ("backup", "keep_last"), int, default=7,
+                      check=lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000")
+    keep_age = _duration(r, m, ("backup", "keep_age"), 0, 0, 10 * 365 * 86400)
+    if keep_last == 0 and keep_age == 0:
+        r.error(("backup", "keep_last"), "with keep_age 0 too, nothing but the newest backup would be kept; "
+                                         "set keep_last or keep_age")
+    return BackupConfig(
+        enabled=True,
+        dir=_abs_path(r, m, ("backup", "dir"), str(state_dir / "backups")),
+        interval=_duration(r, m, ("backup", "interval"), 86400, 60, 30 * 86400),
+        keep_last=keep_last,
+        keep_age=keep_age,
+        compress=r.get(m, ("backup", "compress"), str, default="gzip:1", check=check_compress),
+        verify=r.get(m, ("backup", "verify"), bool, default=True),
+        timeout=_duration(r, m, ("backup", "timeout"), 6 * 3600, 60, 7 * 86400),
+    )

@@ -61,6 +61,17 @@ async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
         ok = await daemon.reconcile("firewall apply requested", force_firewall=True)
         fw = daemon.reconciler.firewall_state
         return {"ok": ok and fw.error is None, "problems": [e for e in (fw.error, daemon.reconcile_error) if e]}
+    if cmd == "backup-now":
+        from dvpnd.backup import entry_json
+
+        if daemon.db is None or not daemon.config.backup.enabled:
+            return {"ok": False, "problems": [f"{daemon.config_path}: backups are not enabled (backup section)"],
+                    "bad_input": True}
+        try:
+            entry = await daemon.db.backup_now()
+        except DvpnError as e:
+            return {"ok": False, "problems": [str(e)]}
+        return {"ok": True, "backup": entry_json(entry)}
     if cmd == "down":
         try:
             await daemon.down()

@@ -22,6 +22,7 @@ import yaml
 
 from dvpnd import control, httpapi, runbook
 from dvpnd.config import DEFAULT_CONFIG, Config, load_config
+from dvpnd.dbsup import DbSupervisor
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.fsutil import write_atomic
 from dvpnd.link import read_link
@@ -55,6 +56,7 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
         self.last_reload_bad_input = False
+        self.db = DbSupervisor(config) if config.postgres.enabled else None
 
     def _empty_snapshot(self) -> Snapshot:
         c = self.config
@@ -107,8 +109,10 @@ class Daemon:
                     log.error("reload rejected: %s", p)
                 self.last_reload_bad_input = True
                 return False, e.problems
-            fixed = ("role", "state_dir", "control_socket")
-            changed = [k for k in fixed if getattr(new, k) != getattr(self.config, k)]
+            fixed: tuple[str, ...] = ("role", "state_dir", "control_socket")
+            if new.postgres.enabled != self.config.postgres.enabled or new.backup.enabled != self.config.backup.enabled:
+                fixed += ("postgres.enabled/backup.enabled",)
+            changed = [k for k in fixed if "." in k or getattr(new, k) != getattr(self.config, k)]
             if (new.wireguard.interface != self.config.wireguard.interface
                     or new.wireguard.private_key_file != self.config.wireguard.private_key_file):
                 changed.append("wireguard.interface/private_key_file")
@@ -120,6 +124,9 @@ class Daemon:
             async with self.lock:
                 self.config = new
                 self.reconciler.config = new
+                if self.db is not None:
+                    self.db.config = new
+                    self.db.reschedule()
                 set_level(new.log_level)
             log.info("configuration reloaded from %s (%d peers)", self.config_path, len(new.peers))
             ok = await self.reconcile("reload")
@@ -204,6 +211,8 @@ class Daemon:
             disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
             firewall_error=fw.error, firewall_applied=fw.applied,
             extra=self.counters(),
+            postgres=self.db.view if self.db else None,
+            backup=self.db.status if self.db and c.backup.enabled else None,
         )
 
     def counters(self) -> dict[str, float]:
@@ -290,6 +299,10 @@ class Daemon:
         ctl = await control.start(self)
         tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
                  asyncio.create_task(self.snapshot_loop(), name="snapshot")]
+        if self.db is not None:
+            tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))
+            if self.config.backup.enabled:
+                tasks.append(asyncio.create_task(self.db.backup_loop(self.stopping), name="backup"))
         try:
             await self.stopping.wait()
         finally:

@@ -149,7 +149,10 @@ def render_ruleset(config: Config) -> Json:
         if fw.overlay_tcp_ports is None:
             cmds.append(_rule("input", iif_wg, overlay_src, ACCEPT, comment="other spokes"))
         else:
-            cmds += _set("overlay_tcp", "inet_service", list(fw.overlay_tcp_ports))
+            ports = list(fw.overlay_tcp_ports)
+            if config.postgres.enabled and config.postgres.port not in ports:
+                ports.append(config.postgres.port)  # the database is what the overlay is for
+            cmds += _set("overlay_tcp", "inet_service", ports)
             cmds.append(_rule("input", iif_wg, overlay_src, _match(_payload("tcp", "dport"), "@overlay_tcp"),
                               ACCEPT, comment="other spokes, listed ports"))
             cmds.append(_rule("input", iif_wg, overlay_src,

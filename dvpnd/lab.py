@@ -93,7 +93,16 @@ def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
     return out
 
 
-def render_node_config(node: Node, backend: str, hub_key: str | None) -> dict[str, Any]:
+PRIMARY_OVERLAY = "10.88.0.11"  # spoke-a
+
+
+def pg_paths(node: Node) -> dict[str, str]:
+    d = Path(node.dir)
+    return {"data_dir": str(d / "postgres" / "data"), "socket_dir": str(d / "postgres" / "run"),
+            "password_file": str(d / "pg-replication.password"), "backups": str(d / "backups")}
+
+
+def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False) -> dict[str, Any]:
     """A node's dvpnd.yaml in the lab (pure)."""
     assert node.state_dir is not None
     cfg: dict[str, Any] = {
@@ -113,6 +122,11 @@ def render_node_config(node: Node, backend: str, hub_key: str | None) -> dict[st
     if node.role == "spoke":
         cfg["overlay"]["address"] = node.overlay_ip
         cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
+        if postgres:
+            paths = pg_paths(node)
+            cfg["postgres"] = {"primary": PRIMARY_OVERLAY, "data_dir": paths["data_dir"],
+                               "socket_dir": paths["socket_dir"], "password_file": paths["password_file"]}
+            cfg["backup"] = {"dir": paths["backups"], "interval": "1h", "keep_last": 3}
     return cfg
 
 
@@ -191,7 +205,7 @@ def build_network(nodes: list[Node]) -> None:
         _ip("-n", node.netns, "route", "add", "default", "via", raddr.split("/")[0])
 
 
-def _pid_alive(pid: int | None) -> bool:
+def _pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:
     if not pid:
         return False
     try:
@@ -206,7 +220,7 @@ def _pid_alive(pid: int | None) -> bool:
     if stat.rpartition(")")[2].split()[0] == "Z":
         return False
     # The command line reads empty for a moment while the process execs.
-    return not cmd or b"dvpnd" in cmd
+    return not cmd or marker in cmd
 
 
 def read_pid(node: Node) -> int | None:
@@ -266,7 +280,8 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
-def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60) -> list[Node]:
+def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
+       postgres: bool = False) -> list[Node]:
     """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
     if os.geteuid() != 0:
         raise DvpnError("the lab needs root (network namespaces, mounts, nftables)")
@@ -275,14 +290,18 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60)
     existing = load_lab()
     if existing is not None:
         nodes, meta = existing
-        if len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend:
+        if (len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend
+                or bool(meta.get("postgres")) != postgres):
             raise DvpnError(
-                f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}) is up; "
+                f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}"
+                f"{', postgres' if meta.get('postgres') else ''}) is up; "
                 "run 'dvpnctl lab down' first to change its shape")
     else:
-        nodes, meta = plan(spokes, backend), {"spokes": spokes, "backend": backend,
+        nodes, meta = plan(spokes, backend), {"spokes": spokes, "backend": backend, "postgres": postgres,
                                               "created_wg_run": not WG_RUN.exists()}
     LAB_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The database servers run as the postgres user, which must reach its directories.
+    os.chmod(LAB_DIR, 0o711 if postgres else 0o700)
     WG_RUN.mkdir(mode=0o755, exist_ok=True)
     for n in nodes:
         Path(n.dir).mkdir(parents=True, exist_ok=True)
@@ -304,7 +323,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60)
     for s in (n for n in nodes if n.role == "spoke"):
         assert s.config is not None
         if not Path(s.config).exists():
-            _write_yaml(Path(s.config), render_node_config(s, backend, hub_key))
+            _write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres))
         if not _pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
@@ -318,6 +337,10 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60)
         if not reply.get("ok"):
             raise DvpnError(f"hub rejected the reload: {reply.get('problems')}")
     wait_handshakes_done(nodes, wait_handshakes)
+    if postgres:
+        from dvpnd import labpg
+
+        labpg.up(nodes)
     return nodes
 
 
@@ -363,6 +386,9 @@ def status() -> list[dict[str, Any]]:
                 entry["state"] = st.get("state")
                 entry["peers"] = [{"name": p["name"], "overlay_ip": p["overlay_ip"], "state": p["state"],
                                    "handshake_age_sec": p["handshake_age_sec"]} for p in st.get("peers", [])]
+                if "postgres" in st:
+                    entry["postgres"] = st["postgres"]["role"]
+                    entry["backups"] = (st.get("backup") or {}).get("kept")
             except DvpnError as e:
                 entry["state"] = "down"
                 entry["error"] = str(e)
@@ -377,8 +403,12 @@ def down() -> list[str]:
     nodes = lab[0] if lab else plan(MAX_SPOKES, "userspace")
     meta = lab[1] if lab else {}
     wg_pids: list[int] = []
+    from dvpnd import labpg
     from dvpnd.uapi import SOCKET_DIR
 
+    for n in nodes:
+        if n.role == "spoke":
+            done += labpg.stop_server(n)
     for n in nodes:
         if n.runs_dvpnd:
             pid = read_pid(n)
@@ -441,6 +471,8 @@ def format_status(entries: list[dict[str, Any]]) -> str:
                               + (f" ({p['handshake_age_sec']}s)" if p["handshake_age_sec"] is not None else "")
                               for p in e.get("peers", []))
             head += f"  peers: {peers or '-'}"
+            if e.get("postgres"):
+                head += f"  postgres: {e['postgres']}, {e.get('backups') or 0} backups"
         lines.append(head)
     return "\n".join(lines)
 

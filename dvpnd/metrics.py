@@ -59,9 +59,65 @@ def collect_snapshot(snap: Snapshot, counters: dict[str, float], stale_after: in
     yield GaugeMetricFamily("dvpnd_ready", "1 once the first reconcile is done", value=int(snap.ready))
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",
                             value=max(0.0, now - snap.taken))
+    yield from collect_db(snap, now)
     info = InfoMetricFamily("dvpnd_build", "dvpnd build and node information")
     info.add_metric([], {"version": VERSION, "role": snap.role, "backend": snap.backend, "node": snap.node})
     yield info
+
+
+def collect_db(snap: Snapshot, now: float) -> Iterator[Any]:
+    """PostgreSQL and backup series (spokes with a database)."""
+    v = snap.postgres
+    if v is not None:
+        yield GaugeMetricFamily("dvpnd_postgres_up", "1 if the local PostgreSQL server answers", value=int(v.up))
+        role = GaugeMetricFamily("dvpnd_postgres_role", "The server's role (1 for the current one)", labels=["role"])
+        for name in ("primary", "replica", "down"):
+            role.add_metric([name], int(v.role == name))
+        yield role
+        if v.role == "primary":
+            yield GaugeMetricFamily("dvpnd_postgres_replicas_connected", "Replicas streaming from this primary",
+                                    value=sum(1 for r in v.replicas if r.state == "streaming"))
+            lag = GaugeMetricFamily("dvpnd_postgres_replica_lag_bytes", "WAL not yet replayed by a replica",
+                                    labels=["replica"])
+            for r in v.replicas:
+                if r.lag_bytes is not None:
+                    lag.add_metric([r.name], r.lag_bytes)
+            yield lag
+            active = GaugeMetricFamily("dvpnd_postgres_slot_active", "1 if a replica uses the slot", labels=["slot"])
+            kept = GaugeMetricFamily("dvpnd_postgres_slot_retained_bytes", "WAL the slot holds back", labels=["slot"])
+            for s in v.slots:
+                active.add_metric([s.name], int(s.active))
+                if s.retained_bytes is not None:
+                    kept.add_metric([s.name], s.retained_bytes)
+            yield from (active, kept)
+        if v.role == "replica":
+            yield GaugeMetricFamily("dvpnd_postgres_replication_lag_seconds",
+                                    "Age of the last replayed transaction while behind (0 when caught up)",
+                                    value=v.lag_sec or 0.0)
+            yield GaugeMetricFamily("dvpnd_postgres_replication_lag_bytes", "WAL received but not yet replayed",
+                                    value=v.lag_bytes or 0)
+            yield GaugeMetricFamily("dvpnd_postgres_streaming", "1 if the WAL receiver is streaming",
+                                    value=int(v.receiver_status == "streaming"))
+    b = snap.backup
+    if b is not None:
+        yield GaugeMetricFamily("dvpnd_backup_last_success_timestamp_seconds",
+                                "UNIX time of the last verified backup (0: none)", value=b.last_success or 0)
+        yield GaugeMetricFamily("dvpnd_backup_age_seconds", "Age of the last verified backup",
+                                value=b.age(now) if b.last_success else float("nan"))
+        yield GaugeMetricFamily("dvpnd_backup_last_duration_seconds", "pg_basebackup time of the last backup",
+                                value=b.last_duration_sec or 0.0)
+        yield GaugeMetricFamily("dvpnd_backup_last_verify_seconds", "Verification time of the last backup",
+                                value=b.last_verify_sec or 0.0)
+        yield GaugeMetricFamily("dvpnd_backup_last_size_bytes", "Size on disk of the last backup",
+                                value=b.last_size_bytes or 0)
+        yield CounterMetricFamily("dvpnd_backup_successes", "Verified backups taken", value=b.successes)
+        yield CounterMetricFamily("dvpnd_backup_failures", "Backups that failed or were refused", value=b.failures)
+        yield GaugeMetricFamily("dvpnd_backup_last_failed", "1 if the last attempt failed",
+                                value=int(b.last_error is not None))
+        yield GaugeMetricFamily("dvpnd_backup_running", "1 while a backup runs", value=int(b.running_since is not None))
+        yield GaugeMetricFamily("dvpnd_backups_kept", "Verified backups in the backup directory", value=b.kept)
+        yield GaugeMetricFamily("dvpnd_backup_overdue", "1 if the last backup is older than twice the interval",
+                                value=int(b.overdue(now)))
 
 
 class SnapshotCollector(Collector):

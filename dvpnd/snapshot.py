@@ -7,12 +7,16 @@ subprocess. The functions here are pure: they turn a device reading into what is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvpnd.config import Config
 from dvpnd.wgstate import DeviceState
+
+if TYPE_CHECKING:
+    from dvpnd.dbsup import BackupStatus
+    from dvpnd.pg import PgView
 
 VERSION = "0.1.0"
 
@@ -54,16 +58,34 @@ class Snapshot:
     firewall_error: str | None = None
     firewall_applied: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    postgres: PgView | None = None  # spokes with a database
+    backup: BackupStatus | None = None
 
     def state(self, stale_after: int, now: float) -> str:
         """ok / degraded / failed, judged at `now` like the peers shown beside it."""
         if not self.interface_up or (self.reconcile_error and not self.ready):
             return "failed"
-        if self.reconcile_error or self.firewall_error:
-            return "degraded"
-        if any(p.state(now, stale_after) != "up" for p in self.peers):
-            return "degraded"
-        return "ok"
+        return "degraded" if self.problems(stale_after, now) else "ok"
+
+    def problems(self, stale_after: int, now: float) -> list[str]:
+        """Why the node is degraded (empty when it is ok)."""
+        out = []
+        if self.reconcile_error:
+            out.append(f"reconcile: {self.reconcile_error}")
+        if self.firewall_error:
+            out.append(f"firewall: {self.firewall_error}")
+        out += [f"peer {p.name} {p.state(now, stale_after)}" for p in self.peers if p.state(now, stale_after) != "up"]
+        pgv = self.postgres
+        if pgv is not None:
+            if not pgv.up:
+                out.append("postgres down")
+            elif pgv.role == "replica" and pgv.receiver_status != "streaming":
+                out.append(f"postgres replica not streaming ({pgv.receiver_status or 'no receiver'})")
+        b = self.backup
+        if b is not None and b.overdue(now):
+            out.append("backup overdue (older than twice backup.interval)" if b.last_success
+                       else "no backup yet after twice backup.interval")
+        return out
 
 
 def peer_views(config: Config, device: DeviceState) -> tuple[PeerView, ...]:
@@ -106,7 +128,42 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "state": snap.state(stale_after, now),
         "peers_up": sum(1 for p in snap.peers if p.state(now, stale_after) == "up"),
         "version": VERSION,
+        **_public_db(snap, now),
     }
+
+
+def _public_db(snap: Snapshot, now: float) -> dict[str, Any]:
+    """The database's health in public-safe terms: no addresses, names or errors."""
+    out: dict[str, Any] = {}
+    if snap.postgres is not None:
+        v = snap.postgres
+        out["postgres"] = {"role": v.role if v.up else "down",
+                           "replication_lag_sec": v.lag_sec if v.role == "replica" else None}
+    if snap.backup is not None:
+        b = snap.backup
+        age = b.age(now)
+        out["backup"] = {"last_success": rfc3339_ms(b.last_success) if b.last_success else None,
+                         "age_sec": int(age) if age is not None else None,
+                         "overdue": b.overdue(now)}
+    return out
+
+
+def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if snap.postgres is not None:
+        v = snap.postgres
+        out["postgres"] = {
+            "up": v.up, "role": v.role, "version": v.version, "error": v.error,
+            "replicas": [asdict(r) for r in v.replicas], "slots": [asdict(s) for s in v.slots],
+            "upstream": v.upstream, "receiver_status": v.receiver_status,
+            "lag_bytes": v.lag_bytes, "lag_sec": v.lag_sec,
+        }
+    if snap.backup is not None:
+        b = snap.backup
+        age = b.age(now)
+        out["backup"] = dict(asdict(b), age_sec=int(age) if age is not None else None, overdue=b.overdue(now),
+                             last_success_time=rfc3339_ms(b.last_success) if b.last_success else None)
+    return out
 
 
 def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any]:
@@ -115,6 +172,7 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "node": snap.node,
         "role": snap.role,
         "state": snap.state(stale_after, now),
+        "problems": snap.problems(stale_after, now),
         "interface": snap.interface,
         "interface_up": snap.interface_up,
         "backend": snap.backend,
@@ -138,4 +196,5 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
             }
             for p in snap.peers
         ],
+        **_detail_db(snap, now),
     }

@@ -1,0 +1,391 @@
+"""Verified local backups of the spoke's PostgreSQL server.
+
+A backup is `pg_basebackup` in tar format, compressed, with its backup manifest, written to
+`BACKUP_DIR/.partial-NAME/`. It counts only once `pg_verifybackup` has checked an extracted
+copy against the manifest (WAL included); then `backup.json` is written, every file and the
+directory are fsynced, and the directory is renamed to `BACKUP_DIR/NAME/`. A rename is atomic,
+so a backup interrupted at any moment (killed, disk full, server gone) leaves only a
+`.partial-`/`.verify-` directory, which is removed at once or at the next start; an entry
+without the dot and with a readable `backup.json` is always a complete, verified backup.
+
+Retention keeps the last `keep_last` and those newer than `keep_age`, and never the newest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dvpnd.config import BackupConfig, Config, PostgresConfig
+from dvpnd.errors import DvpnError
+
+log = logging.getLogger("dvpnd.backup")
+META = "backup.json"
+MANIFEST = "backup_manifest"
+NAME_RE = re.compile(r"^\d{8}T\d{6}Z$")
+PARTIAL_PREFIXES = (".partial-", ".verify-", ".deleting-")
+SPACE_MARGIN = 1.10
+
+
+class BackupError(DvpnError):
+    """A backup, verification or restore failed; nothing that looks complete was left."""
+
+
+class BackupRefused(BackupError):
+    """A backup was not started (not enough space, one already running)."""
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    name: str
+    started: float
+    finished: float
+    duration_sec: float  # pg_basebackup and the fsyncs, without verification
+    verify_sec: float
+    size_bytes: int  # on disk, compressed
+    extracted_bytes: int  # what verification (or a restore) unpacks
+    server_role: str  # primary | replica, when it was taken
+    node: str
+    files: tuple[str, ...]
+    verified: bool = True
+
+
+# --- pure --------------------------------------------------------------------------------
+
+def backup_name(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def compress_arg(compress: str) -> str:
+    method, _, level = compress.partition(":")
+    if method == "none":
+        return "none"
+    return f"client-{method}" + (f":{level}" if level else "")
+
+
+def basebackup_argv(pg: PostgresConfig, bc: BackupConfig, dest: Path, label: str) -> list[str]:
+    return [str(pg.bin_dir / "pg_basebackup"), "-D", str(dest), "-Ft", f"--compress={compress_arg(bc.compress)}",
+            "-X", "stream", "-c", "fast", "--manifest-checksums=CRC32C", "-h", str(pg.socket_dir),
+            "-p", str(pg.port), "-U", "postgres", "--no-password", "-l", label]
+
+
+def plan_retention(entries: Sequence[BackupEntry], now: float, keep_last: int, keep_age: int) -> list[str]:
+    """Names to delete. `entries` are newest first. A backup stays if it is among the last
+    `keep_last` or younger than `keep_age` (a rule set to 0 keeps nothing by itself);
+    the newest always stays."""
+    doomed = []
+    for i, e in enumerate(entries):
+        if i == 0:
+            continue
+        if keep_last and i < keep_last:
+            continue
+        if keep_age and now - e.finished < keep_age:
+            continue
+        doomed.append(e.name)
+    return doomed
+
+
+def space_needed(last: BackupEntry | None, db_size: int | None, verify: bool) -> int | None:
+    """Bytes a new backup needs in the backup directory (with verification's unpacked copy)."""
+    if last is not None:
+        need = last.size_bytes + (last.extracted_bytes if verify else 0)
+    elif db_size is not None:
+        need = db_size + (db_size if verify else 0)
+    else:
+        return None
+    return int(need * SPACE_MARGIN)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --- reading the backup directory --------------------------------------------------------
+
+def read_entry(path: Path) -> BackupEntry | None:
+    if not NAME_RE.match(path.name) or not path.is_dir():
+        return None
+    try:
+        data = json.loads((path / META).read_text())
+        data["files"] = tuple(data.get("files", ()))
+        entry = BackupEntry(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    return entry if entry.verified and entry.name == path.name else None
+
+
+def list_backups(directory: Path) -> list[BackupEntry]:
+    """Complete, verified backups, newest first."""
+    try:
+        children = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    entries = [e for e in (read_entry(p) for p in children) if e is not None]
+    return sorted(entries, key=lambda e: e.name, reverse=True)
+
+
+def cleanup_partials(directory: Path) -> list[str]:
+    """Remove what interrupted backups, verifications and deletions left."""
+    removed: list[str] = []
+    try:
+        children = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in children:
+        if p.name.startswith(PARTIAL_PREFIXES):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for d in [*dirs, ""]:
+            fd = os.open(os.path.join(root, d) if d else root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- subprocesses ------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """In the child: if dvpnd dies, so does its pg_basebackup (no orphan writing a backup)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent, cwd="/")
+    except FileNotFoundError:
+        raise BackupError(f"{what}: {argv[0]} not found") from None
+    if on_start is not None:
+        on_start(proc.pid)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except (TimeoutError, asyncio.CancelledError) as e:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        raise BackupError(f"{what}: still running after {timeout:.0f}s; stopped") from None
+    rc = proc.returncode or 0
+    if rc != 0:
+        lines = (err or out).decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else ""
+        if rc < 0:
+            reason = f"killed by signal {-rc}" + (f" ({reason})" if reason else "")
+        raise BackupError(f"{what} failed: {reason or f'exit {rc}'}")
+    return out.decode(errors="replace")
+
+
+async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float) -> None:
+    """Unpack a tar-format backup (base + WAL) into `dest`."""
+    tars = sorted(p.name for p in source.iterdir() if p.name.startswith(("base.tar", "pg_wal.tar")))
+    base = next((t for t in tars if t.startswith("base.tar")), None)
+    if base is None:
+        raise BackupError(f"{source}: no base.tar* in the backup")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    await _run(["tar", "-xf", str(source / base), "-C", str(dest)], f"unpacking {source / base}", timeout)
+    wal = next((t for t in tars if t.startswith("pg_wal.tar")), None)
+    if wal is not None:
+        (dest / "pg_wal").mkdir(mode=0o700, exist_ok=True)
+        await _run(["tar", "-xf", str(source / wal), "-C", str(dest / "pg_wal")], f"unpacking {source / wal}",
+                   timeout)
+
+
+async def verify_dir(pg: PostgresConfig, source: Path, scratch: Path, timeout: float) -> tuple[float, int]:
+    """Unpack `source` into `scratch`, check it with pg_verifybackup, remove `scratch`.
+    Returns (seconds, unpacked bytes)."""
+    t0 = time.monotonic()
+    try:
+        await _extract(pg, source, scratch, timeout)
+        size = await asyncio.to_thread(_dir_size, scratch)
+        await _run([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(scratch)],
+                   f"pg_verifybackup of {source.name}", timeout)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    return time.monotonic() - t0, size
+
+
+# --- taking a backup ---------------------------------------------------------------------
+
+async def take_backup(config: Config, server_role: str, db_size: int | None,
+                      on_pid: Callable[[int], None] | None = None, now: Callable[[], float] = time.time
+                      ) -> BackupEntry:
+    """One verified backup, in place under its final name; raises BackupError/BackupRefused."""
+    pg, bc = config.postgres, config.backup
+    bc.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in await asyncio.to_thread(cleanup_partials, bc.dir):
+        log.info("removed %s left by an interrupted backup", bc.dir / name)
+    existing = await asyncio.to_thread(list_backups, bc.dir)
+    need = space_needed(existing[0] if existing else None, db_size, bc.verify)
+    free = shutil.disk_usage(bc.dir).free
+    if need is not None and free < need:
+        basis = f"the last backup ({existing[0].name})" if existing else "the databases' size"
+        raise BackupRefused(f"backup refused: {bc.dir} has {human(free)} free, and {basis} says a backup "
+                            f"{'and its verification need' if bc.verify else 'needs'} about {human(need)}")
+    started = now()
+    name = backup_name(started)
+    if (bc.dir / name).exists():
+        raise BackupRefused(f"backup {name} exists already (one backup per second at most)")
+    tmp = bc.dir / f".partial-{name}"
+    scratch = bc.dir / f".verify-{name}"
+    tmp.mkdir(mode=0o700)
+    t0 = time.monotonic()
+    try:
+        await _run(basebackup_argv(pg, bc, tmp, f"dvpn {config.name} {name}"), "pg_basebackup", bc.timeout, on_pid)
+        duration = time.monotonic() - t0
+        verify_sec, extracted = 0.0, 0
+        if bc.verify:
+            verify_sec, extracted = await verify_dir(pg, tmp, scratch, bc.timeout)
+        files = tuple(sorted(p.name for p in tmp.iterdir()))
+        size = await asyncio.to_thread(_dir_size, tmp)
+        entry = BackupEntry(name=name, started=started, finished=now(), duration_sec=round(duration, 3),
+                            verify_sec=round(verify_sec, 3), size_bytes=size, extracted_bytes=extracted,
+                            server_role=server_role, node=config.name, files=files, verified=bc.verify)
+        meta = tmp / META
+        meta.write_text(json.dumps(asdict(entry), indent=2) + "\n")
+        os.chmod(meta, 0o600)
+        await asyncio.to_thread(_fsync_tree, tmp)
+        os.rename(tmp, bc.dir / name)
+        await asyncio.to_thread(_fsync_dir, bc.dir)
+        return entry
+    finally:
+        for d in (tmp, scratch):
+            if d.exists():
+                await asyncio.to_thread(shutil.rmtree, d, True)
+
+
+def apply_retention(bc: BackupConfig, now: float) -> list[str]:
+    entries = list_backups(bc.dir)
+    doomed = plan_retention(entries, now, bc.keep_last, bc.keep_age)
+    for name in doomed:
+        # Renamed first, so a deletion cut short never leaves a half backup under a good name.
+        gone = bc.dir / f".deleting-{name}"
+        os.rename(bc.dir / name, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+    if doomed:
+        _fsync_dir(bc.dir)
+    return doomed
+
+
+# --- verify and restore (dvpnctl) --------------------------------------------------------
+
+def find_backup(bc: BackupConfig, name: str | None) -> BackupEntry:
+    entries = list_backups(bc.dir)
+    if not entries:
+        raise BackupError(f"{bc.dir}: no verified backup")
+    if name is None:
+        return entries[0]
+    for e in entries:
+        if e.name == name:
+            return e
+    raise BackupError(f"{bc.dir}: no backup named {name!r} (have: {', '.join(e.name for e in entries[:5])}"
+                      f"{' ...' if len(entries) > 5 else ''})")
+
+
+async def verify_backup(config: Config, entry: BackupEntry) -> float:
+    bc = config.backup
+    scratch = bc.dir / f".verify-{entry.name}-{os.getpid()}"
+    seconds, _ = await verify_dir(config.postgres, bc.dir / entry.name, scratch, bc.timeout)
+    return seconds
+
+
+async def restore(config: Config, entry: BackupEntry, to: Path, standby: bool = False) -> list[str]:
+    """Unpack a backup into `to` (absent or empty), check it against its manifest, and leave a
+    data directory a server can start from, owned by postgres.os_user."""
+    pg, bc = config.postgres, config.backup
+    if to.exists() and any(to.iterdir()):
+        raise BackupError(f"{to}: not empty; restore writes into a new or empty directory")
+    created = not to.exists()
+    source = bc.dir / entry.name
+    try:
+        await _extract(pg, source, to, bc.timeout)
+        await _run([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(to)],
+                   f"pg_verifybackup of the restored {to}", bc.timeout)
+    except BaseException:
+        if created:
+            shutil.rmtree(to, ignore_errors=True)
+        else:
+            for child in to.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink()
+        raise
+    done = [f"unpacked {entry.name} into {to} and checked it against its manifest"]
+    if not standby:
+        for sig in ("standby.signal", "recovery.signal"):
+            if (to / sig).exists():
+                (to / sig).unlink()
+                done.append(f"removed {sig}: the restored server starts as a primary")
+    os.chmod(to, 0o700)
+    if os.geteuid() == 0:
+        from dvpnd.pg import _user
+
+        u = _user(pg)
+        for root, dirs, files in os.walk(to):
+            for n in [*dirs, *files]:
+                os.lchown(os.path.join(root, n), u.pw_uid, u.pw_gid)
+        os.chown(to, u.pw_uid, u.pw_gid)
+        done.append(f"owned by {pg.os_user}")
+    return done
+
+
+def entry_json(e: BackupEntry) -> dict[str, Any]:
+    d = asdict(e)
+    d["files"] = list(e.files)
+    return d

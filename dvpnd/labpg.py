@@ -1,0 +1,190 @@
+"""The lab's PostgreSQL 15 cluster: spoke-a the primary, the other spokes streaming replicas
+that copy it over the overlay, each server in its spoke's network namespace listening on the
+overlay address, run as the postgres user, and set up with the same `dvpnctl pg` runbook
+steps an operator uses. The lab starts the servers (a real spoke has its own service manager).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dvpnd import pgconf
+from dvpnd.config import Config, PostgresConfig, load_config
+from dvpnd.errors import DvpnError
+from dvpnd.fsutil import write_atomic
+from dvpnd.lab import LAB_DIR, Node, _pid_alive, node_argv, node_env
+from dvpnd.pg import _user, as_user
+from dvpnd.procutil import wait_exit
+
+APP_USER = "app"
+APP_DB = "app"
+
+
+def node_config(node: Node) -> Config:
+    assert node.config is not None
+    return load_config(Path(node.config))
+
+
+def _pg(node: Node) -> PostgresConfig:
+    return node_config(node).postgres
+
+
+def server_pid(node: Node) -> int | None:
+    try:
+        pid = int((Path(node.dir) / "postgres.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid, b"postgres") else None
+
+
+def start_server(node: Node) -> int:
+    pg = _pg(node)
+    log = open(Path(node.dir) / "postgres.log", "ab")
+    argv = as_user(pg, [str(pg.bin_dir / "postgres"), "-D", str(pg.data_dir)])
+    proc = subprocess.Popen(node_argv(node, argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            env=node_env(node), start_new_session=True, cwd="/")
+    log.close()
+    (Path(node.dir) / "postgres.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_server(node: Node, how: int = signal.SIGINT) -> list[str]:
+    """Stop the node's server (SIGINT: PostgreSQL's fast shutdown), by the PID the lab recorded."""
+    pid = server_pid(node)
+    if pid is None:
+        return []
+    wait_exit(pid, 20, (how, signal.SIGQUIT, signal.SIGKILL))
+    return [f"stopped postgres in {node.name} (pid {pid})"]
+
+
+def run(node: Node, argv: list[str], env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(node_argv(node, argv), capture_output=True, text=True, timeout=timeout,
+                       env=dict(node_env(node), **(env or {})))
+    if check and r.returncode != 0:
+        raise DvpnError(f"{node.name}: {' '.join(argv[-6:])} exited {r.returncode}: {(r.stderr or r.stdout).strip()}")
+    return r
+
+
+def psql(node: Node, sql: str, db: str = "postgres", check: bool = True) -> str:
+    """Run SQL on the node's own server over its socket, as the postgres superuser."""
+    pg = _pg(node)
+    argv = as_user(pg, [str(pg.bin_dir / "psql"), "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "postgres",
+                        "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+    return run(node, argv, check=check).stdout.strip()
+
+
+def app_password() -> str:
+    return (LAB_DIR / "app.password").read_text().strip()
+
+
+def app_psql(node: Node, host: str, sql: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run SQL as the application user, from `node`, on the server at `host` (over the overlay)."""
+    pg = _pg(node)
+    argv = [str(pg.bin_dir / "psql"), f"host={host} port={pg.port} user={APP_USER} dbname={APP_DB} "
+            "connect_timeout=5 sslmode=disable", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
+    return run(node, argv, env={"PGPASSWORD": app_password()}, check=check, timeout=30)
+
+
+def dvpnctl(node: Node, *args: str) -> str:
+    assert node.config is not None
+    return run(node, [sys.executable, "-m", "dvpnd.cli", *args, "--config", node.config], timeout=600).stdout
+
+
+def wait_server(node: Node, timeout: float = 60) -> None:
+    pg = _pg(node)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = run(node, [str(pg.bin_dir / "pg_isready"), "-q", "-h", str(pg.socket_dir), "-p", str(pg.port)],
+                check=False)
+        if r.returncode == 0:
+            return
+        if server_pid(node) is None:
+            raise DvpnError(f"{node.name}: postgres exited; see {Path(node.dir) / 'postgres.log'}")
+        time.sleep(0.3)
+    raise DvpnError(f"{node.name}: postgres not accepting connections after {timeout:.0f}s")
+
+
+def _prepare_dirs(node: Node, password: str) -> None:
+    pg = _pg(node)
+    u = _user(pg)
+    for d in (pg.data_dir.parent, pg.socket_dir):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(d, u.pw_uid, u.pw_gid)
+    if not pg.password_file.exists():
+        write_atomic(pg.password_file, (password + "\n").encode(), mode=0o600)
+
+
+def wait_streaming(primary: Node, replicas: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    n = "0"
+    while time.monotonic() < deadline:
+        n = psql(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", check=False)
+        if n == str(replicas):
+            return
+        time.sleep(0.3)
+    raise DvpnError(f"{primary.name}: {n or 0} of {replicas} replicas streaming after {timeout:.0f}s")
+
+
+def up(nodes: list[Node]) -> None:
+    """Bring the cluster up (or repair it): idempotent like the rest of `lab up`."""
+    spokes = [n for n in nodes if n.role == "spoke"]
+    primary, replicas = spokes[0], spokes[1:]
+    secret = LAB_DIR / "pg-replication.password"
+    if not secret.exists():
+        write_atomic(secret, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+    if not (LAB_DIR / "app.password").exists():
+        write_atomic(LAB_DIR / "app.password", (secrets.token_urlsafe(16) + "\n").encode(), mode=0o600)
+    for s in spokes:
+        _prepare_dirs(s, secret.read_text().strip())
+
+    # The primary: the operator's `dvpnctl pg setup` (initdb, dvpn's files), start, setup again (role).
+    pg = _pg(primary)
+    if not (pg.data_dir / "PG_VERSION").exists():
+        dvpnctl(primary, "pg", "setup")
+    if server_pid(primary) is None:
+        start_server(primary)
+    wait_server(primary)
+    dvpnctl(primary, "pg", "setup")
+    if psql(primary, f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_USER}'") != "1":
+        verifier = pgconf.scram_verifier(app_password(), secrets.token_bytes(16))
+        psql(primary, f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{verifier}'")
+        psql(primary, f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
+    # The replicas: `dvpnctl pg init-replica` copies the primary over the overlay.
+    for r in replicas:
+        if not (_pg(r).data_dir / "PG_VERSION").exists():
+            dvpnctl(r, "pg", "init-replica")
+        if server_pid(r) is None:
+            start_server(r)
+        wait_server(r)
+    if replicas and psql(primary, "SELECT pg_is_in_recovery()") == "f":
+        wait_streaming(primary, len(replicas))
+
+
+def demo(nodes: list[Node]) -> list[str]:
+    """A row written on the primary through the overlay, read back on every replica."""
+    spokes = [n for n in nodes if n.role == "spoke"]
+    primary, replicas = spokes[0], spokes[1:]
+    client = replicas[0] if replicas else primary
+    assert primary.overlay_ip is not None
+    stamp = f"lab {time.time():.3f}"
+    app_psql(client, primary.overlay_ip,
+             f"CREATE TABLE IF NOT EXISTS lab_rows (id serial PRIMARY KEY, note text);"
+             f"INSERT INTO lab_rows (note) VALUES ('{stamp}')")
+    lines = [f"{client.name} wrote '{stamp}' on {primary.name} ({primary.overlay_ip}:5432) over the overlay"]
+    for r in replicas:
+        deadline = time.monotonic() + 10
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = psql(r, f"SELECT count(*) FROM lab_rows WHERE note = '{stamp}'", db=APP_DB, check=False)
+            if seen == "1":
+                break
+            time.sleep(0.1)
+        lines.append(f"{r.name} (replica): {'row replicated' if seen == '1' else 'row NOT replicated'}")
+    return lines

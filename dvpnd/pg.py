@@ -1,0 +1,384 @@
+"""The local PostgreSQL server: reading its state, and the runbook steps that change it.
+
+dvpn does not run the server (Debian's postgresql@15-main unit, or the lab, does); it
+writes the server's overlay-facing configuration, bootstraps replicas over the overlay,
+promotes and re-points them, and reports what it sees. Everything that touches the server
+or its files is here; what the files say comes from pgconf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from dvpnd import pgconf
+from dvpnd.config import Config, PostgresConfig
+from dvpnd.errors import DvpnError
+from dvpnd.fsutil import write_atomic
+
+log = logging.getLogger("dvpnd.pg")
+
+
+class PgError(DvpnError):
+    """A PostgreSQL step failed; the message says which and why."""
+
+
+# --- reading -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplicaView:
+    name: str
+    client_addr: str | None
+    state: str
+    lag_bytes: int | None
+    replay_lag_sec: float | None
+
+
+@dataclass(frozen=True)
+class SlotView:
+    name: str
+    active: bool
+    retained_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PgView:
+    """The server as one poll saw it."""
+
+    up: bool
+    role: str  # primary | replica | down
+    error: str | None = None
+    version: str | None = None
+    replicas: tuple[ReplicaView, ...] = ()
+    slots: tuple[SlotView, ...] = ()
+    upstream: str | None = None  # replica: the primary it streams from
+    receiver_status: str | None = None  # replica: streaming, ...
+    lag_bytes: int | None = None  # replica: received but not replayed
+    lag_sec: float | None = None  # replica: age of the last replayed transaction when behind, else 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def conninfo(pg: PostgresConfig, dbname: str = "postgres") -> str:
+    return (f"host={pg.socket_dir} port={pg.port} user=postgres dbname={dbname} "
+            "connect_timeout=3 application_name=dvpnd")
+
+
+def connect(pg: PostgresConfig, autocommit: bool = True) -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(conninfo(pg), autocommit=autocommit)
+    except psycopg.Error as e:
+        raise PgError(f"cannot connect to PostgreSQL on {pg.socket_dir} port {pg.port}: "
+                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from None
+
+
+def read_status(pg: PostgresConfig) -> PgView:
+    """One poll of the local server; a server that cannot be reached is `down`, not an error."""
+    import psycopg
+
+    try:
+        conn = connect(pg)
+    except PgError as e:
+        return PgView(up=False, role="down", error=str(e))
+    try:
+        with conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            if not in_recovery:
+                reps = tuple(
+                    ReplicaView(name=r[0] or "", client_addr=str(r[1]) if r[1] else None, state=r[2],
+                                lag_bytes=int(r[3]) if r[3] is not None else None,
+                                replay_lag_sec=float(r[4]) if r[4] is not None else None)
+                    for r in conn.execute(
+                        "SELECT application_name, client_addr, state,"
+                        " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn),"
+                        " EXTRACT(EPOCH FROM replay_lag) FROM pg_stat_replication ORDER BY application_name"))
+                slots = tuple(
+                    SlotView(name=r[0], active=bool(r[1]), retained_bytes=int(r[2]) if r[2] is not None else None)
+                    for r in conn.execute(
+                        "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)"
+                        " FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name"))
+                return PgView(up=True, role="primary", version=version, replicas=reps, slots=slots)
+            row = conn.execute(
+                "SELECT (SELECT status FROM pg_stat_wal_receiver),"
+                " (SELECT sender_host FROM pg_stat_wal_receiver),"
+                " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),"
+                " CASE WHEN pg_last_wal_receive_lsn() IS NULL"
+                "       OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+                "      ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END").fetchone()
+            return PgView(up=True, role="replica", version=version, receiver_status=row[0], upstream=row[1],
+                          lag_bytes=int(row[2]) if row[2] is not None else None,
+                          lag_sec=round(float(row[3]), 3) if row[3] is not None else None)
+    except psycopg.Error as e:
+        return PgView(up=False, role="down", error=f"PostgreSQL query failed: {str(e).strip()}")
+
+
+def database_size(pg: PostgresConfig) -> int | None:
+    """Bytes in all databases (the first backup's space estimate), or None if unreachable."""
+    try:
+        with connect(pg) as conn:
+            return int(conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0])
+    except Exception:  # noqa: BLE001 - an estimate only
+        return None
+
+
+# --- running things as the server's user -------------------------------------------------
+
+def _user(pg: PostgresConfig) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(pg.os_user)
+    except KeyError:
+        raise PgError(f"postgres.os_user: no such user {pg.os_user!r} (is postgresql-15 installed?)") from None
+
+
+def as_user(pg: PostgresConfig, argv: list[str]) -> list[str]:
+    """argv run as the server's OS user (dvpnctl runs as root)."""
+    if os.geteuid() != 0:
+        return argv
+    u = _user(pg)
+    return ["setpriv", f"--reuid={u.pw_uid}", f"--regid={u.pw_gid}", "--init-groups", "--", *argv]
+
+
+def run(pg: PostgresConfig, argv: list[str], what: str, env: dict[str, str] | None = None,
+        timeout: float = 3600) -> str:
+    full = as_user(pg, argv)
+    try:
+        r = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+                           env=dict(os.environ, **(env or {})), cwd="/")
+    except FileNotFoundError:
+        raise PgError(f"{what}: {argv[0]} not found (postgres.bin_dir is {pg.bin_dir})") from None
+    except subprocess.TimeoutExpired:
+        raise PgError(f"{what}: no answer after {timeout:.0f}s") from None
+    if r.returncode != 0:
+        detail = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise PgError(f"{what} failed: {detail[-1] if detail else f'exit {r.returncode}'}")
+    return r.stdout
+
+
+def _chown(pg: PostgresConfig, path: Path) -> None:
+    if os.geteuid() == 0:
+        u = _user(pg)
+        os.chown(path, u.pw_uid, u.pw_gid)
+
+
+def _write_owned(pg: PostgresConfig, path: Path, text: str, mode: int) -> None:
+    write_atomic(path, text.encode(), mode=mode)
+    _chown(pg, path)
+
+
+# --- the replication password ------------------------------------------------------------
+
+def read_password(pg: PostgresConfig) -> str:
+    try:
+        text = pg.password_file.read_text().strip()
+    except FileNotFoundError:
+        raise PgError(f"{pg.password_file}: missing (postgres.password_file: the replication password, "
+                      "the same on every spoke; 'dvpnctl pg password' makes one)") from None
+    except OSError as e:
+        raise PgError(f"{pg.password_file}: cannot read: {e.strerror}") from None
+    if len(text) < 16 or "\n" in text:
+        raise PgError(f"{pg.password_file}: must hold one line of at least 16 characters")
+    return text
+
+
+def make_password(pg: PostgresConfig) -> bool:
+    """Create the replication password file if it does not exist; True if created."""
+    if pg.password_file.exists():
+        return False
+    pg.password_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(pg.password_file, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+    return True
+
+
+# --- setup -------------------------------------------------------------------------------
+
+def _is_empty(d: Path) -> bool:
+    return not d.exists() or not any(d.iterdir())
+
+
+def is_primary_node(config: Config) -> bool:
+    return config.postgres.primary == config.address
+
+
+def write_files(config: Config) -> list[str]:
+    """dvpn.conf, dvpn_hba.conf, dvpn_ident.conf, the include line and the pgpass; what changed."""
+    pg = config.postgres
+    changed = []
+    wanted = {
+        pg.config_dir / pgconf.CONF_NAME: pgconf.render_server_conf(config),
+        pg.config_dir / pgconf.HBA_NAME: pgconf.render_hba(config),
+        pg.config_dir / pgconf.IDENT_NAME: pgconf.render_ident(config),
+    }
+    main = pg.config_dir / "postgresql.conf"
+    try:
+        current = main.read_text()
+    except FileNotFoundError:
+        raise PgError(f"{main}: missing (postgres.config_dir: where the cluster's postgresql.conf is)") from None
+    wanted[main] = pgconf.with_include(current)
+    for path, text in wanted.items():
+        try:
+            old = path.read_text()
+        except FileNotFoundError:
+            old = None
+        if old != text:
+            _write_owned(pg, path, text, 0o640 if path != main else 0o644)
+            changed.append(str(path))
+    pgpass = pgconf.render_pgpass(pg, read_password(pg))
+    try:
+        old_pass = pg.passfile.read_text()
+    except FileNotFoundError:
+        old_pass = None
+    if old_pass != pgpass:
+        _write_owned(pg, pg.passfile, pgpass, 0o600)
+        changed.append(str(pg.passfile))
+    return changed
+
+
+def initdb(pg: PostgresConfig) -> None:
+    pg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _chown(pg, pg.data_dir)
+    run(pg, [str(pg.bin_dir / "initdb"), "-D", str(pg.data_dir), "-U", "postgres", "--auth-local=peer",
+             "--auth-host=scram-sha-256", "--data-checksums", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+
+
+def ensure_replication_role(pg: PostgresConfig) -> str:
+    """On a running primary: the replication role exists with the password file's password."""
+    from psycopg import sql
+
+    password = read_password(pg)
+    with connect(pg) as conn:
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            return "a replica: the role comes from the primary"
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (pg.replication_user,)).fetchone()
+        if row is not None and row[0] and pgconf.verifier_matches(row[0], password):
+            return f"role {pg.replication_user} ok"
+        verifier = pgconf.scram_verifier(password, secrets.token_bytes(16))
+        verb = "ALTER" if row is not None else "CREATE"
+        conn.execute(sql.SQL("{} ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
+            sql.SQL(verb), sql.Identifier(pg.replication_user), sql.Literal(verifier)))
+        return f"role {pg.replication_user} {'updated' if row is not None else 'created'}"
+
+
+def setup(config: Config) -> list[str]:
+    """Idempotent: initdb on the primary's node if its data directory is empty, write dvpn's
+    files, and (on a running primary) make the replication role. Returns what it did."""
+    pg = config.postgres
+    done = []
+    if make_password(pg):
+        done.append(f"made the replication password in {pg.password_file} (copy it to every spoke)")
+    if _is_empty(pg.data_dir):
+        if not is_primary_node(config):
+            raise PgError(f"{pg.data_dir} is empty and this node is not the primary "
+                          f"({pg.primary}): run 'dvpnctl pg init-replica' to copy the primary")
+        initdb(pg)
+        done.append(f"initdb {pg.data_dir}")
+    done += [f"wrote {p}" for p in write_files(config)]
+    try:
+        done.append(ensure_replication_role(pg))
+    except PgError:
+        done.append("server not running: start it, then run 'dvpnctl pg setup' again to make the replication role")
+    return done
+
+
+# --- replicas ----------------------------------------------------------------------------
+
+def create_slot(config: Config, primary: IPv4Address) -> None:
+    """This node's physical slot on `primary`, made over the replication protocol."""
+    pg = config.postgres
+    run(pg, [str(pg.bin_dir / "pg_receivewal"), "--create-slot", "--if-not-exists", "-S", pg.slot,
+             "-h", str(primary), "-p", str(pg.port), "-U", pg.replication_user, "--no-password"],
+        f"creating replication slot {pg.slot} on {primary}", env={"PGPASSFILE": str(pg.passfile)}, timeout=60)
+
+
+def _point_at(config: Config, primary: IPv4Address) -> dict[str, str]:
+    return {"primary_conninfo": pgconf.render_primary_conninfo(config, primary),
+            "primary_slot_name": config.postgres.slot}
+
+
+def init_replica(config: Config, primary: IPv4Address | None = None) -> list[str]:
+    """Copy the primary into this node's empty data directory and make it a streaming replica."""
+    pg = config.postgres
+    primary = primary or pg.primary
+    if primary is None or primary == config.address:
+        raise PgError(f"{config.path}: postgres.primary is this node; init-replica copies another spoke")
+    if not _is_empty(pg.data_dir):
+        raise PgError(f"{pg.data_dir} is not empty: a replica starts from an empty data directory "
+                      "(stop the server and move the old one aside first)")
+    pg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _chown(pg, pg.data_dir)
+    write_pgpass_only(config)
+    done = []
+    create_slot(config, primary)
+    done.append(f"slot {pg.slot} on {primary}")
+    t0 = time.monotonic()
+    try:
+        run(pg, [str(pg.bin_dir / "pg_basebackup"), "-D", str(pg.data_dir), "-h", str(primary),
+                 "-p", str(pg.port), "-U", pg.replication_user, "--no-password", "-X", "stream",
+                 "-S", pg.slot, "-c", "fast", "-l", f"dvpn replica {config.name}"],
+            f"pg_basebackup from {primary}", env={"PGPASSFILE": str(pg.passfile)})
+    except PgError:
+        for child in pg.data_dir.iterdir() if pg.data_dir.exists() else []:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(child)], check=False)
+        raise
+    done.append(f"copied {primary} into {pg.data_dir} in {time.monotonic() - t0:.1f}s")
+    auto = pg.data_dir / "postgresql.auto.conf"
+    _write_owned(pg, auto, pgconf.render_auto_conf(auto.read_text() if auto.exists() else "",
+                                                    _point_at(config, primary)), 0o600)
+    _write_owned(pg, pg.data_dir / "standby.signal", "", 0o600)
+    done += [f"wrote {p}" for p in write_files(config)]
+    done.append("standby.signal written: start the server and it streams from the primary")
+    return done
+
+
+def write_pgpass_only(config: Config) -> None:
+    pg = config.postgres
+    pg.passfile.parent.mkdir(parents=True, exist_ok=True)
+    _write_owned(pg, pg.passfile, pgconf.render_pgpass(pg, read_password(pg)), 0o600)
+
+
+def promote(config: Config, timeout: int = 60) -> str:
+    with connect(config.postgres) as conn:
+        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise PgError("this server is already a primary")
+        ok = conn.execute("SELECT pg_promote(true, %s::int)", (timeout,)).fetchone()[0]
+    if not ok:
+        raise PgError(f"the server did not finish promotion within {timeout}s")
+    return f"{config.name} ({config.address}) is now the primary"
+
+
+def follow(config: Config, primary: IPv4Address, timeout: float = 60) -> list[str]:
+    """Re-point this replica at a new primary (after `pg promote` there) without a restart."""
+    from psycopg import sql
+
+    pg = config.postgres
+    if primary == config.address:
+        raise PgError("a server cannot follow itself; use 'dvpnctl pg promote' on this node instead")
+    write_pgpass_only(config)
+    with connect(pg) as conn:
+        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise PgError("this server is a primary; only a replica follows another server")
+    create_slot(config, primary)
+    with connect(pg) as conn:
+        for key, value in _point_at(config, primary).items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(key), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        view = read_status(pg)
+        last = view
+        if view.upstream == str(primary) and view.receiver_status == "streaming":
+            return [f"slot {pg.slot} on {primary}", f"streaming from {primary}"]
+        time.sleep(0.5)
+    raise PgError(f"not streaming from {primary} after {timeout:.0f}s "
+                  f"(receiver: {last.receiver_status if last else '?'} from {last.upstream if last else '?'})")
+
