@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dvpnd import pgconf
 from dvpnd.config import BackupConfig, Config, PostgresConfig
 from dvpnd.errors import DvpnError
 
@@ -79,7 +81,8 @@ def compress_arg(compress: str) -> str:
 def basebackup_argv(pg: PostgresConfig, bc: BackupConfig, dest: Path, label: str) -> list[str]:
     return [str(pg.bin_dir / "pg_basebackup"), "-D", str(dest), "-Ft", f"--compress={compress_arg(bc.compress)}",
             "-X", "stream", "-c", "fast", "--manifest-checksums=CRC32C", "-h", str(pg.socket_dir),
-            "-p", str(pg.port), "-U", "postgres", "--no-password", "-l", label]
+            "-p", str(pg.port), "-U", "postgres", "--no-password", "-l", label,
+            *(["--max-rate", bc.max_rate] if bc.max_rate else [])]
 
 
 def plan_retention(entries: Sequence[BackupEntry], now: float, keep_last: int, keep_age: int) -> list[str]:
@@ -141,16 +144,59 @@ def list_backups(directory: Path) -> list[BackupEntry]:
     return sorted(entries, key=lambda e: e.name, reverse=True)
 
 
+def _group_members(pgid: int, marker: bytes) -> list[int]:
+    """Live processes of process group `pgid` whose command line contains `marker`."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            if int(stat.rpartition(")")[2].split()[2]) == pgid and marker in (p / "cmdline").read_bytes():
+                found.append(int(p.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def stop_orphans(directory: Path) -> list[int]:
+    """End what an interrupted backup left running: pg_basebackup's WAL helper outlives a
+    killed dvpnd. Each backup records its process group beside its directory; only members
+    of that group still working in that directory are killed."""
+    killed: list[int] = []
+    for pgfile in directory.glob(".partial-*.pgid"):
+        try:
+            pgid = int(pgfile.read_text())
+        except (OSError, ValueError):
+            continue
+        marker = str(directory / pgfile.name.removesuffix(".pgid")).encode()
+        members = _group_members(pgid, marker)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while members and time.monotonic() < deadline and _group_members(pgid, marker):
+            time.sleep(0.05)
+    return killed
+
+
 def cleanup_partials(directory: Path) -> list[str]:
     """Remove what interrupted backups, verifications and deletions left."""
     removed: list[str] = []
     try:
+        stop_orphans(directory)
         children = list(directory.iterdir())
     except FileNotFoundError:
         return removed
     for p in children:
         if p.name.startswith(PARTIAL_PREFIXES):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
 
@@ -201,34 +247,46 @@ def _die_with_parent() -> None:
         pass
 
 
-async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent, cwd="/")
-    except FileNotFoundError:
-        raise BackupError(f"{what}: {argv[0]} not found") from None
-    if on_start is not None:
-        on_start(proc.pid)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except (TimeoutError, asyncio.CancelledError) as e:
+async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> None:
+    """Run a tool in its own process group, its output going to a temporary file.
+
+    pg_basebackup forks a WAL-streaming helper; a pipe would stay open as long as the helper
+    lives (and Python 3.11's Process.wait() waits for the pipes too). When the tool ends, is
+    killed or times out, the whole group goes."""
+    with tempfile.TemporaryFile() as output:
         try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        if isinstance(e, asyncio.CancelledError):
-            raise
-        raise BackupError(f"{what}: still running after {timeout:.0f}s; stopped") from None
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                preexec_fn=_die_with_parent, start_new_session=True, cwd="/")
+        except FileNotFoundError:
+            raise BackupError(f"{what}: {argv[0]} not found") from None
+        if on_start is not None:
+            on_start(proc.pid)
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout)
+        except TimeoutError:
+            timed_out = True
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if proc.returncode is None:
+                await proc.wait()
+        output.seek(0)
+        text = output.read()[-65536:].decode(errors="replace")
+    if timed_out:
+        raise BackupError(f"{what}: still running after {timeout:.0f}s; stopped")
     rc = proc.returncode or 0
     if rc != 0:
-        lines = (err or out).decode(errors="replace").strip().splitlines()
-        reason = lines[-1] if lines else ""
+        lines = text.strip().splitlines()
+        # The cause, not the clean-up notes that follow it ("removing contents of ...").
+        errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+        reason = (errors or lines or [""])[-1]
         if rc < 0:
             reason = f"killed by signal {-rc}" + (f" ({reason})" if reason else "")
         raise BackupError(f"{what} failed: {reason or f'exit {rc}'}")
-    return out.decode(errors="replace")
 
 
 async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float) -> None:
@@ -284,9 +342,17 @@ async def take_backup(config: Config, server_role: str, db_size: int | None,
     tmp = bc.dir / f".partial-{name}"
     scratch = bc.dir / f".verify-{name}"
     tmp.mkdir(mode=0o700)
+    pgid_file = bc.dir / f".partial-{name}.pgid"
+
+    def started_pid(pid: int) -> None:
+        pgid_file.write_text(f"{pid}\n")  # for stop_orphans, should dvpnd die mid-way
+        if on_pid is not None:
+            on_pid(pid)
+
     t0 = time.monotonic()
     try:
-        await _run(basebackup_argv(pg, bc, tmp, f"dvpn {config.name} {name}"), "pg_basebackup", bc.timeout, on_pid)
+        await _run(basebackup_argv(pg, bc, tmp, f"dvpn {config.name} {name}"), "pg_basebackup", bc.timeout,
+                   started_pid)
         duration = time.monotonic() - t0
         verify_sec, extracted = 0.0, 0
         if bc.verify:
@@ -307,6 +373,7 @@ async def take_backup(config: Config, server_role: str, db_size: int | None,
         for d in (tmp, scratch):
             if d.exists():
                 await asyncio.to_thread(shutil.rmtree, d, True)
+        pgid_file.unlink(missing_ok=True)
 
 
 def apply_retention(bc: BackupConfig, now: float) -> list[str]:
@@ -367,6 +434,10 @@ async def restore(config: Config, entry: BackupEntry, to: Path, standby: bool = 
                     child.unlink()
         raise
     done = [f"unpacked {entry.name} into {to} and checked it against its manifest"]
+    conf = to / pgconf.CONF_NAME
+    if conf.exists() and pg.config_dir == pg.data_dir:
+        conf.write_text(pgconf.relocate_conf(conf.read_text(), str(pg.data_dir), str(to)))
+        done.append(f"{conf.name}: hba_file and ident_file now point into {to}")
     if not standby:
         for sig in ("standby.signal", "recovery.signal"):
             if (to / sig).exists():

@@ -273,8 +273,9 @@ def cmd_pg_init_replica(args: argparse.Namespace) -> int:
 def cmd_pg_promote(args: argparse.Namespace) -> int:
     from dvpnd import pg
 
-    print(pg.promote(_pg_config(args)))
-    print("re-point the other replicas: dvpnctl pg follow THIS_NODE'S_OVERLAY_ADDRESS (on each of them)")
+    config = _pg_config(args)
+    print(pg.promote(config))
+    print(f"now re-point the other replicas: run 'dvpnctl pg follow {config.address}' on each of them")
     return 0
 
 

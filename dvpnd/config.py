@@ -129,6 +129,7 @@ class BackupConfig:
     compress: str = "gzip:1"
     verify: bool = True
     timeout: int = 6 * 3600
+    max_rate: str | None = None  # pg_basebackup --max-rate, e.g. "50M": spare the disk and the network
 
 
 @dataclass(frozen=True)
@@ -686,7 +687,15 @@ def _postgres(r: _Reader, top: dict[str, Any], is_hub: bool, name: str | None,
     )
 
 
-BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout"}
+BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate"}
+
+
+def _check_rate(v: str) -> str | None:
+    m = re.match(r"^(\d+)([kM]?)$", v)
+    if not m:
+        return f"'{v}' must be a rate in kB/s, or with a k or M suffix (e.g. 500k, 50M)"
+    kb = int(m.group(1)) * (1024 if m.group(2) == "M" else 1)
+    return None if 32 <= kb <= 1024 * 1024 else f"'{v}' must be between 32k and 1024M"
 
 
 def _backup(r: _Reader, top: dict[str, Any], pg: PostgresConfig, state_dir: Path) -> BackupConfig:
@@ -721,4 +730,5 @@ def _backup(r: _Reader, top: dict[str, Any], pg: PostgresConfig, state_dir: Path
         compress=r.get(m, ("backup", "compress"), str, default="gzip:1", check=check_compress),
         verify=r.get(m, ("backup", "verify"), bool, default=True),
         timeout=_duration(r, m, ("backup", "timeout"), 6 * 3600, 60, 7 * 86400),
+        max_rate=r.get(m, ("backup", "max_rate"), str, default=None, check=_check_rate),
     )

@@ -45,6 +45,9 @@ async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
     cmd = request.get("cmd")
     if cmd == "status":
         snap = replace(daemon.snapshot, extra=daemon.counters())
+        if daemon.db is not None:  # cheap and always current, like the counters
+            snap = replace(snap, postgres=daemon.db.view,
+                           backup=daemon.db.status if daemon.config.backup.enabled else None)
         return {"ok": True, "status": render_detail(snap, time.time(), daemon.config.stale_after)}
     if cmd == "reload":
         ok, problems = await daemon.reload()

@@ -165,6 +165,25 @@ def up(nodes: list[Node]) -> None:
         wait_server(r)
     if replicas and psql(primary, "SELECT pg_is_in_recovery()") == "f":
         wait_streaming(primary, len(replicas))
+    wait_reported(spokes)
+
+
+def wait_reported(spokes: list[Node], timeout: float = 20) -> None:
+    """Until every spoke's dvpnd has seen its server up (it polls every few seconds)."""
+    from dvpnd import control
+
+    deadline = time.monotonic() + timeout
+    waiting = [s.name for s in spokes]
+    while time.monotonic() < deadline:
+        waiting = []
+        for s in spokes:
+            st = control.request(Path(s.dir) / "control.sock", "status").get("status", {})
+            if not (st.get("postgres") or {}).get("up"):
+                waiting.append(s.name)
+        if not waiting:
+            return
+        time.sleep(0.5)
+    raise DvpnError(f"dvpnd does not see PostgreSQL up on {', '.join(waiting)} after {timeout:.0f}s")
 
 
 def demo(nodes: list[Node]) -> list[str]:

@@ -31,14 +31,14 @@ def _q(value: str) -> str:
 
 def render_server_conf(config: Config) -> str:
     pg = config.postgres
-    d = pg.config_dir
+    d = f"{pg.config_dir}/"
     lines = [
         HEADER.format(src=config.path),
         f"listen_addresses = {_q(str(config.address))}  # the overlay only; the socket for local use",
         f"port = {pg.port}",
         f"unix_socket_directories = {_q(str(pg.socket_dir))}",
-        f"hba_file = {_q(str(d / HBA_NAME))}",
-        f"ident_file = {_q(str(d / IDENT_NAME))}",
+        f"hba_file = {_q(d + HBA_NAME)}",
+        f"ident_file = {_q(d + IDENT_NAME)}",
         "password_encryption = 'scram-sha-256'",
         "wal_level = replica",
         "max_wal_senders = 10",
@@ -151,3 +151,14 @@ def verifier_matches(verifier: str, password: str) -> bool:
                                    verifier)
     except (ValueError, TypeError):
         return False
+
+
+def relocate_conf(text: str, old_dir: str, new_dir: str) -> str:
+    """dvpn.conf of a restored copy: its hba and ident files are the copy's own."""
+    out = []
+    for line in text.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key in ("hba_file", "ident_file"):
+            line = line.replace("'" + old_dir.rstrip("/") + "/", "'" + new_dir.rstrip("/") + "/")
+        out.append(line)
+    return "\n".join(out) + "\n"

@@ -145,20 +145,34 @@ class Listener:
 
 
 @pytest.fixture(scope="session")
-def the_lab() -> Iterator[Lab]:
+def the_lab() -> Iterator[None]:
+    """One lab for the whole session, removed at the end whatever happened."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
     lab.down()  # a lab left by an interrupted run
     try:
-        nodes = lab.up(spokes=3, backend="auto")
-        yield Lab(nodes)
+        yield
     finally:
         lab.down()
 
 
+def ensure_lab(postgres: bool) -> Lab:
+    """The lab, checked healthy (every daemon running, every peer up), in the shape asked for."""
+    existing = lab.load_lab()
+    if existing is not None and bool(existing[1].get("postgres")) != postgres:
+        lab.down()
+    return Lab(lab.up(spokes=3, backend="auto", postgres=postgres))
+
+
 @pytest.fixture
-def L(the_lab: Lab) -> Iterator[Lab]:
-    """The lab, checked healthy (every daemon running, every peer up) before each test."""
-    lab.up(spokes=3, backend="auto")
-    yield the_lab
+def L(the_lab: None) -> Lab:
+    return ensure_lab(postgres=False)
+
+
+@pytest.fixture
+def PG(the_lab: None) -> Lab:
+    """The lab with PostgreSQL 15 on the spokes: spoke-a primary, spoke-b and spoke-c replicas."""
+    if shutil.which("pg_lsclusters") is None or not Path("/usr/lib/postgresql/15/bin/postgres").exists():
+        pytest.skip("needs postgresql-15 (run .ci/run or ./dev setup)")
+    return ensure_lab(postgres=True)
