@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("DVPN_LAB_DIR", "/run/dvpn-bench-lab")
 os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 
-from bench import dataplane
+from bench import dataplane, pgbackup
 from bench.stats import Figure
 from dvpnd import lab
 from dvpnd.procutil import wait_exit
@@ -143,7 +143,10 @@ def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f.row() for f in figs]
-    out.write_text("\n".join(lines) + "\n")
+    # The written analysis below the table (from "## " on) is kept from the last full run.
+    old = out.read_text() if out.exists() else ""
+    analysis = old[old.index("\n## "):] if "\n## " in old else ""
+    out.write_text("\n".join(lines) + "\n" + analysis)
     (HERE / (out.stem + ".json")).write_text(json.dumps([f.to_json() for f in figs], indent=1))
     return out
 
@@ -151,7 +154,7 @@ def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a minute or two")
-    ap.add_argument("--only", choices=("control", "daemon", "data"), action="append")
+    ap.add_argument("--only", choices=("control", "daemon", "data", "backup"), action="append")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("the benchmarks need root (network namespaces, nftables, wireguard-go)", file=sys.stderr)
@@ -160,7 +163,8 @@ def main() -> int:
     figs: list[Figure] = []
     lab.down()
     try:
-        for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run)):
+        for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run),
+                         ("backup", pgbackup.run)):
             if args.only and name not in args.only:
                 continue
             print(f"== {name}", flush=True)
