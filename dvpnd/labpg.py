@@ -169,16 +169,21 @@ def up(nodes: list[Node]) -> None:
 
 
 def wait_reported(spokes: list[Node], timeout: float = 20) -> None:
-    """Until every spoke's dvpnd has seen its server up (it polls every few seconds)."""
-    from dvpnd import control
+    """Until every spoke's status page shows its server up (dvpnd polls every few seconds)."""
+    import json
 
     deadline = time.monotonic() + timeout
     waiting = [s.name for s in spokes]
     while time.monotonic() < deadline:
         waiting = []
         for s in spokes:
-            st = control.request(Path(s.dir) / "control.sock", "status").get("status", {})
-            if not (st.get("postgres") or {}).get("up"):
+            assert s.status_url is not None
+            r = run(s, ["curl", "-s", "--max-time", "5", s.status_url], check=False)
+            try:
+                role = (json.loads(r.stdout).get("postgres") or {}).get("role")
+            except ValueError:
+                role = None
+            if role not in ("primary", "replica"):
                 waiting.append(s.name)
         if not waiting:
             return
