@@ -109,13 +109,18 @@ class Daemon:
                     log.error("reload rejected: %s", p)
                 self.last_reload_bad_input = True
                 return False, e.problems
-            fixed: tuple[str, ...] = ("role", "state_dir", "control_socket")
-            if new.postgres.enabled != self.config.postgres.enabled or new.backup.enabled != self.config.backup.enabled:
-                fixed += ("postgres.enabled/backup.enabled",)
-            changed = [k for k in fixed if "." in k or getattr(new, k) != getattr(self.config, k)]
-            if (new.wireguard.interface != self.config.wireguard.interface
-                    or new.wireguard.private_key_file != self.config.wireguard.private_key_file):
-                changed.append("wireguard.interface/private_key_file")
+            old = self.config
+            # What the running daemon was built around: changing it needs a restart.
+            fixed = {
+                "role": new.role != old.role,
+                "state_dir": new.state_dir != old.state_dir,
+                "control_socket": new.control_socket != old.control_socket,
+                "wireguard.interface/private_key_file": (new.wireguard.interface, new.wireguard.private_key_file)
+                != (old.wireguard.interface, old.wireguard.private_key_file),
+                "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
+                != (old.postgres.enabled, old.backup.enabled),
+            }
+            changed = [k for k, differs in fixed.items() if differs]
             if changed:
                 msg = f"{self.config_path}: changing {', '.join(changed)} needs a restart of dvpnd"
                 log.error("reload rejected: %s", msg)

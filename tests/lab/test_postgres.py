@@ -302,6 +302,22 @@ def test_a_database_that_is_down_degrades_the_node_and_recovers(PG: Lab) -> None
     assert lab.read_pid(c) == pid  # dvpnd never restarted
 
 
+def test_turning_the_database_off_is_refused_until_a_restart(PG: Lab) -> None:
+    path = Path(str(node(PG, "spoke-c").config))
+    before = path.read_text()
+    doc = yaml.safe_load(before)
+    del doc["postgres"], doc["backup"]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        reply = PG.request("spoke-c", "reload")
+        assert not reply["ok"] and reply["bad_input"]
+        assert reply["problems"] == [f"{path}: changing postgres.enabled/backup.enabled needs a restart of dvpnd"]
+        assert PG.status("spoke-c")["postgres"]["up"]  # still watched
+    finally:
+        path.write_text(before)
+    assert PG.request("spoke-c", "reload")["ok"]
+
+
 def test_manual_failover_promote_and_follow(PG: Lab) -> None:
     a, b, c = node(PG, "spoke-a"), node(PG, "spoke-b"), node(PG, "spoke-c")
     try:
