@@ -90,7 +90,7 @@ def run(quick: bool) -> list[Figure]:
             plain_times.append(time.monotonic() - t0)
             shutil.rmtree(out)
             t0 = time.monotonic()
-            entry = asyncio.run(backup.take_backup(config, "primary", size))
+            entry = asyncio.run(backup.take_backup(config, "primary", lambda: size))
             total = time.monotonic() - t0
             dvpn_times.append(total - entry.verify_sec)
             verify_times.append(entry.verify_sec)

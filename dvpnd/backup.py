@@ -320,16 +320,19 @@ async def verify_dir(pg: PostgresConfig, source: Path, scratch: Path, timeout: f
 
 # --- taking a backup ---------------------------------------------------------------------
 
-async def take_backup(config: Config, server_role: str, db_size: int | None,
+async def take_backup(config: Config, server_role: str, db_size: Callable[[], int | None],
                       on_pid: Callable[[int], None] | None = None, now: Callable[[], float] = time.time
                       ) -> BackupEntry:
-    """One verified backup, in place under its final name; raises BackupError/BackupRefused."""
+    """One verified backup, in place under its final name; raises BackupError/BackupRefused.
+
+    What interrupted backups left is removed by the caller when it starts (cleanup_partials),
+    not here: a `dvpnctl backup verify` may be unpacking beside us."""
     pg, bc = config.postgres, config.backup
     bc.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name in await asyncio.to_thread(cleanup_partials, bc.dir):
-        log.info("removed %s left by an interrupted backup", bc.dir / name)
     existing = await asyncio.to_thread(list_backups, bc.dir)
-    need = space_needed(existing[0] if existing else None, db_size, bc.verify)
+    # The databases' size is the estimate only for a first backup: asked for only then.
+    need = space_needed(existing[0] if existing else None,
+                        None if existing else await asyncio.to_thread(db_size), bc.verify)
     free = shutil.disk_usage(bc.dir).free
     if need is not None and free < need:
         basis = f"the last backup ({existing[0].name})" if existing else "the databases' size"

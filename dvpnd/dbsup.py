@@ -117,7 +117,6 @@ class DbSupervisor:
     async def _take(self) -> backup.BackupEntry:
         config = self.config
         view = self.view or await self.poll()
-        db_size = await asyncio.to_thread(pg.database_size, config.postgres)
         self.status = replace(self.status, running_since=time.time())
 
         def on_pid(pid: int) -> None:
@@ -125,16 +124,15 @@ class DbSupervisor:
 
         log.info("backup starting into %s", config.backup.dir)
         try:
-            entry = await backup.take_backup(config, view.role, db_size, on_pid)
+            entry = await backup.take_backup(config, view.role, lambda: pg.database_size(config.postgres), on_pid)
         except DvpnError as e:
             self.status = replace(self.status, last_error=str(e), last_error_at=time.time(),
-                                  failures=self.status.failures + 1, running_pid=None, running_since=None,
+                                  failures=self.status.failures + 1,
                                   next_due=time.time() + retry_delay(config.backup.interval))
             log.error("backup failed: %s", e)
             raise
         finally:
-            if self.status.running_pid is not None:
-                self.status = replace(self.status, running_pid=None, running_since=None)
+            self.status = replace(self.status, running_pid=None, running_since=None)
         removed = await asyncio.to_thread(backup.apply_retention, config.backup, time.time())
         kept = len(await asyncio.to_thread(backup.list_backups, config.backup.dir))
         self.status = replace(self.status, last_success=entry.finished, last_name=entry.name,

@@ -209,36 +209,38 @@ def is_primary_node(config: Config) -> bool:
     return config.postgres.primary == config.address
 
 
+def _sync_file(pg: PostgresConfig, path: Path, text: str, mode: int) -> bool:
+    """Write `text` to `path` (owned by the server's user) unless it already says that."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    _write_owned(pg, path, text, mode)
+    return True
+
+
+def write_pgpass(config: Config) -> bool:
+    pg = config.postgres
+    return _sync_file(pg, pg.passfile, pgconf.render_pgpass(pg, read_password(pg)), 0o600)
+
+
 def write_files(config: Config) -> list[str]:
     """dvpn.conf, dvpn_hba.conf, dvpn_ident.conf, the include line and the pgpass; what changed."""
     pg = config.postgres
-    changed = []
-    wanted = {
-        pg.config_dir / pgconf.CONF_NAME: pgconf.render_server_conf(config),
-        pg.config_dir / pgconf.HBA_NAME: pgconf.render_hba(config),
-        pg.config_dir / pgconf.IDENT_NAME: pgconf.render_ident(config),
-    }
     main = pg.config_dir / "postgresql.conf"
     try:
         current = main.read_text()
     except FileNotFoundError:
         raise PgError(f"{main}: missing (postgres.config_dir: where the cluster's postgresql.conf is)") from None
-    wanted[main] = pgconf.with_include(current)
-    for path, text in wanted.items():
-        try:
-            old = path.read_text()
-        except FileNotFoundError:
-            old = None
-        if old != text:
-            _write_owned(pg, path, text, 0o640 if path != main else 0o644)
-            changed.append(str(path))
-    pgpass = pgconf.render_pgpass(pg, read_password(pg))
-    try:
-        old_pass = pg.passfile.read_text()
-    except FileNotFoundError:
-        old_pass = None
-    if old_pass != pgpass:
-        _write_owned(pg, pg.passfile, pgpass, 0o600)
+    wanted = [
+        (pg.config_dir / pgconf.CONF_NAME, pgconf.render_server_conf(config), 0o640),
+        (pg.config_dir / pgconf.HBA_NAME, pgconf.render_hba(config), 0o640),
+        (pg.config_dir / pgconf.IDENT_NAME, pgconf.render_ident(config), 0o640),
+        (main, pgconf.with_include(current), 0o644),
+    ]
+    changed = [str(path) for path, text, mode in wanted if _sync_file(pg, path, text, mode)]
+    if write_pgpass(config):
         changed.append(str(pg.passfile))
     return changed
 
@@ -315,7 +317,8 @@ def init_replica(config: Config, primary: IPv4Address | None = None) -> list[str
                       "(stop the server and move the old one aside first)")
     pg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _chown(pg, pg.data_dir)
-    write_pgpass_only(config)
+    pg.passfile.parent.mkdir(parents=True, exist_ok=True)
+    write_pgpass(config)
     done = []
     create_slot(config, primary)
     done.append(f"slot {pg.slot} on {primary}")
@@ -339,12 +342,6 @@ def init_replica(config: Config, primary: IPv4Address | None = None) -> list[str
     return done
 
 
-def write_pgpass_only(config: Config) -> None:
-    pg = config.postgres
-    pg.passfile.parent.mkdir(parents=True, exist_ok=True)
-    _write_owned(pg, pg.passfile, pgconf.render_pgpass(pg, read_password(pg)), 0o600)
-
-
 def promote(config: Config, timeout: int = 60) -> str:
     with connect(config.postgres) as conn:
         if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
@@ -362,7 +359,7 @@ def follow(config: Config, primary: IPv4Address, timeout: float = 60) -> list[st
     pg = config.postgres
     if primary == config.address:
         raise PgError("a server cannot follow itself; use 'dvpnctl pg promote' on this node instead")
-    write_pgpass_only(config)
+    write_pgpass(config)
     with connect(pg) as conn:
         if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             raise PgError("this server is a primary; only a replica follows another server")
