@@ -334,15 +334,21 @@ def select_backend(kind: str, ifname: str, state_dir: Path) -> Backend:
         return KernelBackend(ifname)
     if existing == "tun":
         return UserspaceBackend(ifname, state_dir)
-    if kernel_module_available() or _try_load_module():
+    if kernel_module_available() or _kernel_creates_link(ifname):
         return KernelBackend(ifname)
     return UserspaceBackend(ifname, state_dir)
 
 
-def _try_load_module() -> bool:
+def _kernel_creates_link(ifname: str) -> bool:
+    """Ask the kernel for a WireGuard link; it loads its module on demand if it has one.
+
+    No modprobe of our own: under the unit's ProtectKernelModules= dvpnd cannot load modules,
+    but the kernel's on-demand loading (rtnl-link-wireguard) still works. The link is kept: it
+    is the interface the kernel backend would create next anyway.
+    """
     try:
-        subprocess.run(["modprobe", "-q", "wireguard"], check=False, timeout=10,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+        KernelBackend(ifname).create()
+    except BackendError as e:
+        log.debug("no kernel WireGuard: %s", e)
         return False
     return kernel_module_available()

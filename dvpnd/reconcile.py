@@ -159,6 +159,11 @@ class Reconciler:
         if config.is_hub:
             link.ensure_forwarding(True)
 
+        # The firewall before the peers: its conntrack must see the first handshake leave, or the
+        # hub's answers to a spoke that has not yet sent again look new and are dropped (found in
+        # the VM test: spoke-to-spoke traffic lost for up to a keepalive after a fresh start).
+        fw_changed = firewall.reconcile_firewall(config, self.firewall_state, force=force_firewall)
+
         hub_ep = None
         if not config.is_hub:
             assert config.hub is not None
@@ -180,7 +185,6 @@ class Reconciler:
                     f"({leftover.summary()} still differ after writing)")
             log.info("%s: %s", config.wireguard.interface, changes.summary())
 
-        fw_changed = firewall.reconcile_firewall(config, self.firewall_state, force=force_firewall)
         self.passes += 1
         return ReconcileResult(device=actual, wg_changes=changes, link_changed=bool(link_changes),
                                firewall_changed=fw_changed, duration=time.monotonic() - start)
