@@ -1,0 +1,80 @@
+"""The container and deployment files parse and agree with dvpnd: both compose files through
+`docker-compose config`, the Dstack example through dvpnd's own config check, the cloud-init
+user-data as YAML, the shell scripts through `sh -n`/`bash -n`. (Running them is docker/lab
+test, ./dev vmtest.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dvpnd.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DSTACK = ROOT / "deploy" / "dstack"
+compose_cli = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose (./dev setup)")
+
+
+def _compose_config(file: Path, env: dict[str, str]) -> dict:
+    r = subprocess.run(["docker-compose", "-f", str(file), "config"], capture_output=True, text=True,
+                       env=dict(os.environ, **env), timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return yaml.safe_load(r.stdout)
+
+
+@compose_cli
+def test_local_compose_file_has_hub_three_spokes_and_their_databases() -> None:
+    cfg = _compose_config(ROOT / "docker-compose.yml", {})
+    services = cfg["services"]
+    assert set(services) == {"hub", "spoke-a", "spoke-b", "spoke-c", "pg-a", "pg-b", "pg-c"}
+    published = sorted(p["published"] if isinstance(p, dict) else int(str(p).split(":")[-2])
+                       for s in ("spoke-a", "spoke-b", "spoke-c") for p in services[s]["ports"])
+    assert published == [8000, 8001, 8002]
+    for pg, spoke in (("pg-a", "spoke-a"), ("pg-b", "spoke-b"), ("pg-c", "spoke-c")):
+        assert services[pg]["network_mode"] == f"service:{spoke}"
+    assert "ports" not in services["hub"]          # nothing of the hub is published
+
+
+@compose_cli
+def test_dstack_compose_file_is_valid_and_needs_its_settings() -> None:
+    env = {"DVPND_CONFIG_YAML": (DSTACK / "spoke.example.yaml").read_text(), "DVPN_PG_REPLICATION_PASSWORD": "x"}
+    cfg = _compose_config(DSTACK / "docker-compose.yml", env)
+    dvpnd = cfg["services"]["dvpnd"]
+    assert dvpnd["network_mode"] == "host" and dvpnd["cap_add"] == ["NET_ADMIN"]
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in dvpnd["volumes"]]
+    assert any(m.startswith("dvpn-state:/var/lib/dvpn") for m in mounts), mounts
+    assert set(cfg["volumes"]) == {"dvpn-state", "pgdata", "pgrun"}   # named: on the persistent disk
+    r = subprocess.run(["docker-compose", "-f", str(DSTACK / "docker-compose.yml"), "config", "-q"],
+                       capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                            if not k.startswith("DVPN")}, timeout=60)
+    assert r.returncode != 0 and "DVPND_CONFIG_YAML" in r.stderr
+
+
+def test_dstack_example_passes_dvpnds_check_and_leaves_dstack_alone() -> None:
+    c = load_config(DSTACK / "spoke.example.yaml")
+    assert c.role == "spoke" and 9182 in c.firewall.public_udp_ports
+    assert {"dstack-wg0", "docker0"} <= set(c.firewall.trusted_interfaces)
+    assert str(c.postgres.password_file) == "/run/dvpn/pg-replication.password"
+
+
+def test_cloud_init_runs_provision_hub_and_scripts_parse() -> None:
+    data = yaml.safe_load((ROOT / "deploy" / "hub" / "cloud-init.yaml").read_text())
+    assert any("provision-hub" in str(step) for step in data["runcmd"])
+    for script in ("deploy/hub/provision-hub", "docker/entrypoint", "docker/pg-start", "docker/container-env"):
+        subprocess.run(["sh", "-n", str(ROOT / script)], check=True)
+    for script in ("docker/lab", "packaging/vmtest", "packaging/vm/dvpn-vmtest"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for src in line.split():
+            if "*" not in src:
+                assert (ROOT / src).exists(), src
