@@ -17,6 +17,7 @@ from dvpnd.backend import (
     WGPEER_F_REPLACE_ALLOWEDIPS,
     WGPEER_F_UPDATE_ONLY,
     build_netlink_set,
+    select_backend,
 )
 from dvpnd.config import load_config
 from dvpnd.keys import (
@@ -313,3 +314,35 @@ def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(
     assert len(calls) == 1
     assert r.endpoint(c, 1000.0, now=1200.0) == "192.0.2.99:51820"  # quiet for 200 s: look up again
     assert len(calls) == 2
+
+
+# --- choosing the backend ------------------------------------------------------------------
+
+def _auto_with(monkeypatch: pytest.MonkeyPatch, loaded: bool, kernel_has_it: bool) -> tuple[str, list[str]]:
+    """select_backend('auto') with no existing device; the kernel's side is simulated.
+    Returns the backend chosen and the links asked of the kernel."""
+    from dvpnd import backend
+
+    state = {"loaded": loaded}
+    asked: list[str] = []
+
+    def create(self: backend.KernelBackend) -> None:
+        asked.append(self.ifname)
+        if not kernel_has_it:
+            raise backend.BackendError("cannot create kernel WireGuard interface wg0: Operation not supported")
+        state["loaded"] = True             # the kernel loaded its module to make the link
+
+    monkeypatch.setattr(backend, "link_kind", lambda ifname: None)
+    monkeypatch.setattr(backend, "kernel_module_available", lambda: state["loaded"])
+    monkeypatch.setattr(backend.KernelBackend, "create", create)
+    return select_backend("auto", "wg0", Path("/nonexistent")).name, asked
+
+
+def test_auto_lets_the_kernel_load_its_module_and_falls_back_to_wireguard_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    # not loaded yet, but the kernel has it: asking for the link loads it (no modprobe of our
+    # own, which the unit's ProtectKernelModules= forbids)
+    assert _auto_with(monkeypatch, loaded=False, kernel_has_it=True) == ("kernel", ["wg0"])
+    # no WireGuard in this kernel (as on these machines): wireguard-go
+    assert _auto_with(monkeypatch, loaded=False, kernel_has_it=False) == ("userspace", ["wg0"])
+    # already loaded: the kernel, nothing asked
+    assert _auto_with(monkeypatch, loaded=True, kernel_has_it=True) == ("kernel", [])
