@@ -137,6 +137,9 @@ class ListenConfig:
     enabled: bool
     address: str
     port: int
+    # behind a proxy (dstack-gateway) every client has its address: the per-source cap is the cap
+    max_connections: int = 256
+    max_per_source: int = 64
 
 
 @dataclass(frozen=True)
@@ -602,7 +605,7 @@ def _firewall(r: _Reader, top: dict[str, Any], is_hub: bool, wg: WireGuardConfig
 
 
 def _listen(r: _Reader, top: dict[str, Any], key: str, *, enabled: bool, address: str, port: int) -> ListenConfig:
-    m = r.section(top, (key,), {"enabled", "listen", "port"})
+    m = r.section(top, (key,), {"enabled", "listen", "port", "max_connections", "max_connections_per_source"})
     en = r.get(m, (key, "enabled"), bool, default=enabled)
 
     def check_addr(v: str) -> str | None:
@@ -614,7 +617,16 @@ def _listen(r: _Reader, top: dict[str, Any], key: str, *, enabled: bool, address
 
     addr = r.get(m, (key, "listen"), str, default=address, check=check_addr)
     p = r.get(m, (key, "port"), int, default=port, check=_check_port)
-    return ListenConfig(enabled=en, address=addr, port=p)
+
+    def check_cap(v: int) -> str | None:
+        return None if 1 <= v <= 65536 else f"{v} is out of range (1-65536)"
+
+    total = r.get(m, (key, "max_connections"), int, default=ListenConfig.max_connections, check=check_cap)
+    per_source = r.get(m, (key, "max_connections_per_source"), int, default=min(total, ListenConfig.max_per_source),
+                       check=check_cap)
+    if per_source > total:
+        r.error((key, "max_connections_per_source"), f"{per_source} is more than max_connections ({total})")
+    return ListenConfig(enabled=en, address=addr, port=p, max_connections=total, max_per_source=per_source)
 
 
 def parse_duration(value: int | str) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from dvpnd.httpguard import ConnectionTable, Limits, protocol_factory
 from dvpnd.snapshot import render_status
 
 if TYPE_CHECKING:
@@ -28,68 +29,48 @@ except AttributeError:  # pragma: no cover - old aiohttp
     REGISTRY_KEY = "dvpn_registry"
 
 MAX_REQUEST_BYTES = 4096
-# A connection must send its request within this time; aiohttp >= 3.9 has the same rule
-# (its keepalive timeout also covers a fresh connection) but Debian 12's 3.8 has none.
-HEADER_TIMEOUT = 10.0
-MAX_CONNECTIONS = 2048
+# What the page says it is: no version for a scanner to match.
+SERVER_NAME = "dvpnd"
 
 
 class Server:
-    def __init__(self, runners: list[web.AppRunner], reaper: asyncio.Task[None] | None = None):
+    def __init__(self, runners: list[web.AppRunner], listeners: list[asyncio.AbstractServer],
+                 tables: list[ConnectionTable]):
         self.runners = runners
-        self.reaper = reaper
+        self.listeners = listeners
+        self.tables = tables
 
     async def close(self) -> None:
-        if self.reaper is not None:
-            self.reaper.cancel()
+        for listener in self.listeners:
+            listener.close()
         for runner in self.runners:
             await runner.cleanup()
 
 
-class ConnectionGuard:
-    """Closes connections that send no request in time, and the oldest silent ones past a cap,
-    so idle or slow clients cannot hold the status page's file descriptors or memory."""
-
-    def __init__(self) -> None:
-        # aiohttp's handlers take no weak references (__slots__); both are pruned on every sweep.
-        self.served: set[Any] = set()
-        self.first_seen: dict[Any, float] = {}
-        self.closed = 0
+def guard_middleware(table: ConnectionTable) -> Any:
+    """Tells the connection's guard when a request is answered, so it feeds the next one."""
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.served.add(request.protocol)
-        return await handler(request)
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            if table.last_request(request.protocol):
+                response.force_close()  # Connection: close, after this answer is written
+            return response
+        finally:
+            table.done(request.protocol)
 
-    def sweep(self, connections: list[Any], now: float) -> int:
-        live = set(connections)
-        self.served &= live
-        self.first_seen = {c: t for c, t in self.first_seen.items() if c in live}
-        silent = []
-        for conn in connections:
-            seen = self.first_seen.setdefault(conn, now)
-            if conn not in self.served:
-                silent.append((seen, conn))
-        silent.sort(key=lambda sc: sc[0])
-        excess = max(0, len(connections) - MAX_CONNECTIONS)
-        closed = 0
-        for i, (seen, conn) in enumerate(silent):
-            if i < excess or now - seen > HEADER_TIMEOUT:
-                conn.force_close()
-                closed += 1
-        self.closed += closed
-        return closed
+    return middleware
 
-    async def run(self, runners: list[web.AppRunner]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1)
-            # One sweep over every listener: a sweep prunes what it does not see.
-            conns = [c for r in runners if r.server is not None for c in r.server.connections]
-            try:
-                self.sweep(conns, loop.time())
-            except Exception as e:  # noqa: BLE001 - the guard must outlive a surprise
-                log.warning("connection guard: %s", e)
+
+def _anonymous() -> None:
+    """Every answer, aiohttp's own 400s included, says SERVER_NAME. aiohttp fills the header
+    from this module-level default (3.8 to 3.14) when a response has none."""
+    import aiohttp.web_response
+
+    aiohttp.web_response.SERVER_SOFTWARE = SERVER_NAME
+    # a garbled request from the Internet is the client's problem, not a traceback in the journal
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def _daemon(request: web.Request) -> Daemon:
@@ -119,10 +100,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_metrics_app(daemon: Daemon, guard: ConnectionGuard) -> web.Application:
+def _application(table: ConnectionTable) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[guard_middleware(table)])
+    return app
+
+
+def make_metrics_app(daemon: Daemon, table: ConnectionTable) -> web.Application:
     from dvpnd.metrics import make_registry
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[guard.middleware])
+    app = _application(table)
     app[DAEMON_KEY] = daemon
     app[REGISTRY_KEY] = make_registry(daemon)
     app.router.add_get("/metrics", metrics)
@@ -130,8 +116,8 @@ def make_metrics_app(daemon: Daemon, guard: ConnectionGuard) -> web.Application:
     return app
 
 
-def make_app(daemon: Daemon, guard: ConnectionGuard) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[guard.middleware])
+def make_app(daemon: Daemon, table: ConnectionTable) -> web.Application:
+    app = _application(table)
     app[DAEMON_KEY] = daemon
     for path, handler in (("/status", status), ("/healthz", healthz), ("/readyz", readyz)):
         # add_get also answers HEAD; other methods get 405 from the router.
@@ -139,27 +125,36 @@ def make_app(daemon: Daemon, guard: ConnectionGuard) -> web.Application:
     return app
 
 
-async def _serve(app: web.Application, what: str, address: str, port: int) -> web.AppRunner | None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15)
+async def _serve(app: web.Application, table: ConnectionTable, what: str, address: str,
+                 port: int) -> tuple[web.AppRunner, asyncio.AbstractServer] | None:
+    _anonymous()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15,
+                           max_line_size=2048, max_field_size=2048, max_headers=32)
     await runner.setup()
-    site = web.TCPSite(runner, address, port, reuse_address=True, backlog=512)
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(protocol_factory(runner.server, table), address, port,
+                                            reuse_address=True, backlog=512)
     except OSError as e:
         await runner.cleanup()
         log.error("%s cannot listen on %s:%d: %s", what, address, port, e.strerror)
         return None
     log.info("%s on http://%s:%d", what, address, port)
-    return runner
+    return runner, listener
 
 
 async def start(daemon: Daemon) -> Server:
     """Start the status page and the metrics endpoint, each on its configured address."""
-    runners = []
-    guard = ConnectionGuard()
     st, mt = daemon.config.status, daemon.config.metrics
-    if st.enabled and (r := await _serve(make_app(daemon, guard), "status page", st.address, st.port)):
-        runners.append(r)
-    if mt.enabled and (r := await _serve(make_metrics_app(daemon, guard), "metrics", mt.address, mt.port)):
-        runners.append(r)
-    return Server(runners, asyncio.create_task(guard.run(runners), name="http-guard"))
+    runners, listeners, tables = [], [], []
+    for make, what, lc in ((make_app, "status page", st), (make_metrics_app, "metrics", mt)):
+        if not lc.enabled:
+            continue
+        # one table a listener: a crowd on the public page takes nothing from the scraper
+        table = ConnectionTable(Limits(max_connections=lc.max_connections, max_per_source=lc.max_per_source))
+        if served := await _serve(make(daemon, table), table, what, lc.address, lc.port):
+            runners.append(served[0])
+            listeners.append(served[1])
+            tables.append(table)
+    return Server(runners, listeners, tables)

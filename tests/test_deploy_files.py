@@ -78,3 +78,28 @@ def test_dockerfile_copies_files_that_exist() -> None:
         for src in line.split():
             if "*" not in src:
                 assert (ROOT / src).exists(), src
+
+
+def _mounts(service: dict) -> list[str]:
+    return [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service.get("volumes", [])]
+
+
+@compose_cli
+@pytest.mark.parametrize("file", ["docker-compose.yml", "deploy/dstack/docker-compose.yml"])
+def test_database_containers_never_see_the_key_and_dvpnd_has_a_memory_limit(file: str) -> None:
+    env = {"DVPND_CONFIG_YAML": "x", "DVPN_PG_REPLICATION_PASSWORD": "x"}
+    services = _compose_config(ROOT / file, env)["services"]
+    for name, svc in services.items():
+        runs_postgres = "pg-start" in " ".join(svc.get("entrypoint") or [])
+        holds_key = [m for m in _mounts(svc) if m.split(":")[1] in ("/var/lib/dvpn", "/var/lib/dvpn/")]
+        if runs_postgres:
+            assert not holds_key, f"{file}: {name} runs PostgreSQL and mounts the key's volume"
+        else:
+            assert holds_key or name == "hub", f"{file}: {name} has no state volume"
+            assert svc["mem_limit"] in ("512m", 536870912), f"{file}: {name} has no memory limit"
+            assert svc["ulimits"]["core"] == 0
+
+
+def test_the_unit_caps_memory_and_forbids_core_dumps() -> None:
+    unit = (ROOT / "systemd" / "dvpnd.service").read_text()
+    assert re.search(r"^MemoryMax=\d+M$", unit, re.M) and re.search(r"^LimitCORE=0$", unit, re.M)

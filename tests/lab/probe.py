@@ -6,6 +6,12 @@
                                                  {"attempts": N, "successes": M}
   probe.py idle HOST PORT N --seconds S       -> holds N silent connections for S seconds:
                                                  {"opened": N, "closed_by_server": M}
+  probe.py flood HOST PORT --pipeline BYTES --half N --seconds S
+                                              -> one connection pipelines BYTES of GET /healthz
+                                                 reading nothing, N others each send up to 1 MB
+                                                 of a header block that never ends; for at most S
+                                                 seconds: {"pipelined": B, "half_sent": B2,
+                                                 "closed_by_server": M, "refused": R}
 """
 
 from __future__ import annotations
@@ -29,6 +35,78 @@ def tcp(host: str, port: int, timeout: float) -> str:
         return "timeout"
     finally:
         s.close()
+
+
+def flood(argv: list[str]) -> int:
+    """A sustained flood: a connection the server closes is opened again, until the time is up."""
+    import resource
+
+    host, port = argv[1], int(argv[2])
+    want = int(argv[argv.index("--pipeline") + 1])
+    n = int(argv[argv.index("--half") + 1])
+    end = time.monotonic() + float(argv[argv.index("--seconds") + 1])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, max(n + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+    pipeline = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 400
+    half_start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    half_pad = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    sel = selectors.DefaultSelector()
+    left: dict[socket.socket, int] = {}  # bytes each connection still has to send
+    sent = {"pipelined": 0, "half_sent": 0}
+    count = {"connections": 0, "refused": 0, "closed_by_server": 0}
+
+    def connect(what: str, budget: int) -> None:
+        try:
+            s = socket.create_connection((host, port), timeout=2)
+        except OSError:
+            count["refused"] += 1
+            return
+        count["connections"] += 1
+        if what == "pipelined":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it reads nothing
+        s.setblocking(False)
+        left[s] = budget
+        sel.register(s, selectors.EVENT_WRITE, what)
+
+    connect("pipelined", want)
+    for _ in range(n):
+        connect("half_sent", 1 << 20)
+    while time.monotonic() < end:
+        for key, _ in sel.select(timeout=0.2):
+            s = key.fileobj  # type: ignore[assignment]
+            what = key.data
+            if what == "done":
+                sel.unregister(s)
+                left.pop(s)
+                s.close()
+                continue
+            if what == "pipelined":
+                chunk = pipeline
+            else:
+                chunk = half_start if left[s] == 1 << 20 else half_pad
+            try:
+                k = s.send(chunk[: left[s]])
+            except BlockingIOError:
+                continue
+            except OSError:
+                count["closed_by_server"] += 1
+                sel.unregister(s)
+                budget = left.pop(s)
+                s.close()
+                if time.monotonic() < end and (what != "pipelined" or budget > 0):
+                    connect(what, budget if what == "pipelined" else 1 << 20)
+                continue
+            left[s] -= k
+            sent[what] += k
+            if left[s] <= 0:
+                sel.modify(s, selectors.EVENT_READ, "done")  # all sent: wait for the close
+                if what == "pipelined":
+                    break
+        if sent["pipelined"] >= want:
+            break
+    print(json.dumps({**sent, **count, "open_at_end": len(left)}), flush=True)
+    for s in list(left):
+        s.close()
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -94,6 +172,8 @@ def main(argv: list[str]) -> int:
             s.close()
         print(json.dumps({"opened": len(conns), "closed_by_server": closed}), flush=True)
         return 0
+    if cmd == "flood":
+        return flood(argv)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -232,8 +232,10 @@ def _rss_kib(pid: int) -> int:
 def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) -> None:
     import sys
 
-    from dvpnd.httpapi import HEADER_TIMEOUT
+    from dvpnd.httpguard import Limits
     from tests.lab.conftest import PROBE
+
+    HEADER_TIMEOUT = Limits().request_timeout
 
     pid = L.pid("spoke-a")
     url = f"http://{L.public('spoke-a')}:8000/status"
@@ -254,3 +256,37 @@ def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) 
     print(f"\nidle: {result}, rss {rss_before} -> {rss_held} KiB, {per_request * 1000:.0f} ms per curl")
     assert result["closed_by_server"] == 3000, "silent connections must be closed by the server"
     assert rss_held - rss_before < 64 * 1024, "3000 idle connections must not cost more than 64 MiB"
+
+
+def test_a_flood_on_the_public_page_costs_dvpnd_at_most_50_mib(L: Lab) -> None:
+    """Regression: one client pipelining 29 MB of GET /healthz took dvpnd from 33 MB to 1.3 GB,
+    and 1,000 clients each sending 1 MB of unfinished headers to 2.0 GB, kept after they left."""
+    import sys
+
+    from tests.lab.conftest import PROBE
+
+    pid = L.pid("spoke-a")
+    host = L.public("spoke-a")
+    url = f"http://{host}:8000/status"
+    rss_before = _rss_kib(pid)
+    flood = L.popen("outside", sys.executable, PROBE, "flood", host, "8000",
+                    "--pipeline", str(29 << 20), "--half", "1000", "--seconds", "25")
+    peak, answered, took = rss_before, 0, []
+    t0 = time.monotonic()
+    while flood.poll() is None and time.monotonic() - t0 < 40:
+        peak = max(peak, _rss_kib(pid))
+        t1 = time.monotonic()
+        code, body = curl(L, "outside", url)
+        took.append(round(time.monotonic() - t1, 2))
+        answered += code == 200 and json.loads(body)["node"] == "spoke-a"
+        time.sleep(0.2)
+    out, err = flood.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    rss_after = _rss_kib(pid)
+    print(f"\nflood: {result}; dvpnd rss {rss_before} KiB before, peak {peak}, after {rss_after}; "
+          f"{answered} status requests answered during the flood, in {took} s")
+    assert answered >= 5, "the page must keep answering under the flood"
+    assert peak - rss_before <= 50 * 1024, f"dvpnd grew by {(peak - rss_before) // 1024} MiB"
+    assert result["pipelined"] < 29 << 20, "the pipelining client must be stopped, not served 29 MB"
+    code, _ = curl(L, "outside", url)
+    assert code == 200

@@ -1,0 +1,229 @@
+"""A bounded front for the status page's HTTP listeners, between the socket and aiohttp.
+
+aiohttp parses whatever a connection sends and (3.8, Debian 12's) queues every pipelined
+request without limit; a header block that never ends is buffered too. The page serves three
+tiny GET paths, so this layer holds each connection to what such a page needs, whatever the
+aiohttp version:
+
+- reads go into a fixed buffer of `max_buffer` bytes (asyncio.BufferedProtocol); when it is
+  full, the socket is not read until a request has been answered, so the kernel's receive
+  window, not dvpnd's memory, holds what a client pipelines;
+- aiohttp is handed one complete header block at a time, and the next only once the answer to
+  the previous one is written: one request in flight per connection;
+- a header block larger than `max_header` closes the connection, and so does a request with a
+  body (the page has no use for one);
+- a connection must send a whole request within `request_timeout` and read its answer within
+  `response_timeout`; it is closed after `max_requests` requests;
+- at most `max_connections` connections, and `max_per_source` from one address: past a cap
+  the oldest connection that is waiting for a request makes room, or the new one is refused.
+  Behind a proxy such as dstack-gateway every client has the proxy's address, so there the
+  per-source cap is the page's real cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("dvpnd.http")
+
+_BODY = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
+_EMPTY_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*0[ \t]*\r\n", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header: int = 4096
+    max_buffer: int = 8192
+    max_requests: int = 100
+    request_timeout: float = 10.0
+    response_timeout: float = 10.0
+    max_connections: int = 256
+    max_per_source: int = 64
+
+
+class ConnectionTable:
+    """The open connections of one or more listeners, for the caps and for finding the
+    connection a request came in on."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.open: dict[Any, GuardedConnection] = {}  # aiohttp protocol -> its guard
+        self.refused = 0
+        self.evicted = 0
+        self.closed_slow = 0
+        self.closed_oversize = 0
+
+    def sources(self, source: str) -> list[GuardedConnection]:
+        return [c for c in self.open.values() if c.source == source]
+
+    def admit(self, conn: GuardedConnection) -> bool:
+        """Make room for `conn` under both caps; False if it must be refused."""
+        for scope, cap in ((self.sources(conn.source), self.limits.max_per_source),
+                           (list(self.open.values()), self.limits.max_connections)):
+            if len(scope) < cap:
+                continue
+            idle = sorted((c for c in scope if c.waiting and not c.closing), key=lambda c: c.since)
+            if len(scope) - len(idle) >= cap:
+                self.refused += 1
+                return False
+            for c in idle[: len(scope) - cap + 1]:
+                self.evicted += 1
+                c.close()
+        return True
+
+    def last_request(self, inner: Any) -> bool:
+        """Whether the request in flight on `inner`'s connection is the last it may make."""
+        conn = self.open.get(inner)
+        return conn is None or conn.requests >= self.limits.max_requests
+
+    def done(self, inner: Any) -> None:
+        """The answer to the request on `inner`'s connection is written (or failed)."""
+        conn = self.open.get(inner)
+        if conn is not None:
+            conn.request_done()
+
+
+class GuardedConnection(asyncio.BufferedProtocol):
+    """One client connection: feeds aiohttp's protocol `inner` one request at a time."""
+
+    def __init__(self, inner: asyncio.Protocol, table: ConnectionTable):
+        self.inner = inner
+        self.table = table
+        self.limits = table.limits
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray(self.limits.max_buffer)
+        self.used = 0
+        self.transport: asyncio.Transport | None = None
+        self.source = ""
+        self.waiting = True  # no request in flight
+        self.closing = False
+        self.paused = False
+        self.requests = 0
+        self.since = self.loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio's side ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self.table.admit(self):
+            transport.abort()  # type: ignore[attr-defined]
+            self.closing = True
+            return
+        self.table.open[self.inner] = self
+        self.inner.connection_made(transport)
+        self._arm(self.limits.request_timeout)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buf)[self.used:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closing:
+            return
+        self.used += nbytes
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if not self.closing else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        if self.table.open.pop(self.inner, None) is not None:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # --- ours -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self._disarm()
+        self.transport.abort()
+
+    def request_done(self) -> None:
+        if self.closing or self.waiting:
+            return
+        self.waiting = True
+        self.since = self.loop.time()
+        self._arm(self.limits.request_timeout)
+        # the next pipelined request, if any, once aiohttp has written this answer
+        self.loop.call_soon(self._pump)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self.table.closed_slow += 1
+        self.close()
+
+    def _pump(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        if not self.waiting:
+            self._pause(self.used == len(self.buf))
+            return
+        if self.requests >= self.limits.max_requests:
+            self.close()
+            return
+        view = bytes(self.buf[: self.used])
+        end = view.find(b"\r\n\r\n")
+        if end < 0:
+            if self.used > self.limits.max_header:
+                self.table.closed_oversize += 1
+                self.close()
+            else:
+                self._pause(False)
+            return
+        end += 4
+        if end > self.limits.max_header:
+            self.table.closed_oversize += 1
+            self.close()
+            return
+        head = view[:end]
+        if _BODY.search(head) and not (_EMPTY_LENGTH.search(head) and b"ransfer-" not in head.lower()):
+            self.table.closed_oversize += 1
+            self.close()
+            return
+        self.buf[: self.used - end] = view[end:]
+        self.used -= end
+        self.requests += 1
+        self.waiting = False
+        self._arm(self.limits.response_timeout)
+        self._pause(self.used == len(self.buf))
+        self.inner.data_received(head)
+
+    def _pause(self, full: bool) -> None:
+        assert self.transport is not None
+        if full and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        elif not full and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+def protocol_factory(make_inner: Callable[[], asyncio.Protocol],
+                     table: ConnectionTable) -> Callable[[], GuardedConnection]:
+    """The factory for loop.create_server: aiohttp's protocol behind a guard."""
+    return lambda: GuardedConnection(make_inner(), table)

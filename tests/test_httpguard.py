@@ -1,0 +1,242 @@
+"""The status page's front (dvpnd.httpguard) against what an Internet client can send.
+
+Each test runs the real aiohttp server of the installed version (PyPI's in one pass, Debian
+12's 3.8 in the other) behind the guard on 127.0.0.1, and talks to it over raw sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from dvpnd import httpapi
+from dvpnd.httpguard import ConnectionTable, Limits
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@asynccontextmanager
+async def page(limits: Limits) -> AsyncIterator[tuple[int, ConnectionTable]]:
+    table = ConnectionTable(limits)
+    app = httpapi._application(table)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    app.router.add_get("/healthz", healthz)
+    served = await httpapi._serve(app, table, "test page", "127.0.0.1", 0)
+    assert served is not None
+    runner, listener = served
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield port, table
+    finally:
+        listener.close()
+        await runner.cleanup()
+
+
+async def client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def read_all(r: asyncio.StreamReader, seconds: float) -> tuple[bytes, bool]:
+    """What the server sent within `seconds`, and whether it closed the connection."""
+    out = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = await asyncio.wait_for(r.read(65536), max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            return out, True
+        if not chunk:
+            return out, True
+        out += chunk
+    return out, False
+
+
+def run(coro_fn: Callable[[], Any]) -> Any:
+    return asyncio.run(coro_fn())
+
+
+def test_keepalive_requests_are_answered_one_after_another_without_a_version() -> None:
+    async def go() -> None:
+        async with page(Limits()) as (port, _):
+            r, w = await client(port)
+            for _ in range(3):
+                w.write(GET)
+                head = await r.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")
+                assert b"\r\nServer: dvpnd\r\n" in head and b"aiohttp" not in head and b"Python" not in head
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                assert await r.readexactly(length) == b'{"alive": true}'
+            w.write(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404") and b"\r\nServer: dvpnd\r\n" in head
+            w.close()
+    run(go)
+
+
+def test_a_malformed_request_gets_400_and_no_version() -> None:
+    async def go() -> None:
+        async with page(Limits()) as (port, _):
+            r, w = await client(port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n")
+            out, closed = await read_all(r, 3)
+            assert out.startswith(b"HTTP/1.") and b" 400 " in out.split(b"\r\n")[0] and closed
+            assert b"\r\nServer: dvpnd\r\n" in out and b"aiohttp" not in out and b"Python/" not in out
+    run(go)
+
+
+def test_pipelined_requests_are_read_one_at_a_time_and_the_connection_ends_after_max_requests() -> None:
+    """Regression: aiohttp 3.8 queued every pipelined request; 29 MB of them held 1.3 GB."""
+    async def go() -> None:
+        async with page(Limits(max_requests=20)) as (port, table):
+            r, w = await client(port)
+            w.write(GET * 5000)  # 170 KB at once, far more than the guard's 8 KiB buffer
+            conn = next(iter(table.open.values()))
+            await asyncio.sleep(0.2)
+            assert conn.used <= len(conn.buf) == 8192
+            out, closed = await read_all(r, 5)
+            # what the server wrote may be lost to the reset that unread input causes on close
+            assert closed and out.count(b"HTTP/1.1 200") <= 20
+    run(go)
+
+
+def test_a_keepalive_client_is_told_to_close_after_max_requests() -> None:
+    async def go() -> None:
+        async with page(Limits(max_requests=5)) as (port, table):
+            r, w = await client(port)
+            heads = []
+            for _ in range(5):
+                w.write(GET)
+                heads.append(await r.readuntil(b"\r\n\r\n"))
+                await r.readexactly(int(heads[-1].split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            assert all(h.startswith(b"HTTP/1.1 200") for h in heads)
+            assert b"Connection: close" in heads[-1] and not any(b"Connection: close" in h for h in heads[:-1])
+            out, closed = await read_all(r, 3)
+            assert closed and out == b""
+    run(go)
+
+
+def test_a_client_that_never_reads_its_answers_is_closed() -> None:
+    async def go() -> None:
+        limits = Limits(max_requests=10**9, response_timeout=1.0, request_timeout=1.0)
+        async with page(limits) as (port, table):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            await asyncio.sleep(0.1)
+            assert len(table.open) == 1
+            sent = 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and table.open:
+                try:
+                    sent += s.send(GET * 100)
+                    await asyncio.sleep(0)
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+                except OSError:
+                    break
+            assert not table.open, "a client that reads nothing must not be kept"
+            assert table.closed_slow == 1 and sent > 100_000
+            s.close()
+    run(go)
+
+
+@pytest.mark.parametrize("payload", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 5000,  # header block without end, too large
+    b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: aaaaaaaaaaaaaaaaaaaa\r\n" * 300 + b"\r\n",  # complete but too large
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 100,  # a body
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+])
+def test_oversized_headers_and_bodies_close_the_connection_unanswered(payload: bytes) -> None:
+    async def go() -> None:
+        async with page(Limits()) as (port, table):
+            r, w = await client(port)
+            w.write(payload)
+            out, closed = await read_all(r, 3)
+            assert closed and out == b"" and table.closed_oversize == 1
+    run(go)
+
+
+def test_a_connection_that_sends_no_whole_request_in_time_is_closed() -> None:
+    async def go() -> None:
+        async with page(Limits(request_timeout=0.5)) as (port, table):
+            r1, w1 = await client(port)
+            r2, w2 = await client(port)
+            w2.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # slowloris: never finishes
+            t0 = time.monotonic()
+            (out1, closed1), (out2, closed2) = await asyncio.gather(read_all(r1, 3), read_all(r2, 3))
+            assert closed1 and closed2 and out1 == out2 == b""
+            assert time.monotonic() - t0 < 2.5 and table.closed_slow == 2
+    run(go)
+
+
+def test_past_the_per_source_cap_the_oldest_idle_connection_makes_room() -> None:
+    async def go() -> None:
+        async with page(Limits(max_per_source=4, max_connections=10)) as (port, table):
+            conns = [await client(port) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            new_r, new_w = await client(port)
+            out, closed = await read_all(conns[0][0], 1)
+            assert closed, "the oldest idle connection goes first"
+            new_w.write(GET)
+            head = await new_r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert table.evicted == 1 and len(table.open) == 4
+    run(go)
+
+
+def test_when_every_connection_is_busy_a_new_one_is_refused() -> None:
+    async def go() -> None:
+        table = ConnectionTable(Limits(max_per_source=2, max_connections=2))
+        app = httpapi._application(table)
+        release = asyncio.Event()
+
+        async def slow(request: web.Request) -> web.Response:
+            await release.wait()
+            return web.json_response({"alive": True})
+
+        app.router.add_get("/healthz", slow)
+        served = await httpapi._serve(app, table, "test page", "127.0.0.1", 0)
+        assert served is not None
+        runner, listener = served
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            busy = [await client(port) for _ in range(2)]
+            for _, w in busy:
+                w.write(GET)
+            await asyncio.sleep(0.2)
+            r, w = await client(port)
+            out, closed = await read_all(r, 1)
+            assert closed and out == b"" and table.refused == 1
+            release.set()
+            for br, _ in busy:
+                assert (await br.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        finally:
+            listener.close()
+            await runner.cleanup()
+    run(go)
+
+
+def test_caps_are_checked_by_the_config_loader(tmp_path: Any) -> None:
+    from dvpnd.config import ConfigError, load_config
+    from tests.test_config import SPOKE
+
+    f = tmp_path / "dvpnd.yaml"
+    f.write_text(SPOKE + "status:\n  max_connections: 10\n  max_connections_per_source: 20\n")
+    with pytest.raises(ConfigError, match=r"status.max_connections_per_source: 20 is more than max_connections \(10\)"):
+        load_config(f)
+    f.write_text(SPOKE + "status:\n  max_connections: 1000\n  max_connections_per_source: 1000\n")
+    c = load_config(f)
+    assert (c.status.max_connections, c.status.max_per_source) == (1000, 1000)
+    assert (c.metrics.max_connections, c.metrics.max_per_source) == (256, 64)
