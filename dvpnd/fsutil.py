@@ -1,10 +1,42 @@
-"""Durable file writes: temp file, fsync, rename, fsync of the directory."""
+"""Durable file writes (temp file, fsync, rename, fsync of the directory) and careful reads."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from dvpnd.errors import DvpnError
+
+
+class UnsafeFile(DvpnError):
+    """A path is not the plain file it should be (a link, a FIFO, a device, too large)."""
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> str | None:
+    """The text of `path` if it is a regular file (not a symbolic link, FIFO or device) of at
+    most `limit` bytes; None if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeFile(f"{path}: a symbolic link; refusing to follow it") from None
+        raise UnsafeFile(f"{path}: cannot open: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{path}: not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"{path}: larger than {limit} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise UnsafeFile(f"{path}: not UTF-8 text") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

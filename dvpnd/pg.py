@@ -12,17 +12,23 @@ import logging
 import os
 import pwd
 import secrets
+import shutil
+import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dvpnd import pgconf
 from dvpnd.config import Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.fsutil import write_atomic
+from dvpnd.fsutil import read_regular, write_atomic
+from dvpnd.procutil import ChildError, call_as
+
+T = TypeVar("T")
 
 log = logging.getLogger("dvpnd.pg")
 
@@ -164,15 +170,34 @@ def run(pg: PostgresConfig, argv: list[str], what: str, env: dict[str, str] | No
     return r.stdout
 
 
-def _chown(pg: PostgresConfig, path: Path) -> None:
-    if os.geteuid() == 0:
-        u = _user(pg)
-        os.chown(path, u.pw_uid, u.pw_gid)
+def as_server_user(pg: PostgresConfig, fn: Callable[[], T], what: str) -> T:
+    """`fn()` as the server's OS user when dvpnctl runs as root.
+
+    Everything dvpn writes under the server's directories is written this way, never by root:
+    those directories belong to the server's user, who could otherwise plant a symbolic link
+    that makes root overwrite, disclose or chown a file of its choosing."""
+    if os.geteuid() != 0:
+        return fn()
+    u = _user(pg)
+    try:
+        return call_as(u.pw_uid, u.pw_gid, fn, what)
+    except ChildError as e:
+        raise PgError(str(e)) from None
 
 
-def _write_owned(pg: PostgresConfig, path: Path, text: str, mode: int) -> None:
+def _sync_file(path: Path, render: Callable[[str | None], str], mode: int) -> bool:
+    """Make `path` say render(what it says now) unless it already does; True if written.
+    Refuses a path that is not a regular file. Runs as the server's user."""
+    current = read_regular(path)
+    text = render(current)
+    if current == text:
+        return False
     write_atomic(path, text.encode(), mode=mode)
-    _chown(pg, path)
+    return True
+
+
+def _text(text: str) -> Callable[[str | None], str]:
+    return lambda _current: text
 
 
 # --- the replication password ------------------------------------------------------------
@@ -201,6 +226,15 @@ def make_password(pg: PostgresConfig) -> bool:
 
 # --- setup -------------------------------------------------------------------------------
 
+def _empty_dir(d: Path) -> None:
+    """Remove what `d` holds (a failed copy), links not followed. Runs as the server's user."""
+    for child in d.iterdir() if d.is_dir() and not d.is_symlink() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _is_empty(d: Path) -> bool:
     return not d.exists() or not any(d.iterdir())
 
@@ -209,45 +243,67 @@ def is_primary_node(config: Config) -> bool:
     return config.postgres.primary == config.address
 
 
-def _sync_file(pg: PostgresConfig, path: Path, text: str, mode: int) -> bool:
-    """Write `text` to `path` (owned by the server's user) unless it already says that."""
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    _write_owned(pg, path, text, mode)
-    return True
-
-
 def write_pgpass(config: Config) -> bool:
     pg = config.postgres
-    return _sync_file(pg, pg.passfile, pgconf.render_pgpass(pg, read_password(pg)), 0o600)
+    text = pgconf.render_pgpass(pg, read_password(pg))
+    return as_server_user(pg, lambda: _sync_file(pg.passfile, _text(text), 0o600), f"writing {pg.passfile}")
 
 
 def write_files(config: Config) -> list[str]:
     """dvpn.conf, dvpn_hba.conf, dvpn_ident.conf, the include line and the pgpass; what changed."""
     pg = config.postgres
     main = pg.config_dir / "postgresql.conf"
-    try:
-        current = main.read_text()
-    except FileNotFoundError:
-        raise PgError(f"{main}: missing (postgres.config_dir: where the cluster's postgresql.conf is)") from None
+
+    def with_include(current: str | None) -> str:
+        if current is None:
+            raise PgError(f"{main}: missing (postgres.config_dir: where the cluster's postgresql.conf is)")
+        return pgconf.with_include(current)
+
     wanted = [
-        (pg.config_dir / pgconf.CONF_NAME, pgconf.render_server_conf(config), 0o640),
-        (pg.config_dir / pgconf.HBA_NAME, pgconf.render_hba(config), 0o640),
-        (pg.config_dir / pgconf.IDENT_NAME, pgconf.render_ident(config), 0o640),
-        (main, pgconf.with_include(current), 0o644),
+        (main, with_include, 0o644),  # first: nothing is written if it is missing
+        (pg.config_dir / pgconf.CONF_NAME, _text(pgconf.render_server_conf(config)), 0o640),
+        (pg.config_dir / pgconf.HBA_NAME, _text(pgconf.render_hba(config)), 0o640),
+        (pg.config_dir / pgconf.IDENT_NAME, _text(pgconf.render_ident(config)), 0o640),
+        (pg.passfile, _text(pgconf.render_pgpass(pg, read_password(pg))), 0o600),
     ]
-    changed = [str(path) for path, text, mode in wanted if _sync_file(pg, path, text, mode)]
-    if write_pgpass(config):
-        changed.append(str(pg.passfile))
-    return changed
+
+    def work() -> list[str]:
+        return [str(path) for path, render, mode in wanted if _sync_file(path, render, mode)]
+
+    return as_server_user(pg, work, f"writing dvpn's files in {pg.config_dir}")
+
+
+def ensure_data_dir(pg: PostgresConfig) -> None:
+    """The data directory exists, is a real directory of the server's user, mode 0700. Made by
+    that user: root never creates or chowns anything in the server's tree."""
+    d = pg.data_dir
+
+    def work() -> None:
+        make_it = f"create it as root: install -d -o {pg.os_user} -g {pg.os_user} -m 0700 {d}"
+        try:
+            if not os.path.lexists(d):
+                os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            raise PgError(f"{d.parent}: missing; {make_it}") from None
+        except PermissionError:
+            raise PgError(f"{d.parent}: {pg.os_user} may not create {d.name} there; {make_it}") from None
+        st = os.lstat(d)
+        if stat.S_ISLNK(st.st_mode):
+            raise PgError(f"{d}: a symbolic link; postgres.data_dir must name the directory itself")
+        if not stat.S_ISDIR(st.st_mode):
+            raise PgError(f"{d}: not a directory")
+        if st.st_uid != os.geteuid():
+            raise PgError(f"{d}: owned by uid {st.st_uid}, not {pg.os_user}; if it is meant to be the "
+                          f"data directory: chown {pg.os_user}: {d}")
+        os.chmod(d, 0o700)
+
+    as_server_user(pg, work, f"preparing {d}")
 
 
 def initdb(pg: PostgresConfig) -> None:
-    pg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _chown(pg, pg.data_dir)
+    ensure_data_dir(pg)
     run(pg, [str(pg.bin_dir / "initdb"), "-D", str(pg.data_dir), "-U", "postgres", "--auth-local=peer",
              "--auth-host=scram-sha-256", "--data-checksums", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
 
@@ -315,9 +371,7 @@ def init_replica(config: Config, primary: IPv4Address | None = None) -> list[str
     if not _is_empty(pg.data_dir):
         raise PgError(f"{pg.data_dir} is not empty: a replica starts from an empty data directory "
                       "(stop the server and move the old one aside first)")
-    pg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _chown(pg, pg.data_dir)
-    pg.passfile.parent.mkdir(parents=True, exist_ok=True)
+    ensure_data_dir(pg)
     write_pgpass(config)
     done = []
     create_slot(config, primary)
@@ -329,14 +383,17 @@ def init_replica(config: Config, primary: IPv4Address | None = None) -> list[str
                  "-S", pg.slot, "-c", "fast", "-l", f"dvpn replica {config.name}"],
             f"pg_basebackup from {primary}", env={"PGPASSFILE": str(pg.passfile)})
     except PgError:
-        for child in pg.data_dir.iterdir() if pg.data_dir.exists() else []:
-            subprocess.run(["rm", "-rf", "--one-file-system", str(child)], check=False)
+        as_server_user(pg, lambda: _empty_dir(pg.data_dir), f"emptying {pg.data_dir}")
         raise
     done.append(f"copied {primary} into {pg.data_dir} in {time.monotonic() - t0:.1f}s")
-    auto = pg.data_dir / "postgresql.auto.conf"
-    _write_owned(pg, auto, pgconf.render_auto_conf(auto.read_text() if auto.exists() else "",
-                                                    _point_at(config, primary)), 0o600)
-    _write_owned(pg, pg.data_dir / "standby.signal", "", 0o600)
+    settings = _point_at(config, primary)
+
+    def standby() -> None:
+        _sync_file(pg.data_dir / "postgresql.auto.conf",
+                   lambda current: pgconf.render_auto_conf(current or "", settings), 0o600)
+        _sync_file(pg.data_dir / "standby.signal", _text(""), 0o600)
+
+    as_server_user(pg, standby, f"making {pg.data_dir} a standby")
     done += [f"wrote {p}" for p in write_files(config)]
     done.append("standby.signal written: start the server and it streams from the primary")
     return done

@@ -1,11 +1,23 @@
-"""Ending processes this code started, by PID only."""
+"""Processes: ending the ones this code started, by PID only; a function run as another user."""
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from dvpnd.errors import DvpnError
+
+T = TypeVar("T")
+
+
+class ChildError(DvpnError):
+    """A function run in a child process as another user failed; the message says why."""
 
 # None: first wait without sending anything (a process already on its way out).
 DEFAULT_ESCALATION: Sequence[int | None] = (None, signal.SIGTERM, signal.SIGKILL)
@@ -33,3 +45,46 @@ def wait_exit(pid: int, timeout: float, signals: Sequence[int | None] = DEFAULT_
             except ProcessLookupError:
                 return
             time.sleep(0.05)
+
+
+def call_as(uid: int, gid: int, fn: Callable[[], T], what: str) -> T:
+    """`fn()` in a forked child running as uid/gid (with that user's groups); its result, a
+    JSON value, comes back through a pipe, and an exception's text as ChildError.
+
+    For root writing into a tree another user controls: the kernel then checks every path as
+    that user sees it, symbolic links included. Only from a single-threaded process (dvpnctl):
+    a fork copies one thread, and a lock another thread held would never be released."""
+    if threading.active_count() != 1:
+        raise ChildError(f"{what}: refusing to fork from a threaded process")
+    name = pwd.getpwuid(uid).pw_name
+    groups = os.getgrouplist(name, gid)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        payload: dict[str, Any]
+        try:
+            os.close(r)
+            os.setgroups(groups)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            payload = {"ok": fn()}
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            payload = {"error": str(e) or type(e).__name__}
+        try:
+            os.write(w, json.dumps(payload).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise ChildError(f"{what}: the child (as {name}) ended with status {status} and said nothing") from None
+    if "error" in payload:
+        raise ChildError(f"{what} (as {name}): {payload['error']}")
+    result: T = payload["ok"]
+    return result
