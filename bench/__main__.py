@@ -23,8 +23,8 @@ os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 
 from bench import dataplane, pgbackup
 from bench.stats import Figure
-from dvpnd import lab
-from dvpnd.procutil import wait_exit
+from dvpnd.lab import cluster as lab
+from dvpnd.util.procutil import wait_exit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

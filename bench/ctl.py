@@ -18,12 +18,12 @@ from typing import Any
 import yaml
 
 from bench.stats import Figure, timed
-from dvpnd import firewall
-from dvpnd.backend import UserspaceBackend
-from dvpnd.config import load_config
-from dvpnd.keys import encode_key
-from dvpnd.reconcile import Reconciler
-from dvpnd.uapi import b64_to_hex
+from dvpnd.config.load import load_config
+from dvpnd.daemon.reconcile import Reconciler
+from dvpnd.firewall import nft, ruleset
+from dvpnd.wireguard.keys import encode_key
+from dvpnd.wireguard.uapi import b64_to_hex
+from dvpnd.wireguard.userspace import UserspaceBackend
 
 
 def peer_keys(n: int) -> list[str]:
@@ -102,7 +102,7 @@ def run(opts: dict[str, Any]) -> list[Figure]:
     conf_plus = wg_conf(d / "plus.conf", r.private_key or "", keys, plus_path)
     ours, anchor = [], []
     remove_last = f"set=1\npublic_key={b64_to_hex(keys[n])}\nremove=true\n\n"
-    from dvpnd.uapi import uapi_request
+    from dvpnd.wireguard.uapi import uapi_request
 
     for _ in range(repeat):
         r.config = plus_cfg
@@ -131,10 +131,10 @@ def run(opts: dict[str, Any]) -> list[Figure]:
     counts, times = {}, {}
     for n in (10, 1000):
         cfg = load_config(write_hub(d / f"fw{n}", peer_keys(n), firewall_on=True))
-        batch = firewall.render_ruleset(cfg)
-        counts[n] = firewall.count_rules(batch)
-        times[n] = [timed(lambda: firewall.apply_batch(batch))[0] for _ in range(max(repeat, 5))]
-    firewall.remove_table()
+        batch = ruleset.render_ruleset(cfg)
+        counts[n] = ruleset.count_rules(batch)
+        times[n] = [timed(lambda: nft.apply_batch(batch))[0] for _ in range(max(repeat, 5))]
+    nft.remove_table()
     med = sorted(times[1000])[len(times[1000]) // 2]
     figs.append(Figure("firewall apply, 1000 spokes", "s", times[1000], "same with 10 spokes", times[10],
                        "rules equal; ≤ 50 ms", counts[10] == counts[1000] and med <= 0.05,

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from bench.stats import Figure, percentile
-from dvpnd import control, lab
-from dvpnd.keys import encode_key
+from dvpnd.lab import cluster as lab
+from dvpnd.serve import control
+from dvpnd.wireguard.keys import encode_key
 
 ROOT = Path(__file__).resolve().parent.parent
 

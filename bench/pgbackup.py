@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.stats import Figure
-from dvpnd.procutil import wait_exit
+from dvpnd.util.procutil import wait_exit
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 WORK = Path("/var/tmp/dvpn-bench-pg")
@@ -46,8 +46,8 @@ backup: {{dir: {backups}, keep_last: 1000}}
 def run(quick: bool) -> list[Figure]:
     if not (BIN / "pgbench").exists():
         return [Figure("backup of a pgbench database", "s", [], note="postgresql-15 not installed: skipped")]
-    from dvpnd import backup
-    from dvpnd.config import load_config
+    from dvpnd.config.load import load_config
+    from dvpnd.postgres import backup
 
     scale, repeat = (5, 2) if quick else (50, 3)
     shutil.rmtree(WORK, ignore_errors=True)

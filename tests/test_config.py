@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dvpnd.config import load_config
+from dvpnd.config.load import load_config
 from dvpnd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

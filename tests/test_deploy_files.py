@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvpnd.config import load_config
+from dvpnd.config.load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DSTACK = ROOT / "deploy" / "dstack"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from dvpnd import firewall
-from dvpnd.config import load_config
-from dvpnd.keys import encode_key
+from dvpnd.config.load import load_config
+from dvpnd.firewall import nft, ruleset
+from dvpnd.wireguard.keys import encode_key
 from tests.test_config import HUB, SPOKE, write
 
 
@@ -28,7 +28,7 @@ def rules(batch: dict[str, Any], chain: str) -> list[list[Any]]:
 
 
 def test_batch_replaces_only_our_table_atomically(tmp_path: Path) -> None:
-    batch = firewall.render_ruleset(load_config(write(tmp_path, HUB)))
+    batch = ruleset.render_ruleset(load_config(write(tmp_path, HUB)))
     cmds = batch["nftables"]
     assert cmds[0] == {"metainfo": {"json_schema_version": 1}}
     t = {"family": "inet", "name": "dvpn"}
@@ -43,42 +43,42 @@ def test_batch_replaces_only_our_table_atomically(tmp_path: Path) -> None:
 
 
 def test_rule_count_does_not_grow_with_spokes(tmp_path: Path) -> None:
-    small = firewall.render_ruleset(load_config(write(tmp_path, hub_with(tmp_path, 10))))
-    big = firewall.render_ruleset(load_config(write(tmp_path, hub_with(tmp_path, 1000))))
-    assert firewall.count_rules(small) == firewall.count_rules(big)
+    small = ruleset.render_ruleset(load_config(write(tmp_path, hub_with(tmp_path, 10))))
+    big = ruleset.render_ruleset(load_config(write(tmp_path, hub_with(tmp_path, 1000))))
+    assert ruleset.count_rules(small) == ruleset.count_rules(big)
     elems = [c["add"]["element"] for c in big["nftables"] if "add" in c and "element" in c["add"]]
     spokes = next(e for e in elems if e["name"] == "spokes")
     assert len(spokes["elem"]) == 1000
 
 
 def test_hub_policy(tmp_path: Path) -> None:
-    b = firewall.render_ruleset(load_config(write(tmp_path, HUB)))
+    b = ruleset.render_ruleset(load_config(write(tmp_path, HUB)))
     chains = {c["add"]["chain"]["name"]: c["add"]["chain"] for c in b["nftables"] if "add" in c and "chain" in c["add"]}
     assert {n: (c["hook"], c["policy"]) for n, c in chains.items()} == {
         "input": ("input", "accept"), "forward": ("forward", "accept"), "output": ("output", "accept")}
     inp = json.dumps(rules(b, "input"))
     assert '"right": 51820' in inp and '"@public_tcp"' in inp
-    assert rules(b, "input")[-1] == [firewall.COUNTER, firewall.DROP]
+    assert rules(b, "input")[-1] == [ruleset.COUNTER, ruleset.DROP]
     fwd = rules(b, "forward")
-    assert json.dumps(fwd[0]).count("@spokes") == 2 and fwd[0][-1] == firewall.ACCEPT
-    assert all(r[-1] == firewall.DROP for r in fwd[1:])
+    assert json.dumps(fwd[0]).count("@spokes") == 2 and fwd[0][-1] == ruleset.ACCEPT
+    assert all(r[-1] == ruleset.DROP for r in fwd[1:])
     assert rules(b, "output") == [[{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wg0"}},
-                                   firewall.COUNTER, firewall.DROP]]
+                                   ruleset.COUNTER, ruleset.DROP]]
 
 
 def test_spoke_drops_the_hub_before_anything_is_accepted(tmp_path: Path) -> None:
-    b = firewall.render_ruleset(load_config(write(tmp_path, SPOKE)))
+    b = ruleset.render_ruleset(load_config(write(tmp_path, SPOKE)))
     inp = rules(b, "input")
-    assert inp[0][-1] == firewall.ACCEPT and "lo" in json.dumps(inp[0])
-    assert '"right": "10.88.0.1"' in json.dumps(inp[1]) and inp[1][-1] == firewall.DROP
+    assert inp[0][-1] == ruleset.ACCEPT and "lo" in json.dumps(inp[0])
+    assert '"right": "10.88.0.1"' in json.dumps(inp[1]) and inp[1][-1] == ruleset.DROP
     assert any('"right": 8000' in json.dumps(r) for r in inp)
     assert "output" not in json.dumps([c for c in b["nftables"] if "chain" in c.get("add", {})])
-    assert all(r[-1] == firewall.DROP for r in rules(b, "forward"))
+    assert all(r[-1] == ruleset.DROP for r in rules(b, "forward"))
 
 
 def test_narrowed_overlay_ports_and_trusted_interfaces_are_sets(tmp_path: Path) -> None:
     text = SPOKE + "firewall:\n  overlay_tcp_ports: [5432]\n  trusted_interfaces: [docker0, 'br-*']\n"
-    b = firewall.render_ruleset(load_config(write(tmp_path, text)))
+    b = ruleset.render_ruleset(load_config(write(tmp_path, text)))
     elems = {c["add"]["element"]["name"]: c["add"]["element"]["elem"]
              for c in b["nftables"] if "add" in c and "element" in c["add"]}
     assert elems["overlay_tcp"] == [5432] and elems["trusted_ifs"] == ["docker0", "br-*"]
@@ -93,19 +93,19 @@ def test_a_rejected_batch_keeps_the_previous_table_and_is_reported(tmp_path: Pat
     def accept(batch: Any) -> None:
         applied.append(batch)
 
-    monkeypatch.setattr(firewall, "read_table", lambda: live)
-    monkeypatch.setattr(firewall, "apply_batch", accept)
-    state = firewall.FirewallState()
-    assert firewall.reconcile_firewall(config, state) is True
+    monkeypatch.setattr(nft, "read_table", lambda: live)
+    monkeypatch.setattr(nft, "apply_batch", accept)
+    state = nft.FirewallState()
+    assert nft.reconcile_firewall(config, state) is True
     assert state.applies == 1 and state.error is None
     # Nothing changed: nothing is written.
-    assert firewall.reconcile_firewall(config, state) is False and len(applied) == 1
+    assert nft.reconcile_firewall(config, state) is False and len(applied) == 1
 
     def reject(batch: Any) -> None:
-        raise firewall.FirewallError("Error: Could not process rule: No such file or directory", batch)
+        raise nft.FirewallError("Error: Could not process rule: No such file or directory", batch)
 
-    monkeypatch.setattr(firewall, "apply_batch", reject)
+    monkeypatch.setattr(nft, "apply_batch", reject)
     config2 = load_config(write(tmp_path, SPOKE + "firewall:\n  public_tcp_ports: [443]\n"))
-    assert firewall.reconcile_firewall(config2, state) is False
+    assert nft.reconcile_firewall(config2, state) is False
     assert state.error is not None and "Could not process rule" in state.error
     assert state.applies == 1 and state.applied  # the previous table is still the one in force

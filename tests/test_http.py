@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dvpnd.snapshot import PeerView, Snapshot, render_status
+from dvpnd.daemon.status import PeerView, Snapshot, render_status
 
 
 def snap(peers: tuple[PeerView, ...]) -> Snapshot:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dvpnd import httpapi
-from dvpnd.httpguard import ConnectionTable, Limits
+from dvpnd.serve import http as httpapi
+from dvpnd.serve.guard import ConnectionTable, Limits
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -229,7 +229,8 @@ def test_when_every_connection_is_busy_a_new_one_is_refused() -> None:
 
 
 def test_caps_are_checked_by_the_config_loader(tmp_path: Any) -> None:
-    from dvpnd.config import ConfigError, load_config
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
     from tests.test_config import SPOKE
 
     f = tmp_path / "dvpnd.yaml"

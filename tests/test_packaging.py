@@ -26,7 +26,7 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     assert len(wheels) == 1 and len(sdists) == 1
     with tarfile.open(sdists[0]) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    assert {"pyproject.toml", "README.md", "dvpnd/daemon.py", "dvpnd/cli.py"} <= names
+    assert {"pyproject.toml", "README.md", "dvpnd/daemon/core.py", "dvpnd/cli/main.py", "dvpnd/wireguard/device.py"} <= names
 
     venv = tmp_path / "venv"
     # Nothing from this checkout may leak in: the venv sees only what the wheel installed.

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dvpnd import pg, pgconf
-from dvpnd.config import Config, load_config
+from dvpnd.config.load import load_config
+from dvpnd.config.model import Config
+from dvpnd.postgres import conf as pgconf
+from dvpnd.postgres import server as pg
 
 from .test_config import SPOKE
 

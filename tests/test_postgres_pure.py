@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dvpnd import pgconf
-from dvpnd.backup import BackupEntry, basebackup_argv, compress_arg, plan_retention, space_needed
-from dvpnd.config import load_config
-from dvpnd.firewall import render_ruleset
+from dvpnd.config.load import load_config
+from dvpnd.firewall.ruleset import render_ruleset
+from dvpnd.postgres import conf as pgconf
+from dvpnd.postgres.backup import BackupEntry, basebackup_argv, compress_arg, plan_retention, space_needed
 
 from .test_config import HUB, SPOKE, problems, write
 

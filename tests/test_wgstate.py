@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from dvpnd import uapi
-from dvpnd.backend import (
-    WGPEER_F_REMOVE_ME,
-    WGPEER_F_REPLACE_ALLOWEDIPS,
-    WGPEER_F_UPDATE_ONLY,
-    build_netlink_set,
-    select_backend,
+from dvpnd.config.load import load_config
+from dvpnd.wireguard import uapi
+from dvpnd.wireguard.backends import select_backend
+from dvpnd.wireguard.device import (
+    DesiredDevice,
+    DeviceState,
+    PeerChange,
+    PeerState,
+    diff_device,
+    render_device,
 )
-from dvpnd.config import load_config
-from dvpnd.keys import (
+from dvpnd.wireguard.keys import (
     KeyFileError,
     decode_key,
     encode_key,
@@ -28,13 +30,11 @@ from dvpnd.keys import (
     load_or_create_private_key,
     public_key,
 )
-from dvpnd.wgstate import (
-    DesiredDevice,
-    DeviceState,
-    PeerChange,
-    PeerState,
-    diff_device,
-    render_device,
+from dvpnd.wireguard.netlink import (
+    WGPEER_F_REMOVE_ME,
+    WGPEER_F_REPLACE_ALLOWEDIPS,
+    WGPEER_F_UPDATE_ONLY,
+    build_netlink_set,
 )
 from tests.test_config import HUB, K1, K2, K3, SPOKE, write
 
@@ -61,7 +61,7 @@ def test_public_key_matches_wg_pubkey() -> None:
 
 
 def test_x25519_rfc7748_vector() -> None:
-    from dvpnd.keys import _x25519
+    from dvpnd.wireguard.keys import _x25519
 
     k = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
     u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
@@ -143,7 +143,7 @@ def test_remembered_endpoints_seed_a_fresh_hub_device_and_never_override_roaming
 
 
 def test_endpoint_memory_survives_a_restart_and_forgets_removed_peers(tmp_path: Path) -> None:
-    from dvpnd.reconcile import EndpointMemory
+    from dvpnd.daemon.reconcile import EndpointMemory
 
     path = tmp_path / "endpoints.json"
     m = EndpointMemory(path)
@@ -198,7 +198,7 @@ def test_changes_repr_never_shows_the_private_key(tmp_path: Path) -> None:
 # --- UAPI --------------------------------------------------------------------------------
 
 def test_uapi_set_encoding_follows_syncconf() -> None:
-    from dvpnd.wgstate import DeviceChanges
+    from dvpnd.wireguard.device import DeviceChanges
 
     ch = DeviceChanges(private_key=PRIV, listen_port=51820, peers=(
         PeerChange(public_key=K3, remove=True),
@@ -247,7 +247,7 @@ def test_uapi_errno_is_an_error() -> None:
 # --- netlink (kernel backend) --------------------------------------------------------------
 
 def test_netlink_flags_use_the_kernel_values_not_pyroute2_072s() -> None:
-    from dvpnd.wgstate import DeviceChanges
+    from dvpnd.wireguard.device import DeviceChanges
 
     assert (WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY) == (1, 2, 4)
     ch = DeviceChanges(peers=(
@@ -271,7 +271,7 @@ def test_netlink_flags_use_the_kernel_values_not_pyroute2_072s() -> None:
 def test_netlink_messages_encode_with_pyroute2_and_split_big_devices() -> None:
     from pyroute2.netlink.generic.wireguard import wgmsg
 
-    from dvpnd.wgstate import DeviceChanges
+    from dvpnd.wireguard.device import DeviceChanges
 
     keys = [encode_key(bytes([i % 256, i // 256]) + bytes(30)) for i in range(150)]
     ch = DeviceChanges(private_key=PRIV, listen_port=51820, peers=tuple(
@@ -297,7 +297,7 @@ def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from dvpnd.reconcile import EndpointResolver
+    from dvpnd.daemon.reconcile import EndpointResolver
 
     c = load_config(write(tmp_path, SPOKE.replace("192.0.2.10:51820", "hub.example.org:51820")))
     answers = iter(["192.0.2.10", "192.0.2.99"])
@@ -321,20 +321,21 @@ def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(
 def _auto_with(monkeypatch: pytest.MonkeyPatch, loaded: bool, kernel_has_it: bool) -> tuple[str, list[str]]:
     """select_backend('auto') with no existing device; the kernel's side is simulated.
     Returns the backend chosen and the links asked of the kernel."""
-    from dvpnd import backend
+    from dvpnd.errors import BackendError
+    from dvpnd.wireguard import backends, kernel
 
     state = {"loaded": loaded}
     asked: list[str] = []
 
-    def create(self: backend.KernelBackend) -> None:
+    def create(self: kernel.KernelBackend) -> None:
         asked.append(self.ifname)
         if not kernel_has_it:
-            raise backend.BackendError("cannot create kernel WireGuard interface wg0: Operation not supported")
+            raise BackendError("cannot create kernel WireGuard interface wg0: Operation not supported")
         state["loaded"] = True             # the kernel loaded its module to make the link
 
-    monkeypatch.setattr(backend, "link_kind", lambda ifname: None)
-    monkeypatch.setattr(backend, "kernel_module_available", lambda: state["loaded"])
-    monkeypatch.setattr(backend.KernelBackend, "create", create)
+    monkeypatch.setattr(backends, "link_kind", lambda ifname: None)
+    monkeypatch.setattr(backends, "kernel_module_available", lambda: state["loaded"])
+    monkeypatch.setattr(kernel.KernelBackend, "create", create)
     return select_backend("auto", "wg0", Path("/nonexistent")).name, asked
 
 

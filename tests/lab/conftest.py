@@ -23,7 +23,8 @@ import pytest
 os.environ["DVPN_LAB_DIR"] = "/run/dvpn-test-lab"
 os.environ["DVPN_LAB_PREFIX"] = "dvpnt-"
 
-from dvpnd import control, lab
+from dvpnd.lab import cluster as lab
+from dvpnd.serve import control
 
 PROBE = str(Path(__file__).with_name("probe.py"))
 NEEDS = ("ip", "nft", "wireguard-go", "wg", "ping", "ss")

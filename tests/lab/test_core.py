@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvpnd import lab
+from dvpnd.lab import cluster as lab
 from tests.lab.conftest import Lab, Pinger
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvpnd.firewall import normalize_listing
+from dvpnd.firewall.ruleset import normalize_listing
 from tests.lab.conftest import PROBE, Lab, Listener, Pinger
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvpnd import lab
-from dvpnd.keys import decode_key
+from dvpnd.lab import cluster as lab
+from dvpnd.wireguard.keys import decode_key
 from tests.lab.conftest import Lab, Pinger
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -232,7 +232,7 @@ def _rss_kib(pid: int) -> int:
 def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) -> None:
     import sys
 
-    from dvpnd.httpguard import Limits
+    from dvpnd.serve.guard import Limits
     from tests.lab.conftest import PROBE
 
     HEADER_TIMEOUT = Limits().request_timeout

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from dvpnd import lab, labpg
-from dvpnd.backup import list_backups
-from dvpnd.pg import as_user
+from dvpnd.lab import cluster as lab
+from dvpnd.lab import pg as labpg
+from dvpnd.postgres.backup import list_backups
+from dvpnd.postgres.server import as_user
 
 from .conftest import Lab
 

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from dvpnd.errors import DvpnError
-from dvpnd.fsutil import write_atomic
+from dvpnd.util.fsutil import write_atomic
 
 KEY_LEN = 32
 _P = 2**255 - 19

@@ -1,4 +1,5 @@
-"""The configuration: one YAML file (plus `peers.d/*.yaml` on the hub), validated into a Config.
+"""Loading the configuration: one YAML file (plus `peers.d/*.yaml` on the hub), validated into a
+Config (config/model.py).
 
 Every problem is reported as one line `FILE:LINE: key.path: problem`; loading collects all
 of them before failing, so one `dvpnctl check` run shows everything to fix.
@@ -10,165 +11,44 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dvpnd.config.model import (
+    BACKENDS,
+    COMPRESSIONS,
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_KEEPALIVE,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_MTU,
+    DEFAULT_NETWORK,
+    DEFAULT_PG_PORT,
+    DEFAULT_PORT,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_PORT,
+    LOG_LEVELS,
+    BackupConfig,
+    Config,
+    Endpoint,
+    FirewallConfig,
+    HubSpec,
+    ListenConfig,
+    PeerSpec,
+    PostgresConfig,
+    WireGuardConfig,
+)
+from dvpnd.config.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
 from dvpnd.errors import ConfigError
-from dvpnd.keys import decode_key
-from dvpnd.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
+from dvpnd.wireguard.keys import decode_key
 
-DEFAULT_CONFIG = Path("/etc/dvpn/dvpnd.yaml")
-DEFAULT_STATE_DIR = Path("/var/lib/dvpn")
-DEFAULT_CONTROL_SOCKET = Path("/run/dvpn/control.sock")
-DEFAULT_NETWORK = "10.88.0.0/24"
-DEFAULT_PORT = 51820
-DEFAULT_KEEPALIVE = 25
-DEFAULT_MTU = 1420
-DEFAULT_STATUS_PORT = 8000
-DEFAULT_METRICS_PORT = 9586
-DEFAULT_PG_PORT = 5432
-COMPRESSIONS = ("gzip", "none")  # what tar unpacks for verification without extra tools
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-BACKENDS = ("auto", "kernel", "userspace")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _IFPATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,14}\*?$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_literal(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-            return True
-        except ValueError:
-            return False
-
-
-@dataclass(frozen=True)
-class PeerSpec:
-    """A spoke as the hub knows it."""
-
-    name: str
-    public_key: str
-    address: IPv4Address
-    origin: str  # "file:line" it was declared at, for messages
-    next_public_key: str | None = None  # a key rotation in progress (see `dvpnctl spoke rotate`)
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    """The hub as a spoke knows it."""
-
-    public_key: str
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True)
-class WireGuardConfig:
-    interface: str = "wg0"
-    backend: str = "auto"
-    listen_port: int | None = None
-    mtu: int = DEFAULT_MTU
-    persistent_keepalive: int = DEFAULT_KEEPALIVE
-    private_key_file: Path = DEFAULT_STATE_DIR / "private.key"
-
-
-@dataclass(frozen=True)
-class FirewallConfig:
-    enabled: bool = True
-    public_tcp_ports: tuple[int, ...] = ()
-    public_udp_ports: tuple[int, ...] = ()
-    # None means every port, from other spokes only.
-    overlay_tcp_ports: tuple[int, ...] | None = None
-    trusted_interfaces: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PostgresConfig:
-    """The local PostgreSQL server that dvpnd reports on and backs up (spokes only)."""
-
-    enabled: bool = False
-    data_dir: Path = Path("/var/lib/postgresql/15/main")
-    config_dir: Path = Path("/var/lib/postgresql/15/main")  # where postgresql.conf is (Debian: /etc/postgresql/15/main)
-    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
-    port: int = DEFAULT_PG_PORT
-    socket_dir: Path = Path("/var/run/postgresql")
-    os_user: str = "postgres"
-    primary: IPv4Address | None = None  # overlay address of the primary (replicas bootstrap from it)
-    replication_user: str = "replicator"
-    password_file: Path = Path("/etc/dvpn/pg-replication.password")
-    slot: str = ""  # this node's replication slot on the primary
-
-    @property
-    def passfile(self) -> Path:
-        """The server's copy of the replication password (pgpass format), outside the data directory."""
-        return self.data_dir.parent / f"{self.data_dir.name}.dvpn.pgpass"
-
-
-@dataclass(frozen=True)
-class BackupConfig:
-    enabled: bool = False
-    dir: Path = DEFAULT_STATE_DIR / "backups"
-    interval: int = 86400
-    keep_last: int = 7
-    keep_age: int = 0  # seconds; 0: no age rule
-    compress: str = "gzip:1"
-    verify: bool = True
-    timeout: int = 6 * 3600
-    max_rate: str | None = None  # pg_basebackup --max-rate, e.g. "50M": spare the disk and the network
-
-
-@dataclass(frozen=True)
-class ListenConfig:
-    enabled: bool
-    address: str
-    port: int
-    # behind a proxy (dstack-gateway) every client has its address: the per-source cap is the cap
-    max_connections: int = 256
-    max_per_source: int = 64
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    role: str
-    name: str
-    state_dir: Path
-    network: IPv4Network
-    hub_address: IPv4Address
-    address: IPv4Address
-    wireguard: WireGuardConfig
-    hub: HubSpec | None
-    peers: tuple[PeerSpec, ...]
-    firewall: FirewallConfig
-    status: ListenConfig
-    metrics: ListenConfig
-    control_socket: Path
-    reconcile_interval: float
-    stale_after: int
-    log_level: str
-    peers_dir: Path = field(default=Path("peers.d"))
-    public_endpoint: Endpoint | None = None  # hub: how spokes reach it (printed by `spoke add`)
-    postgres: PostgresConfig = field(default_factory=PostgresConfig)
-    backup: BackupConfig = field(default_factory=BackupConfig)
-
-    @property
-    def is_hub(self) -> bool:
-        return self.role == "hub"
 
 
 T = TypeVar("T")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from dvpnd.snapshot import VERSION, Snapshot
+from dvpnd.daemon.status import VERSION, Snapshot
 
 if TYPE_CHECKING:
-    from dvpnd.daemon import Daemon
+    from dvpnd.daemon.core import Daemon
 
 
 def collect_snapshot(snap: Snapshot, counters: dict[str, float], stale_after: int, now: float) -> Iterator[Any]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
-from dvpnd.config import Config
+from dvpnd.config.model import Config
 
 
 def normalize_cidr(text: str) -> str:

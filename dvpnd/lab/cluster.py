@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from dvpnd import control
 from dvpnd.errors import DvpnError
-from dvpnd.procutil import wait_exit
-from dvpnd.uapi import socket_peer_pid
+from dvpnd.serve import control
+from dvpnd.util.procutil import wait_exit
+from dvpnd.wireguard.uapi import socket_peer_pid
 
 LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
 PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
@@ -177,7 +177,7 @@ def load_lab() -> tuple[list[Node], dict[str, Any]] | None:
 
 
 def save_lab(nodes: list[Node], meta: dict[str, Any]) -> None:
-    from dvpnd.fsutil import write_atomic
+    from dvpnd.util.fsutil import write_atomic
 
     data = dict(meta, nodes=[asdict(n) for n in nodes])
     write_atomic(LAB_DIR / "lab.json", json.dumps(data, indent=2).encode())
@@ -275,7 +275,7 @@ def pubkey(node: Node) -> str:
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    from dvpnd.fsutil import write_atomic
+    from dvpnd.util.fsutil import write_atomic
 
     write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
 
@@ -338,7 +338,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
             raise DvpnError(f"hub rejected the reload: {reply.get('problems')}")
     wait_handshakes_done(nodes, wait_handshakes)
     if postgres:
-        from dvpnd import labpg
+        from dvpnd.lab import pg as labpg
 
         labpg.up(nodes)
     return nodes
@@ -403,8 +403,8 @@ def down() -> list[str]:
     nodes = lab[0] if lab else plan(MAX_SPOKES, "userspace")
     meta = lab[1] if lab else {}
     wg_pids: list[int] = []
-    from dvpnd import labpg
-    from dvpnd.uapi import SOCKET_DIR
+    from dvpnd.lab import pg as labpg
+    from dvpnd.wireguard.uapi import SOCKET_DIR
 
     for n in nodes:
         if n.role == "spoke":

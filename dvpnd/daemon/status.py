@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dvpnd.config import Config
-from dvpnd.wgstate import DeviceState
+from dvpnd.config.model import Config
+from dvpnd.wireguard.device import DeviceState
 
 if TYPE_CHECKING:
-    from dvpnd.dbsup import BackupStatus
-    from dvpnd.pg import PgView
+    from dvpnd.postgres.server import PgView
+    from dvpnd.postgres.supervisor import BackupStatus
 
 VERSION = "0.1.0"
 

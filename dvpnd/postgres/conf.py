@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from ipaddress import IPv4Address, IPv4Network
 
-from dvpnd.config import Config, PostgresConfig
+from dvpnd.config.model import Config, PostgresConfig
 
 INCLUDE_LINE = "include_if_exists = 'dvpn.conf'  # added by dvpnctl pg setup"
 CONF_NAME = "dvpn.conf"

@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvpnd.daemon.status import render_detail
 from dvpnd.errors import DvpnError
-from dvpnd.snapshot import render_detail
 
 if TYPE_CHECKING:
-    from dvpnd.daemon import Daemon
+    from dvpnd.daemon.core import Daemon
 
 log = logging.getLogger("dvpnd.control")
 MAX_REQUEST = 4096
@@ -53,7 +53,7 @@ async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
         ok, problems = await daemon.reload()
         return {"ok": ok, "problems": problems, "bad_input": daemon.last_reload_bad_input}
     if cmd == "firewall":
-        from dvpnd.firewall import list_table_text
+        from dvpnd.firewall.nft import list_table_text
 
         text = await asyncio.to_thread(list_table_text)
         return {"ok": text is not None, "table": text}
@@ -65,7 +65,7 @@ async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
         fw = daemon.reconciler.firewall_state
         return {"ok": ok and fw.error is None, "problems": [e for e in (fw.error, daemon.reconcile_error) if e]}
     if cmd == "backup-now":
-        from dvpnd.backup import entry_json
+        from dvpnd.postgres.backup import entry_json
 
         if daemon.db is None or not daemon.config.backup.enabled:
             return {"ok": False, "problems": [f"{daemon.config_path}: backups are not enabled (backup section)"],

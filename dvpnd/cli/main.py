@@ -11,9 +11,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from dvpnd.config import DEFAULT_CONFIG, Config, load_config
+from dvpnd.config.load import load_config
+from dvpnd.config.model import DEFAULT_CONFIG, Config
+from dvpnd.config.peers import RunbookInputError
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE, ConfigError, DvpnError
-from dvpnd.runbook import RunbookInputError
 
 
 class BadInput(DvpnError):
@@ -37,7 +38,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    from dvpnd.keys import encode_key, load_or_create_private_key, public_key
+    from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
     # Like the daemon's first start: the key is created on this node if it does not exist yet.
@@ -47,7 +48,7 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, cmd: str) -> dict[str, Any]:
-    from dvpnd import control
+    from dvpnd.serve import control
 
     config = _load(args.config)
     return control.request(config.control_socket, cmd)
@@ -116,7 +117,7 @@ def cmd_firewall_apply(args: argparse.Namespace) -> int:
 def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
     import yaml
 
-    from dvpnd.fsutil import write_atomic
+    from dvpnd.util.fsutil import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode())
@@ -132,7 +133,7 @@ def _reload_or_undo(args: argparse.Namespace, undo: Any) -> None:
 
 def _restore(path: Path, old: bytes | None) -> Any:
     def undo() -> None:
-        from dvpnd.fsutil import write_atomic
+        from dvpnd.util.fsutil import write_atomic
 
         if old is None:
             path.unlink(missing_ok=True)
@@ -144,9 +145,9 @@ def _restore(path: Path, old: bytes | None) -> Any:
 def cmd_spoke_add(args: argparse.Namespace) -> int:
     import yaml
 
-    from dvpnd import runbook
-    from dvpnd.config import _check_name
-    from dvpnd.keys import encode_key, load_or_create_private_key, public_key
+    from dvpnd.config import peers as runbook
+    from dvpnd.config.load import _check_name
+    from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
     if problem := _check_name(args.name):
@@ -165,7 +166,7 @@ def cmd_spoke_add(args: argparse.Namespace) -> int:
 
 
 def cmd_spoke_remove(args: argparse.Namespace) -> int:
-    from dvpnd import runbook
+    from dvpnd.config import peers as runbook
 
     config = _load(args.config)
     path = runbook.peer_file_of(config, args.name)
@@ -177,8 +178,8 @@ def cmd_spoke_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_spoke_rotate(args: argparse.Namespace) -> int:
-    from dvpnd import runbook
-    from dvpnd.keys import decode_key
+    from dvpnd.config import peers as runbook
+    from dvpnd.wireguard.keys import decode_key
 
     config = _load(args.config)
     try:
@@ -198,8 +199,8 @@ def cmd_spoke_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from dvpnd.fsutil import write_atomic
-    from dvpnd.keys import encode_key, generate_private_key, load_or_create_private_key, public_key
+    from dvpnd.util.fsutil import write_atomic
+    from dvpnd.wireguard.keys import encode_key, generate_private_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
     if config.is_hub:
@@ -245,7 +246,7 @@ def _pg_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_pg_setup(args: argparse.Namespace) -> int:
-    from dvpnd import pg
+    from dvpnd.postgres import server as pg
 
     for line in pg.setup(_pg_config(args)):
         print(line)
@@ -253,7 +254,7 @@ def cmd_pg_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_pg_password(args: argparse.Namespace) -> int:
-    from dvpnd import pg
+    from dvpnd.postgres import server as pg
 
     config = _pg_config(args)
     made = pg.make_password(config.postgres)
@@ -263,7 +264,7 @@ def cmd_pg_password(args: argparse.Namespace) -> int:
 
 
 def cmd_pg_init_replica(args: argparse.Namespace) -> int:
-    from dvpnd import pg
+    from dvpnd.postgres import server as pg
 
     for line in pg.init_replica(_pg_config(args), args.primary):
         print(line)
@@ -271,7 +272,7 @@ def cmd_pg_init_replica(args: argparse.Namespace) -> int:
 
 
 def cmd_pg_promote(args: argparse.Namespace) -> int:
-    from dvpnd import pg
+    from dvpnd.postgres import server as pg
 
     config = _pg_config(args)
     print(pg.promote(config))
@@ -280,7 +281,7 @@ def cmd_pg_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_pg_follow(args: argparse.Namespace) -> int:
-    from dvpnd import pg
+    from dvpnd.postgres import server as pg
 
     for line in pg.follow(_pg_config(args), args.primary):
         print(line)
@@ -307,7 +308,7 @@ def format_db(st: dict[str, Any]) -> str:
                          f"lag {v['lag_bytes']} bytes, {v['lag_sec']}s, version {v['version']}")
     b = st.get("backup")
     if b is not None:
-        from dvpnd.backup import human
+        from dvpnd.postgres.backup import human
 
         if b["last_success"]:
             lines.append(f"backup: last {b['last_name']} ({b['age_sec']}s ago, {human(b['last_size_bytes'] or 0)}, "
@@ -332,8 +333,8 @@ def cmd_pg_status(args: argparse.Namespace) -> int:
 
 
 def cmd_backup_now(args: argparse.Namespace) -> int:
-    from dvpnd import control
-    from dvpnd.backup import human
+    from dvpnd.postgres.backup import human
+    from dvpnd.serve import control
 
     config = _pg_config(args)
     reply = control.request(config.control_socket, "backup-now", timeout=config.backup.timeout * 2 + 60)
@@ -347,7 +348,7 @@ def cmd_backup_now(args: argparse.Namespace) -> int:
 
 
 def cmd_backup_list(args: argparse.Namespace) -> int:
-    from dvpnd import backup
+    from dvpnd.postgres import backup
 
     config = _pg_config(args)
     entries = backup.list_backups(config.backup.dir)
@@ -365,7 +366,7 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dvpnd import backup
+    from dvpnd.postgres import backup
 
     config = _pg_config(args)
     entry = backup.find_backup(config.backup, args.name)
@@ -377,7 +378,7 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
 def cmd_backup_restore(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dvpnd import backup
+    from dvpnd.postgres import backup
 
     config = _pg_config(args)
     entry = backup.find_backup(config.backup, args.name)
@@ -389,7 +390,7 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    from dvpnd import lab
+    from dvpnd.lab import cluster as lab
 
     t0 = time.monotonic()
     nodes = lab.up(spokes=args.spokes, backend=args.backend, postgres=args.postgres)
@@ -402,7 +403,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         ok &= passed
         print(f"  {a} -> {b}: {'ok' if passed else 'FAILED'}  {summary}")
     if args.postgres:
-        from dvpnd import labpg
+        from dvpnd.lab import pg as labpg
 
         print("\nPostgreSQL over the overlay:")
         for line in labpg.demo(nodes):
@@ -412,7 +413,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    from dvpnd import lab
+    from dvpnd.lab import cluster as lab
 
     entries = lab.status()
     if args.json:
@@ -425,7 +426,7 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    from dvpnd import lab
+    from dvpnd.lab import cluster as lab
 
     for line in lab.down():
         print(line)
@@ -433,7 +434,7 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_exec(args: argparse.Namespace) -> int:
-    from dvpnd import lab
+    from dvpnd.lab import cluster as lab
 
     argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
     return lab.exec_in(args.node, argv)

@@ -22,11 +22,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dvpnd import pgconf
-from dvpnd.config import Config, PostgresConfig
+from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.fsutil import read_regular, write_atomic
-from dvpnd.procutil import ChildError, call_as
+from dvpnd.postgres import conf as pgconf
+from dvpnd.util.fsutil import read_regular, write_atomic
+from dvpnd.util.procutil import ChildError, call_as
 
 T = TypeVar("T")
 

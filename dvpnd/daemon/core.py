@@ -20,17 +20,20 @@ from pathlib import Path
 
 import yaml
 
-from dvpnd import control, httpapi, runbook
-from dvpnd.config import DEFAULT_CONFIG, Config, load_config
-from dvpnd.dbsup import DbSupervisor
+from dvpnd.config import peers as runbook
+from dvpnd.config.load import load_config
+from dvpnd.config.model import DEFAULT_CONFIG, Config
+from dvpnd.daemon.reconcile import Reconciler
+from dvpnd.daemon.status import Snapshot, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
-from dvpnd.fsutil import write_atomic
-from dvpnd.link import read_link
-from dvpnd.log import REDACTOR, set_level, setup_logging
-from dvpnd.reconcile import Reconciler
-from dvpnd.snapshot import Snapshot, peer_views
-from dvpnd.systemd import Notifier
-from dvpnd.wgstate import DeviceState, rotation_done
+from dvpnd.netif import read_link
+from dvpnd.postgres.supervisor import DbSupervisor
+from dvpnd.serve import control
+from dvpnd.serve import http as httpapi
+from dvpnd.util.fsutil import write_atomic
+from dvpnd.util.log import REDACTOR, set_level, setup_logging
+from dvpnd.util.systemd import Notifier
+from dvpnd.wireguard.device import DeviceState, rotation_done
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dvpnd.config import Config
+from dvpnd.config.model import Config
 from dvpnd.errors import BackendError
 
 log = logging.getLogger("dvpnd.link")

@@ -6,9 +6,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from dvpnd.config import Config, PeerSpec
+from dvpnd.config.model import Config, PeerSpec
 from dvpnd.errors import DvpnError
-from dvpnd.keys import decode_key
+from dvpnd.wireguard.keys import decode_key
 
 
 class RunbookInputError(DvpnError):

@@ -10,9 +10,10 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from dvpnd import backup, pg
-from dvpnd.config import Config
+from dvpnd.config.model import Config
 from dvpnd.errors import DvpnError
+from dvpnd.postgres import backup
+from dvpnd.postgres import server as pg
 
 log = logging.getLogger("dvpnd.db")
 POLL_INTERVAL = 5.0

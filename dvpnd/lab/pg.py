@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from dvpnd import pgconf
-from dvpnd.config import Config, PostgresConfig, load_config
+from dvpnd.config.load import load_config
+from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.fsutil import write_atomic
-from dvpnd.lab import LAB_DIR, Node, _pid_alive, node_argv, node_env
-from dvpnd.pg import _user, as_user
-from dvpnd.procutil import wait_exit
+from dvpnd.lab.cluster import LAB_DIR, Node, _pid_alive, node_argv, node_env
+from dvpnd.postgres import conf as pgconf
+from dvpnd.postgres.server import _user, as_user
+from dvpnd.util.fsutil import write_atomic
+from dvpnd.util.procutil import wait_exit
 
 APP_USER = "app"
 APP_DB = "app"

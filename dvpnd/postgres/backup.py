@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dvpnd import pgconf
-from dvpnd.config import BackupConfig, Config, PostgresConfig
+from dvpnd.config.model import BackupConfig, Config, PostgresConfig
 from dvpnd.errors import DvpnError
+from dvpnd.postgres import conf as pgconf
 
 log = logging.getLogger("dvpnd.backup")
 META = "backup.json"
@@ -448,7 +448,7 @@ async def restore(config: Config, entry: BackupEntry, to: Path, standby: bool = 
                 done.append(f"removed {sig}: the restored server starts as a primary")
     os.chmod(to, 0o700)
     if os.geteuid() == 0:
-        from dvpnd.pg import _user
+        from dvpnd.postgres.server import _user
 
         u = _user(pg)
         for root, dirs, files in os.walk(to):

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvpnd import firewall, link
-from dvpnd.backend import Backend, select_backend
-from dvpnd.config import Config
+from dvpnd import netif as link
+from dvpnd.config.model import Config
 from dvpnd.errors import BackendError
-from dvpnd.fsutil import write_atomic
-from dvpnd.keys import encode_key, load_or_create_private_key, public_key
-from dvpnd.wgstate import DeviceChanges, DeviceState, diff_device, render_device
+from dvpnd.firewall import nft
+from dvpnd.util.fsutil import write_atomic
+from dvpnd.wireguard.backends import Backend, select_backend
+from dvpnd.wireguard.device import DeviceChanges, DeviceState, diff_device, render_device
+from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
 log = logging.getLogger("dvpnd.reconcile")
 
@@ -109,7 +110,7 @@ class Reconciler:
     private_key: str | None = field(default=None, repr=False)
     public_key: str | None = None
     resolver: EndpointResolver = field(default_factory=EndpointResolver)
-    firewall_state: firewall.FirewallState = field(default_factory=firewall.FirewallState)
+    firewall_state: nft.FirewallState = field(default_factory=nft.FirewallState)
     passes: int = 0
     device_writes: int = 0
     endpoint_memory: EndpointMemory = field(default_factory=lambda: EndpointMemory(None))
@@ -162,7 +163,7 @@ class Reconciler:
         # The firewall before the peers: its conntrack must see the first handshake leave, or the
         # hub's answers to a spoke that has not yet sent again look new and are dropped (found in
         # the VM test: spoke-to-spoke traffic lost for up to a keepalive after a fresh start).
-        fw_changed = firewall.reconcile_firewall(config, self.firewall_state, force=force_firewall)
+        fw_changed = nft.reconcile_firewall(config, self.firewall_state, force=force_firewall)
 
         hub_ep = None
         if not config.is_hub:
@@ -197,4 +198,4 @@ class Reconciler:
         """Remove the interface (and wireguard-go with it) and the firewall table."""
         backend = self.ensure_backend()
         backend.delete()
-        firewall.remove_table()
+        nft.remove_table()

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dvpnd.httpguard import ConnectionTable, Limits, protocol_factory
-from dvpnd.snapshot import render_status
+from dvpnd.daemon.status import render_status
+from dvpnd.serve.guard import ConnectionTable, Limits, protocol_factory
 
 if TYPE_CHECKING:
-    from dvpnd.daemon import Daemon
+    from dvpnd.daemon.core import Daemon
 
 log = logging.getLogger("dvpnd.http")
 
@@ -106,7 +106,7 @@ def _application(table: ConnectionTable) -> web.Application:
 
 
 def make_metrics_app(daemon: Daemon, table: ConnectionTable) -> web.Application:
-    from dvpnd.metrics import make_registry
+    from dvpnd.serve.metrics import make_registry
 
     app = _application(table)
     app[DAEMON_KEY] = daemon

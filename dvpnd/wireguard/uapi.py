@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvpnd.errors import BackendError
-from dvpnd.wgstate import DeviceChanges, DeviceState, PeerState, normalize_cidr
+from dvpnd.wireguard.device import DeviceChanges, DeviceState, PeerState, normalize_cidr
 
 SOCKET_DIR = Path("/var/run/wireguard")
 
@@ -115,7 +115,7 @@ def parse_get(text: str) -> DeviceState:
         peers[cur.public_key] = cur.state()
     if errno not in (None, 0):
         raise BackendError(f"UAPI get failed: errno={errno}")
-    from dvpnd.keys import decode_key, encode_key, public_key
+    from dvpnd.wireguard.keys import decode_key, encode_key, public_key
 
     pub = encode_key(public_key(decode_key(private_key))) if private_key else None
     return DeviceState(private_key=private_key, public_key=pub, listen_port=listen_port,

@@ -1,0 +1,1 @@
+"""The daemon: the reconcile pass, the status snapshot, the loops and reloads."""

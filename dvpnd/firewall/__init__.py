@@ -1,0 +1,1 @@
+"""The `inet dvpn` nftables table: the ruleset (pure) and the only code that talks to libnftables."""

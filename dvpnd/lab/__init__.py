@@ -1,0 +1,1 @@
+"""The namespace lab (dvpnctl lab) and its PostgreSQL part."""

@@ -1,0 +1,1 @@
+"""Small helpers with effects: durable files, processes, systemd, logging."""

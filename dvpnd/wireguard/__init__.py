@@ -1,0 +1,1 @@
+"""WireGuard: the device model and diff (pure), keys, the UAPI and netlink codecs, the backends."""
