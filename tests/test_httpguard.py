@@ -155,16 +155,30 @@ def test_a_client_that_never_reads_its_answers_is_closed() -> None:
 @pytest.mark.parametrize("payload", [
     b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 5000,  # header block without end, too large
     b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: aaaaaaaaaaaaaaaaaaaa\r\n" * 300 + b"\r\n",  # complete but too large
-    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 100,  # a body
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ])
-def test_oversized_headers_and_bodies_close_the_connection_unanswered(payload: bytes) -> None:
+def test_oversized_headers_close_the_connection_unanswered(payload: bytes) -> None:
     async def go() -> None:
         async with page(Limits()) as (port, table):
             r, w = await client(port)
             w.write(payload)
             out, closed = await read_all(r, 3)
             assert closed and out == b"" and table.closed_oversize == 1
+    run(go)
+
+
+@pytest.mark.parametrize("payload, status", [
+    (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 100, b" 405 "),
+    (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 100_000, b" 405 "),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b" 200 "),
+])
+def test_a_request_with_a_body_is_answered_and_is_the_connections_last(payload: bytes, status: bytes) -> None:
+    async def go() -> None:
+        async with page(Limits(response_timeout=2.0)) as (port, table):
+            r, w = await client(port)
+            w.write(payload + GET * 10)
+            out, closed = await read_all(r, 4)
+            assert closed and status in out.split(b"\r\n")[0] and out.count(b"HTTP/1.1") == 1
+            assert b"Connection: close" in out
     run(go)
 
 

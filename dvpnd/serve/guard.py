@@ -10,8 +10,9 @@ aiohttp version:
   window, not dvpnd's memory, holds what a client pipelines;
 - aiohttp is handed one complete header block at a time, and the next only once the answer to
   the previous one is written: one request in flight per connection;
-- a header block larger than `max_header` closes the connection, and so does a request with a
-  body (the page has no use for one);
+- a header block larger than `max_header` closes the connection; a request with a body (the
+  page has no use for one) is the connection's last: aiohttp gets what is buffered of it, says
+  405, and the connection is closed;
 - a connection must send a whole request within `request_timeout` and read its answer within
   `response_timeout`; it is closed after `max_requests` requests;
 - at most `max_connections` connections, and `max_per_source` from one address: past a cap
@@ -79,7 +80,7 @@ class ConnectionTable:
     def last_request(self, inner: Any) -> bool:
         """Whether the request in flight on `inner`'s connection is the last it may make."""
         conn = self.open.get(inner)
-        return conn is None or conn.requests >= self.limits.max_requests
+        return conn is None or conn.last or conn.requests >= self.limits.max_requests
 
     def done(self, inner: Any) -> None:
         """The answer to the request on `inner`'s connection is written (or failed)."""
@@ -101,6 +102,7 @@ class GuardedConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.source = ""
         self.waiting = True  # no request in flight
+        self.last = False  # a request with a body came: nothing more is read
         self.closing = False
         self.paused = False
         self.requests = 0
@@ -155,8 +157,8 @@ class GuardedConnection(asyncio.BufferedProtocol):
         self.transport.abort()
 
     def request_done(self) -> None:
-        if self.closing or self.waiting:
-            return
+        if self.closing or self.waiting or self.last:
+            return  # the last request's answer closes the connection (Connection: close)
         self.waiting = True
         self.since = self.loop.time()
         self._arm(self.limits.request_timeout)
@@ -202,15 +204,15 @@ class GuardedConnection(asyncio.BufferedProtocol):
             return
         head = view[:end]
         if _BODY.search(head) and not (_EMPTY_LENGTH.search(head) and b"ransfer-" not in head.lower()):
-            self.table.closed_oversize += 1
-            self.close()
-            return
+            # what is buffered of the body goes along; nothing more is read from this client
+            self.last = True
+            head, end = view, len(view)
         self.buf[: self.used - end] = view[end:]
         self.used -= end
         self.requests += 1
         self.waiting = False
         self._arm(self.limits.response_timeout)
-        self._pause(self.used == len(self.buf))
+        self._pause(self.last or self.used == len(self.buf))
         self.inner.data_received(head)
 
     def _pause(self, full: bool) -> None:

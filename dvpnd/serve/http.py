@@ -54,11 +54,15 @@ def guard_middleware(table: ConnectionTable) -> Any:
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
+        except web.HTTPException as e:  # 404, 405: answers too (a Response in aiohttp 3.x)
             if table.last_request(request.protocol):
-                response.force_close()  # Connection: close, after this answer is written
-            return response
+                e.force_close()
+            raise
         finally:
             table.done(request.protocol)
+        if table.last_request(request.protocol):
+            response.force_close()  # Connection: close, after this answer is written
+        return response
 
     return middleware
 
