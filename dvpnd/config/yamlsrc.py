@@ -3,10 +3,18 @@
 Errors about a configuration name the file, the line and the key path; PyYAML's plain
 `safe_load` forgets lines and silently keeps the last of two duplicate keys, so the
 document is composed into nodes and converted here.
+
+A configuration is plain data, so this reads only what plain data needs, whatever the file
+holds: a regular file of at most MAX_BYTES (no FIFO, device or directory), no explicit tags
+(`!!int 'zz'`, `!custom`), no merge keys (`<<`), at most MAX_NODES values once aliases are
+expanded (an alias bomb) and MAX_DEPTH levels (a recursive alias, deep nesting). Dates stay
+the text they were written as. Every problem is a YamlSyntaxError naming the file and line.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,15 @@ from typing import Any
 import yaml
 
 KeyPath = tuple[str | int, ...]
+MAX_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+_PLAIN_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_INT = "tag:yaml.org,2002:int"
 
 
 def format_path(path: KeyPath) -> str:
@@ -61,42 +78,97 @@ def parse_yaml(text: str, path: Path) -> Source:
         raise YamlSyntaxError(f"{path}{line}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as e:
         raise YamlSyntaxError(f"{path}: YAML syntax error: {e}") from None
+    except RecursionError:
+        raise YamlSyntaxError(f"{path}: nested too deeply (at most {MAX_DEPTH} levels)") from None
     src = Source(path=path, data=None)
     if node is None:
         src.data = {}
         return src
-    constructor = yaml.SafeLoader("")
-    src.data = _convert(node, (), src, constructor)
+    src.data = _Converter(src).convert(node, (), 0)
     return src
 
 
-def _convert(node: yaml.Node, kp: KeyPath, src: Source, c: yaml.SafeLoader) -> Any:
-    src.lines.setdefault(kp, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = c.construct_object(knode, deep=True)
-            if not isinstance(key, str):
-                key = str(key)
-            sub = kp + (key,)
-            if key in out:
-                raise YamlSyntaxError(
-                    f"{src.path}:{knode.start_mark.line + 1}: {format_path(sub)}: "
-                    f"duplicate key (first at line {src.lines[sub]})"
-                )
-            src.lines[sub] = knode.start_mark.line + 1
-            out[key] = _convert(vnode, sub, src, c)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, kp + (i,), src, c) for i, item in enumerate(node.value)]
-    return c.construct_object(node, deep=True)
+class _Converter:
+    def __init__(self, src: Source):
+        self.src = src
+        self.c = yaml.SafeLoader("")
+        self.nodes = 0
+
+    def fail(self, node: yaml.Node, kp: KeyPath, problem: str) -> YamlSyntaxError:
+        return YamlSyntaxError(f"{self.src.path}:{node.start_mark.line + 1}: {format_path(kp)}: {problem}")
+
+    def convert(self, node: yaml.Node, kp: KeyPath, depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fail(node, kp, f"more than {MAX_NODES} values (aliases expanding without end?)")
+        if depth > MAX_DEPTH:
+            raise self.fail(node, kp, f"nested too deeply (at most {MAX_DEPTH} levels; a recursive alias?)")
+        self.src.lines.setdefault(kp, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP:
+                raise self.fail(node, kp, f"tag {node.tag!r} is not allowed here: write plain values")
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                if knode.tag == _MERGE:
+                    raise self.fail(knode, kp, "merge keys (<<) are not supported: write the keys out")
+                if not isinstance(knode, yaml.ScalarNode):
+                    raise self.fail(knode, kp, "a key must be a plain value, not a list or mapping")
+                key = str(self.scalar(knode, kp))
+                sub = kp + (key,)
+                if key in out:
+                    raise YamlSyntaxError(
+                        f"{self.src.path}:{knode.start_mark.line + 1}: {format_path(sub)}: "
+                        f"duplicate key (first at line {self.src.lines[sub]})"
+                    )
+                self.src.lines[sub] = knode.start_mark.line + 1
+                out[key] = self.convert(vnode, sub, depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                raise self.fail(node, kp, f"tag {node.tag!r} is not allowed here: write plain values")
+            return [self.convert(item, kp + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self.scalar(node, kp)
+
+    def scalar(self, node: yaml.Node, kp: KeyPath) -> Any:
+        style = getattr(node, "style", None)
+        implicit = (style is None, style is not None)
+        if node.tag not in _PLAIN_TAGS or node.tag != self.c.resolve(yaml.ScalarNode, node.value, implicit):
+            raise self.fail(node, kp, f"tag {node.tag!r} is not allowed here: write plain values")
+        if node.tag == _TIMESTAMP:
+            return node.value  # a date is nothing a config needs: keep the text for the error
+        if node.tag == _INT and len(node.value) > 24:
+            raise self.fail(node, kp, f"{node.value[:24]}...: integer out of range")
+        try:
+            value = self.c.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as e:
+            problem = getattr(e, "problem", None) or str(e)
+            raise self.fail(node, kp, f"cannot read {node.value[:40]!r}: {problem}") from None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+            raise self.fail(node, kp, f"{node.value}: integer out of range")
+        return value
+
+
+def read_text(path: Path, limit: int = MAX_BYTES) -> str:
+    """The text of a regular file (links followed) of at most `limit` bytes, else YamlSyntaxError.
+    A FIFO is opened without waiting for a writer and refused, as are devices and directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise YamlSyntaxError(f"{path}: file not found") from None
+    except OSError as e:
+        raise YamlSyntaxError(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise YamlSyntaxError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise YamlSyntaxError(f"{path}: larger than {limit // 1024} KiB; a configuration is a few lines")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise YamlSyntaxError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def load_yaml_file(path: Path) -> Source:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise YamlSyntaxError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise YamlSyntaxError(f"{path}: cannot read: {e}") from None
-    return parse_yaml(text, path)
+    return parse_yaml(read_text(path), path)
