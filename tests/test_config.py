@@ -178,3 +178,43 @@ def test_dvpnd_exits_with_the_config_code_on_a_bad_config(tmp_path: Path) -> Non
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 78
     assert "wireguard: must be a mapping, got an integer" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    (HUB.replace("name: hub", "name: \"hub\\n\""), "name: must be 1-63 characters"),
+    ("role: hub\nname: hub\noverlay:\n  network: 0.0.0.0/0\n", "overlay.network: 0.0.0.0/0 is not a private range"),
+    ("role: hub\nname: hub\noverlay:\n  network: 127.0.0.0/8\n", "overlay.network: 127.0.0.0/8 is not a private range"),
+    ("role: hub\nname: hub\noverlay:\n  network: 224.0.0.0/4\n", "overlay.network: 224.0.0.0/4 is not a private range"),
+    ("role: hub\nname: hub\noverlay:\n  network: 169.254.0.0/16\n", "not a private range"),
+    (HUB + "state_dir: var/lib/dvpn\n", "state_dir: 'var/lib/dvpn' must be an absolute path"),
+    (HUB + "wireguard:\n  private_key_file: key\n", "wireguard.private_key_file: 'key' must be an absolute path"),
+    (HUB + "control:\n  socket: ctl.sock\n", "control.socket: 'ctl.sock' must be an absolute path"),
+    (SPOKE + "postgres:\n  primary: 10.88.0.11\nbackup:\n  compress: gzip:99\n", "'gzip:99': the level after 'gzip:' must be 1 to 9"),
+    (SPOKE + "postgres:\n  primary: 10.88.0.11\nbackup:\n  compress: none:3\n", "'none:3': the level after 'gzip:' must be 1 to 9"),
+    (HUB.replace(K1, "A" * 43 + "="), "public_key: is the all-zero key"),
+    (SPOKE.replace(K3, "A" * 43 + "="), "hub.public_key: is the all-zero key"),
+])
+def test_what_validation_let_through_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    assert any(message in p for p in problems(tmp_path, text)), problems(tmp_path, text)
+
+
+def test_the_overlay_may_be_any_private_range(tmp_path: Path) -> None:
+    for net, hub in (("172.20.0.0/16", "172.20.0.1"), ("100.64.7.0/24", "100.64.7.1"), ("192.168.50.0/24", "192.168.50.1")):
+        c = load_config(write(tmp_path, f"role: hub\nname: hub\noverlay:\n  network: {net}\n"))
+        assert str(c.hub_address) == hub
+
+
+def test_a_peers_d_file_whose_name_is_no_spoke_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "peers.d").mkdir()
+    (tmp_path / "peers.d" / "evil\n.yaml").write_text(f"public_key: {K2}\naddress: 10.88.0.12\n")
+    (tmp_path / "peers.d" / "-x.yaml").write_text(f"public_key: {K2}\naddress: 10.88.0.13\n")
+    got = problems(tmp_path, HUB)
+    assert sum("the file's name" in p and "(NAME.yaml names the spoke)" in p for p in got) == 2, got
+
+
+def test_spoke_add_refuses_a_name_with_a_trailing_newline(tmp_path: Path) -> None:
+    (tmp_path / "peers.d").mkdir()
+    cfg = write(tmp_path, HUB)
+    r = _dvpnctl("spoke", "add", "evil\n", "--pubkey", K2, "--config", str(cfg))
+    assert r.returncode != 0 and "must be 1-63 characters" in r.stderr, r.stdout + r.stderr
+    assert sorted(p.name for p in (tmp_path / "peers.d").iterdir()) == []

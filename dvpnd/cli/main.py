@@ -146,11 +146,11 @@ def cmd_spoke_add(args: argparse.Namespace) -> int:
     import yaml
 
     from dvpnd.config import peers as runbook
-    from dvpnd.config.load import _check_name
+    from dvpnd.config.load import check_name
     from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
-    if problem := _check_name(args.name):
+    if problem := check_name(args.name):
         raise BadInput(f"NAME {problem}")
     address = runbook.check_new_spoke(config, args.name, args.pubkey, args.address)
     path = config.peers_dir / f"{args.name}.yaml"

@@ -42,12 +42,15 @@ from dvpnd.config.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_fil
 from dvpnd.errors import ConfigError
 from dvpnd.wireguard.keys import decode_key
 
-_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
-_IFPATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,14}\*?$")
+# RFC 1918 and the shared space of RFC 6598: an overlay anywhere else would capture real
+# destinations (0.0.0.0/0), loopback, multicast or link-local traffic
+PRIVATE_BLOCKS = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}\Z")
+_IFPATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,14}\*?\Z")
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
 
 
@@ -169,9 +172,11 @@ def _check_port(value: int) -> str | None:
 
 def _check_key(value: str) -> str | None:
     try:
-        decode_key(value)
+        raw = decode_key(value)
     except ValueError as e:
         return f"public key {e}"
+    if raw == bytes(32):
+        return "is the all-zero key, which no peer can have"
     return None
 
 
@@ -179,8 +184,8 @@ def _check_ifname(value: str) -> str | None:
     return None if _IFNAME.match(value) else "is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)"
 
 
-def _check_name(value: str) -> str | None:
-    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", value):
+def check_name(value: str) -> str | None:
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}\Z", value):
         return None
     return "must be 1-63 characters of letters, digits, '_', '.', '-' starting with a letter or digit"
 
@@ -188,7 +193,7 @@ def _check_name(value: str) -> str | None:
 def parse_endpoint(text: str) -> Endpoint:
     """Parse `host:port` or `[v6]:port`; raise ValueError with the reason."""
     text = text.strip()
-    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)\Z", text) or re.match(r"^([^:\[\]]+):(\d+)\Z", text)
     if not m:
         raise ValueError("must be host:port (or [IPv6]:port)")
     host, port = m.group(1), int(m.group(2))
@@ -231,8 +236,8 @@ def _build(src: Source, problems: list[str]) -> Config | None:
     if role is None:
         return None
     is_hub = role == "hub"
-    name = r.get(top, ("name",), str, default=socket.gethostname().split(".")[0] or "dvpn", check=_check_name)
-    state_dir = Path(r.get(top, ("state_dir",), str, default=str(DEFAULT_STATE_DIR)))
+    name = r.get(top, ("name",), str, default=socket.gethostname().split(".")[0] or "dvpn", check=check_name)
+    state_dir = _abs_path(r, top, ("state_dir",), str(DEFAULT_STATE_DIR))
     log_level = r.get(top, ("log_level",), str, default="info",
                       check=lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}")
     interval = float(r.get(top, ("reconcile_interval",), float, default=30.0,
@@ -268,8 +273,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
                   check=lambda v: None if 1280 <= v <= 9000 else "must be between 1280 and 9000"),
         persistent_keepalive=r.get(wgm, ("wireguard", "persistent_keepalive"), int, default=DEFAULT_KEEPALIVE,
                                    check=lambda v: None if 0 <= v <= 65535 else "must be between 0 and 65535"),
-        private_key_file=Path(r.get(wgm, ("wireguard", "private_key_file"), str,
-                                    default=str(state_dir / "private.key"))),
+        private_key_file=_abs_path(r, wgm, ("wireguard", "private_key_file"), str(state_dir / "private.key")),
     )
 
     # hub (spokes) / peers (hub)
@@ -306,7 +310,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
                      port=DEFAULT_STATUS_PORT)
     metrics = _listen(r, top, "metrics", enabled=True, address="127.0.0.1", port=DEFAULT_METRICS_PORT)
     ctl = r.section(top, ("control",), {"socket"})
-    control_socket = Path(r.get(ctl, ("control", "socket"), str, default=str(DEFAULT_CONTROL_SOCKET)))
+    control_socket = _abs_path(r, ctl, ("control", "socket"), str(DEFAULT_CONTROL_SOCKET))
     if status.enabled and metrics.enabled and status.port == metrics.port and status.address == metrics.address:
         r.error(("metrics", "port"), f"port {metrics.port} is already used by status.port")
 
@@ -332,6 +336,10 @@ def _network(r: _Reader, ov: dict[str, Any]) -> IPv4Network | None:
         return None
     if net.prefixlen > 29:
         r.error(("overlay", "network"), f"/{net.prefixlen} is too small for a hub and spokes (at most /29)")
+        return None
+    if not any(net.subnet_of(block) for block in PRIVATE_BLOCKS):
+        r.error(("overlay", "network"), f"{net} is not a private range: the overlay must lie within "
+                + ", ".join(str(b) for b in PRIVATE_BLOCKS))
         return None
     return net
 
@@ -398,6 +406,9 @@ def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Networ
                 entries.append((r, item, kp, None))
     if peers_dir.is_dir():
         for f in sorted(peers_dir.glob("*.yaml")):
+            if problem := check_name(f.stem):
+                problems.append(f"{f}: the file's name {f.stem!r} {problem} (NAME.yaml names the spoke)")
+                continue
             try:
                 psrc = load_yaml_file(f)
             except YamlSyntaxError as e:
@@ -416,7 +427,7 @@ def _peers(r: _Reader, top: dict[str, Any], peers_dir: Path, network: IPv4Networ
     seen_addr: dict[IPv4Address, str] = {}
     for rd, item, kp, default_name in entries:
         name = rd.get(item, kp + ("name",), str, default=default_name if default_name else _MISSING,
-                      check=_check_name)
+                      check=check_name)
         key = rd.get(item, kp + ("public_key",), str, check=_check_key)
         next_key = rd.get(item, kp + ("next_public_key",), str, default="", check=_check_key) or None
         addr_text = rd.get(item, kp + ("address",), str)
@@ -558,7 +569,7 @@ def _postgres(r: _Reader, top: dict[str, Any], is_hub: bool, name: str | None,
     else:
         r.error(("postgres", "primary"), "is required: the overlay address of the primary server "
                                          "(this node's own address on the primary)")
-    ident = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+    ident = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
     default_slot = re.sub(r"[^a-z0-9_]", "_", (name or "dvpn").lower())
     return PostgresConfig(
         enabled=True,
@@ -568,7 +579,7 @@ def _postgres(r: _Reader, top: dict[str, Any], is_hub: bool, name: str | None,
         port=r.get(m, ("postgres", "port"), int, default=DEFAULT_PG_PORT, check=_check_port),
         socket_dir=_abs_path(r, m, ("postgres", "socket_dir"), str(PostgresConfig.socket_dir)),
         os_user=r.get(m, ("postgres", "os_user"), str, default="postgres",
-                      check=lambda v: None if re.match(r"^[a-z_][a-z0-9_\-]{0,31}$", v) else "is not a user name"),
+                      check=lambda v: None if re.match(r"^[a-z_][a-z0-9_\-]{0,31}\Z", v) else "is not a user name"),
         primary=primary,
         replication_user=r.get(m, ("postgres", "replication_user"), str, default="replicator",
                                check=lambda v: None if ident.match(v) else
@@ -583,7 +594,7 @@ BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress"
 
 
 def _check_rate(v: str) -> str | None:
-    m = re.match(r"^(\d+)([kM]?)$", v)
+    m = re.match(r"^(\d+)([kM]?)\Z", v)
     if not m:
         return f"'{v}' must be a rate in kB/s, or with a k or M suffix (e.g. 500k, 50M)"
     kb = int(m.group(1)) * (1024 if m.group(2) == "M" else 1)
@@ -603,8 +614,8 @@ def _backup(r: _Reader, top: dict[str, Any], pg: PostgresConfig, state_dir: Path
         method, _, level = v.partition(":")
         if method not in COMPRESSIONS:
             return f"'{v}': the method must be one of {', '.join(COMPRESSIONS)}"
-        if level and not level.isdigit():
-            return f"'{v}': the level after ':' must be a number"
+        if level and not (level.isdigit() and 1 <= int(level) <= 9 and method == "gzip"):
+            return f"'{v}': the level after 'gzip:' must be 1 to 9 (none takes no level)"
         return None
 
     keep_last = r.get(m, ("backup", "keep_last"), int, default=7,

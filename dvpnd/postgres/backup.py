@@ -37,7 +37,7 @@ from dvpnd.postgres import conf as pgconf
 log = logging.getLogger("dvpnd.backup")
 META = "backup.json"
 MANIFEST = "backup_manifest"
-NAME_RE = re.compile(r"^\d{8}T\d{6}Z$")
+NAME_RE = re.compile(r"^\d{8}T\d{6}Z\Z")
 PARTIAL_PREFIXES = (".partial-", ".verify-", ".deleting-")
 SPACE_MARGIN = 1.10
 
