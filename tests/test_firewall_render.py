@@ -17,7 +17,7 @@ from tests.test_config import HUB, SPOKE, write
 def hub_with(tmp_path: Path, n: int) -> str:
     lines = ["role: hub", "name: hub", "overlay:", "  network: 10.88.0.0/16", "peers:"]
     for i in range(n):
-        key = encode_key(i.to_bytes(4, "big") + bytes(28))
+        key = encode_key((i + 1).to_bytes(4, "big") + bytes(28))  # not the all-zero key
         lines += [f"  - name: s{i}", f"    public_key: {key}", f"    address: 10.88.{(i + 2) // 250}.{(i + 2) % 250 + 2}"]
     return "\n".join(lines) + "\n"
 
