@@ -1,7 +1,8 @@
 """The root-only control socket that `dvpnctl` talks to.
 
 One JSON request per connection, one JSON reply: {"cmd": "status" | "reload" | "down" |
-"firewall"} -> {"ok": bool, ...}. The socket is created 0600 in a 0700 directory.
+"firewall"} -> {"ok": bool, ...}. The socket is created 0600 in a 0700 directory, and a peer
+that is not root (SO_PEERCRED) is refused; every request, however malformed, gets a reply.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import struct
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dvpnd.control")
 MAX_REQUEST = 4096
+REQUEST_TIMEOUT = 10.0
 
 
 class ControlServer:
@@ -84,10 +88,70 @@ async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "problems": [f"unknown command {cmd!r}"]}
 
 
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def parse_request(line: bytes) -> dict[str, Any] | str:
+    """The request on one line, or what is wrong with it (pure)."""
+    if len(line) > MAX_REQUEST:
+        return f"request too large (at most {MAX_REQUEST} bytes)"
+    try:
+        req = json.loads(line.decode("utf-8") or "{}")
+    except UnicodeDecodeError:
+        return "request is not UTF-8"
+    except RecursionError:
+        return "request nested too deeply"
+    except ValueError:
+        return "request is not JSON"
+    if not isinstance(req, dict):
+        return "request must be a JSON object"
+    if not isinstance(req.get("cmd"), str):
+        return "request needs a \"cmd\" string"
+    return req
+
+
+async def _serve_one(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    reply: dict[str, Any]
+    try:
+        line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout=REQUEST_TIMEOUT)
+    except TimeoutError:
+        line = None
+    except asyncio.LimitOverrunError:
+        line = b"x" * (MAX_REQUEST + 1)
+    except asyncio.IncompleteReadError as e:
+        line = e.partial  # no newline before EOF: judge what came
+    if _peer_uid(writer) not in (0, os.geteuid()):
+        reply = {"ok": False, "problems": ["permission denied: the control socket answers root only"]}
+    else:
+        req = parse_request(line) if line is not None else f"no request within {REQUEST_TIMEOUT:.0f} s"
+        if isinstance(req, str):
+            reply = {"ok": False, "problems": [req], "bad_input": True}
+        else:
+            try:
+                reply = await handle(daemon, req)
+            except Exception as e:  # noqa: BLE001 - a reply, not a silent close, whatever happened
+                log.error("control request %r failed: %s", req.get("cmd"), e)
+                log.debug("control request failed", exc_info=True)
+                reply = {"ok": False, "problems": [f"dvpnd could not do {req.get('cmd')!r}: {e}"]}
+    writer.write(json.dumps(reply).encode() + b"\n")
+    await writer.drain()
+
+
 async def start(daemon: Daemon) -> ControlServer:
     path = daemon.config.control_socket
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise DvpnError(f"{path}: exists and is not a socket; refusing to remove it (control.socket)")
         # Another live dvpnd would answer; a stale socket from a killed one does not.
         try:
             with socket.socket(socket.AF_UNIX) as s:
@@ -99,17 +163,7 @@ async def start(daemon: Daemon) -> ControlServer:
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=10)
-            if len(line) > MAX_REQUEST:
-                reply: dict[str, Any] = {"ok": False, "problems": ["request too large"]}
-            else:
-                try:
-                    req = json.loads(line or b"{}")
-                    reply = await handle(daemon, req if isinstance(req, dict) else {})
-                except json.JSONDecodeError:
-                    reply = {"ok": False, "problems": ["request is not JSON"]}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
+            await _serve_one(daemon, reader, writer)
         except (TimeoutError, ConnectionError):
             pass
         finally:
