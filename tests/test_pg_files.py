@@ -151,3 +151,35 @@ def test_a_data_dir_root_owns_or_cannot_be_made_by_postgres_gets_the_command_to_
 def test_root_never_chowns_a_path_in_the_postgres_code() -> None:
     src = (Path(pg.__file__)).read_text()
     assert "chown(" not in src and "_write_owned" not in src
+
+
+def test_the_replication_password_file_is_checked_like_the_key(tree: Path) -> None:
+    c = config(tree)
+    f = c.postgres.password_file
+    assert pg.read_password(c.postgres) == "r" * 32
+    f.chmod(0o644)
+    with pytest.raises(pg.PgError, match=r"accessible by group or others \(mode 0644\); run 'chmod 600 "):
+        pg.read_password(c.postgres)
+    f.chmod(0o600)
+    assert PGUSER is not None
+    os.chown(f, PGUSER.pw_uid, PGUSER.pw_gid)
+    with pytest.raises(pg.PgError, match=r"owned by uid \d+, not root: .* run 'chown root: "):
+        pg.read_password(c.postgres)
+    os.chown(f, 0, 0)
+    f.unlink()
+    os.mkfifo(f, 0o600)
+    with pytest.raises(pg.PgError, match="not a regular file"):
+        pg.read_password(c.postgres)
+
+
+def test_tools_get_a_minimal_environment_without_dvpnds_secrets(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the container's DVPN_PG_REPLICATION_PASSWORD reached every tool dvpnd ran."""
+    import asyncio
+
+    from dvpnd.postgres import backup
+
+    monkeypatch.setenv("DVPN_PG_REPLICATION_PASSWORD", "s3cret-in-the-environment")
+    c = config(tree)
+    out = pg.run(c.postgres, ["env"], "env")
+    assert "s3cret" not in out and "PATH=" in out
+    asyncio.run(backup._run(["sh", "-c", "env | grep -q s3cret && exit 3; exit 0"], "env check", 30))

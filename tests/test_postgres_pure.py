@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -110,17 +107,20 @@ def test_pgpass_and_conninfo_escape_what_they_must(tmp_path: Path) -> None:
     assert "passfile='/srv/pg/data.dvpn.pgpass'" in info and "password" not in info.replace("passfile", "")
 
 
-def test_scram_verifier_follows_rfc_7677() -> None:
-    # RFC 7677's example: password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 iterations.
-    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-    v = pgconf.scram_verifier("pencil", salt)
-    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, 4096)
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    assert v.startswith("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
-    assert v.endswith(":" + base64.b64encode(server_key).decode())
-    assert pgconf.verifier_matches(v, "pencil") and not pgconf.verifier_matches(v, "pencil2")
-    assert not pgconf.verifier_matches("md5abc", "pencil")
+def test_scram_verifiers_come_from_libpq_with_saslprep() -> None:
+    """Regression: the hand-written verifier skipped SASLprep, so a non-ASCII password never
+    matched what libpq's clients send. libpq makes it now (no server needed for that)."""
+    from types import SimpleNamespace
 
+    from psycopg import pq
+
+    from dvpnd.postgres.server import scram_verifier
+
+    conn = SimpleNamespace(pgconn=pq.PGconn.connect(b"host=/nonexistent port=1 connect_timeout=1"))
+    v = scram_verifier(conn, "replicator", "pässwörd with a no-break space\u00a0")
+    head, keys = v.split("$", 2)[1:]
+    assert v.startswith("SCRAM-SHA-256$4096:") and len(keys.split(":")) == 2
+    assert "pässwörd" not in v and v != scram_verifier(conn, "replicator", "pässwörd with a no-break space\u00a0")
 
 def test_relocated_conf_points_at_the_copy() -> None:
     text = "hba_file = '/srv/pg/data/dvpn_hba.conf'\nident_file = '/srv/pg/data/dvpn_ident.conf'\nport = 5432\n"

@@ -18,8 +18,7 @@ from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
 from dvpnd.lab.cluster import LAB_DIR, Node, _pid_alive, node_argv, node_env
-from dvpnd.postgres import conf as pgconf
-from dvpnd.postgres.server import _user, as_user
+from dvpnd.postgres.server import _user, as_user, connect, scram_verifier
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.util.procutil import wait_exit
 
@@ -154,7 +153,8 @@ def up(nodes: list[Node]) -> None:
     wait_server(primary)
     dvpnctl(primary, "pg", "setup")
     if psql(primary, f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_USER}'") != "1":
-        verifier = pgconf.scram_verifier(app_password(), secrets.token_bytes(16))
+        with connect(_pg(primary)) as conn:
+            verifier = scram_verifier(conn, APP_USER, app_password())
         psql(primary, f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{verifier}'")
         psql(primary, f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
     # The replicas: `dvpnctl pg init-replica` copies the primary over the overlay.

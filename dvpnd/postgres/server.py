@@ -26,7 +26,7 @@ from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
 from dvpnd.postgres import conf as pgconf
 from dvpnd.util.fsutil import read_regular, write_atomic
-from dvpnd.util.procutil import ChildError, call_as
+from dvpnd.util.procutil import ChildError, call_as, child_env
 
 T = TypeVar("T")
 
@@ -159,7 +159,7 @@ def run(pg: PostgresConfig, argv: list[str], what: str, env: dict[str, str] | No
     full = as_user(pg, argv)
     try:
         r = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                           env=dict(os.environ, **(env or {})), cwd="/")
+                           env=child_env(**(env or {})), cwd="/")
     except FileNotFoundError:
         raise PgError(f"{what}: {argv[0]} not found (postgres.bin_dir is {pg.bin_dir})") from None
     except subprocess.TimeoutExpired:
@@ -203,16 +203,40 @@ def _text(text: str) -> Callable[[str | None], str]:
 # --- the replication password ------------------------------------------------------------
 
 def read_password(pg: PostgresConfig) -> str:
+    """The replication password: a regular file (links followed) that only its owner reads."""
+    path = pg.password_file
     try:
-        text = pg.password_file.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
-        raise PgError(f"{pg.password_file}: missing (postgres.password_file: the replication password, "
+        raise PgError(f"{path}: missing (postgres.password_file: the replication password, "
                       "the same on every spoke; 'dvpnctl pg password' makes one)") from None
     except OSError as e:
-        raise PgError(f"{pg.password_file}: cannot read: {e.strerror}") from None
-    if len(text) < 16 or "\n" in text:
-        raise PgError(f"{pg.password_file}: must hold one line of at least 16 characters")
+        raise PgError(f"{path}: cannot read: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PgError(f"{path}: not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PgError(f"{path}: the replication password is accessible by group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'")
+        if os.geteuid() == 0 and st.st_uid != 0:
+            raise PgError(f"{path}: owned by uid {st.st_uid}, not root: whoever owns it can change the "
+                          f"replication password; run 'chown root: {path}'")
+        data = f.read(4097)
+    try:
+        text = data.decode().strip()
+    except UnicodeDecodeError:
+        raise PgError(f"{path}: not UTF-8 text") from None
+    if len(text) < 16 or len(data) > 4096 or "\n" in text:
+        raise PgError(f"{path}: must hold one line of 16 to 4096 characters")
     return text
+
+
+def scram_verifier(conn: Any, user: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of `password`, made by libpq (SASLprep included, so any
+    password matches what libpq's clients send); the password itself never reaches the server."""
+    raw: bytes = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256")
+    return raw.decode()
 
 
 def make_password(pg: PostgresConfig) -> bool:
@@ -316,14 +340,14 @@ def ensure_replication_role(pg: PostgresConfig) -> str:
     with connect(pg) as conn:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             return "a replica: the role comes from the primary"
-        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (pg.replication_user,)).fetchone()
-        if row is not None and row[0] and pgconf.verifier_matches(row[0], password):
-            return f"role {pg.replication_user} ok"
-        verifier = pgconf.scram_verifier(password, secrets.token_bytes(16))
+        row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.replication_user,)).fetchone()
+        # A verifier has a fresh salt each time, so there is nothing cheap to compare: set it
+        # (connected replicas keep streaming; the password is checked only when one connects).
+        verifier = scram_verifier(conn, pg.replication_user, password)
         verb = "ALTER" if row is not None else "CREATE"
         conn.execute(sql.SQL("{} ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
             sql.SQL(verb), sql.Identifier(pg.replication_user), sql.Literal(verifier)))
-        return f"role {pg.replication_user} {'updated' if row is not None else 'created'}"
+        return f"role {pg.replication_user} {'password set' if row is not None else 'created'} (SCRAM-SHA-256)"
 
 
 def setup(config: Config) -> list[str]:
