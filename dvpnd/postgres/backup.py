@@ -14,7 +14,6 @@ Retention keeps the last `keep_last` and those newer than `keep_age`, and never 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ from typing import Any
 from dvpnd.config.model import BackupConfig, Config, PostgresConfig
 from dvpnd.errors import DvpnError
 from dvpnd.postgres import conf as pgconf
+from dvpnd.util.fsutil import fsync_dir
+from dvpnd.util.procutil import child_env, with_pdeathsig
 
 log = logging.getLogger("dvpnd.backup")
 META = "backup.json"
@@ -228,24 +229,7 @@ def _fsync_tree(path: Path) -> None:
                 os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- subprocesses ------------------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    """In the child: if dvpnd dies, so does its pg_basebackup (no orphan writing a backup)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
 
 async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> None:
     """Run a tool in its own process group, its output going to a temporary file.
@@ -255,9 +239,10 @@ async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[i
     killed or times out, the whole group goes."""
     with tempfile.TemporaryFile() as output:
         try:
+            # if dvpnd dies, so does the tool (no orphan writing a backup)
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                preexec_fn=_die_with_parent, start_new_session=True, cwd="/")
+                *with_pdeathsig(argv), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                start_new_session=True, cwd="/", env=child_env())
         except FileNotFoundError:
             raise BackupError(f"{what}: {argv[0]} not found") from None
         if on_start is not None:
@@ -370,7 +355,7 @@ async def take_backup(config: Config, server_role: str, db_size: Callable[[], in
         os.chmod(meta, 0o600)
         await asyncio.to_thread(_fsync_tree, tmp)
         os.rename(tmp, bc.dir / name)
-        await asyncio.to_thread(_fsync_dir, bc.dir)
+        await asyncio.to_thread(fsync_dir, bc.dir)
         return entry
     finally:
         for d in (tmp, scratch):
@@ -388,7 +373,7 @@ def apply_retention(bc: BackupConfig, now: float) -> list[str]:
         os.rename(bc.dir / name, gone)
         shutil.rmtree(gone, ignore_errors=True)
     if doomed:
-        _fsync_dir(bc.dir)
+        fsync_dir(bc.dir)
     return doomed
 
 

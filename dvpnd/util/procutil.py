@@ -88,3 +88,20 @@ def call_as(uid: int, gid: int, fn: Callable[[], T], what: str) -> T:
         raise ChildError(f"{what} (as {name}): {payload['error']}")
     result: T = payload["ok"]
     return result
+
+
+def with_pdeathsig(argv: list[str]) -> list[str]:
+    """argv that dies with its parent (SIGKILL), set by setpriv rather than a preexec_fn (which
+    can deadlock in a threaded process). The kernel clears the setting when a process changes
+    its user, so an argv that already runs through setpriv gets it in that same setpriv call."""
+    if argv and argv[0] == "setpriv":
+        return ["setpriv", "--pdeathsig", "KILL", *argv[1:]]
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """A minimal environment for a tool dvpnd starts: nothing that reached dvpnd's own
+    environment (a container's DVPN_PG_REPLICATION_PASSWORD, say) travels on."""
+    env = {"PATH": os.environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from dvpnd.errors import BackendError
-from dvpnd.util.procutil import wait_exit
+from dvpnd.util.procutil import child_env, wait_exit
 from dvpnd.wireguard import uapi
 from dvpnd.wireguard.device import DeviceChanges, DeviceState
 from dvpnd.wireguard.links import delete_link, link_kind
@@ -65,7 +65,7 @@ class UserspaceBackend:
         if stale.exists():
             stale.unlink()
         logfile = self.state_dir / f"wireguard-go-{self.ifname}.log"
-        env = dict(os.environ, LOG_LEVEL="error")
+        env = child_env(LOG_LEVEL="error")
         try:
             with open(logfile, "ab") as out:
                 proc = subprocess.Popen(
