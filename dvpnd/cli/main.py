@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,13 @@ def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
 
 
 def _reload_or_undo(args: argparse.Namespace, undo: Any) -> None:
-    """Ask the daemon to reload; if it refuses, put the peers.d file back as it was."""
-    reply = _request(args, "reload")
+    """Ask the daemon to reload; if it refuses or does not answer, put the peers.d file back as
+    it was (the daemon keeps its previous configuration when it refuses one)."""
+    try:
+        reply = _request(args, "reload")
+    except DvpnError as e:
+        undo()
+        raise DvpnError(f"{e}; the change was undone (start dvpnd, then run this again)") from None
     if not reply.get("ok"):
         undo()
         raise DvpnError("dvpnd refused the change, which was undone: " + "; ".join(reply.get("problems", [])))
@@ -199,7 +205,7 @@ def cmd_spoke_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from dvpnd.util.fsutil import write_atomic
+    from dvpnd.util.fsutil import fsync_dir, write_atomic
     from dvpnd.wireguard.keys import encode_key, generate_private_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
@@ -222,17 +228,37 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     if not nxt.exists():
         raise BadInput(f"{nxt} does not exist: run 'dvpnctl rotate-key' first")
     load_or_create_private_key(nxt)  # refuses a bad file before anything moves
+    load_or_create_private_key(key_file)
     old = key_file.with_name(key_file.name + ".old")
-    os.replace(key_file, old)
-    os.replace(nxt, key_file)
-    reply = _request(args, "rekey")
-    if not reply.get("ok"):
-        os.replace(key_file, nxt)
-        os.replace(old, key_file)
-        _request(args, "rekey")
-        raise DvpnError("dvpnd could not use the new key; the old key is back: "
-                        + "; ".join(reply.get("problems", [])))
-    print(f"now using the new key (the old one is kept in {old})")
+    current, new = key_file.read_bytes(), nxt.read_bytes()
+    # The key file is never missing: a copy of the old key first, then one atomic switch. A
+    # crash anywhere leaves a key in place and the other beside it, and each step below is
+    # undone in reverse if a later one fails (the daemon refusing, or not answering).
+    undo: list[Callable[[], None]] = []
+    try:
+        write_atomic(old, current, mode=0o600)
+        undo.append(lambda: old.unlink(missing_ok=True))
+        write_atomic(key_file, new, mode=0o600)
+        undo.append(lambda: write_atomic(key_file, current, mode=0o600))
+        nxt.unlink()
+        fsync_dir(nxt.parent)
+        undo.append(lambda: write_atomic(nxt, new, mode=0o600))
+        reply = _request(args, "rekey")
+        if not reply.get("ok"):
+            raise DvpnError("dvpnd could not use the new key: " + "; ".join(reply.get("problems", [])))
+    except BaseException as e:
+        for step in reversed(undo):
+            step()
+        try:
+            _request(args, "rekey")  # back on the old key, if the daemon had taken the new one
+        except DvpnError:
+            pass
+        if isinstance(e, DvpnError):
+            raise DvpnError(f"{e}; the old key is back in {key_file}, the new one in {nxt}") from None
+        raise
+    old.unlink()  # no use once dvpnd runs on the new key: no old identity left on disk
+    fsync_dir(old.parent)
+    print("now using the new key (the old one is deleted)")
     return 0
 
 

@@ -89,15 +89,23 @@ def decode_key(text: str) -> bytes:
 
 
 def load_or_create_private_key(path: Path) -> tuple[bytes, bool]:
-    """Read the node's private key, creating it (0600 in a 0700 directory) if missing.
+    """Read the node's private key, creating it (0600; a missing directory 0700) if missing.
 
-    Returns (key, created). Refuses a key file that group or others can read.
+    Returns (key, created). Refuses a key file that group or others can read or that another
+    user owns, and refuses to make a new identity where a key rotation was interrupted.
     """
     try:
         st = path.stat()
     except FileNotFoundError:
+        left = [p.name for p in (path.with_name(path.name + ".next"), path.with_name(path.name + ".old"))
+                if p.exists()]
+        if left:
+            raise KeyFileError(
+                f"{path}: missing, but {' and '.join(left)} exist beside it: a key rotation was "
+                f"interrupted, and a new key would be a new identity. To finish it: "
+                f"mv {path}.next {path}; to go back: mv {path}.old {path}") from None
+        # A directory that exists keeps its mode (it may be shared, 1777); a new one is ours.
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
         key = generate_private_key()
         write_atomic(path, (encode_key(key) + "\n").encode(), mode=0o600)
         return key, True
@@ -108,6 +116,9 @@ def load_or_create_private_key(path: Path) -> tuple[bytes, bool]:
             f"{path}: private key is accessible by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
         )
+    if st.st_uid != os.geteuid():
+        raise KeyFileError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}: whoever owns it can "
+                           f"change this node's identity; run 'chown {os.geteuid()}: {path}'")
     try:
         text = path.read_text(encoding="ascii")
         return decode_key(text), False
