@@ -129,18 +129,28 @@ class Daemon:
                 log.error("reload rejected: %s", msg)
                 self.last_reload_bad_input = True
                 return False, [msg]
-            async with self.lock:
-                self.config = new
-                self.reconciler.config = new
-                if self.db is not None:
-                    self.db.config = new
-                    self.db.reschedule()
-                set_level(new.log_level)
+            await self._adopt(new)
             log.info("configuration reloaded from %s (%d peers)", self.config_path, len(new.peers))
-            ok = await self.reconcile("reload")
-            return ok, [] if ok else [self.reconcile_error or "reconcile failed"]
+            if await self.reconcile("reload"):
+                return True, []
+            # A refused reload leaves the daemon where it was: not the new config half applied,
+            # nor a later periodic pass applying it anyway.
+            problem = self.reconcile_error or "reconcile failed"
+            log.error("reload: the new configuration could not be applied (%s); back to the previous one", problem)
+            await self._adopt(old)
+            await self.reconcile("reload undone")
+            return False, [f"{problem}; the previous configuration stays in force"]
         finally:
             self.notifier.reloaded(self.status_line())
+
+    async def _adopt(self, config: Config) -> None:
+        async with self.lock:
+            self.config = config
+            self.reconciler.config = config
+            if self.db is not None:
+                self.db.config = config
+                self.db.reschedule()
+            set_level(config.log_level)
 
     async def finish_rotations(self) -> None:
         """A rotating spoke whose new key has handshaken: make the new key its only key."""
