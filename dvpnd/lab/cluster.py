@@ -68,7 +68,7 @@ def plan(spokes: int, backend: str) -> list[Node]:
              Node("outside", "outside", PREFIX + "outside", OUTSIDE_PUBLIC, None, None, None, None,
                   str(LAB_DIR / "outside"))]
     d = LAB_DIR / "hub"
-    nodes.append(Node("hub", "hub", PREFIX + "hub", HUB_PUBLIC, "10.88.0.1", f"http://{HUB_PUBLIC}:8000/status",
+    nodes.append(Node("hub", "hub", PREFIX + "hub", HUB_PUBLIC, "10.88.0.1", "http://127.0.0.1:8000/status",
                       str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
     for i in range(spokes):
         name = spoke_name(i)
@@ -113,9 +113,8 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
         "wireguard": {"interface": "wg0", "backend": backend},
         "control": {"socket": str(Path(node.dir) / "control.sock")},
         "reconcile_interval": 10,
-        # In the lab the hub's status page faces the lab's "Internet" too, so it can be probed.
-        "status": {"listen": "0.0.0.0", "port": 8000},
-        "firewall": {"public_tcp_ports": [22, 8000]} if node.role == "hub" else {},
+        # The hub as in production: its page on 127.0.0.1 only, the firewall's defaults (22/TCP,
+        # 51820/UDP); a spoke's page faces the Internet on 8000, as the seed says.
     }
     if node.role == "hub":
         cfg["public_endpoint"] = f"{HUB_PUBLIC}:51820"
@@ -392,8 +391,20 @@ def status() -> list[dict[str, Any]]:
             except DvpnError as e:
                 entry["state"] = "down"
                 entry["error"] = str(e)
+            entry["page"] = _page_state(n)
         out.append(entry)
     return out
+
+
+def _page_state(n: Node) -> str:
+    """The node's status page as seen from inside its own namespace (the hub's is on 127.0.0.1)."""
+    if not n.status_url:
+        return "none"
+    r = run_in(n, ["curl", "-s", "--max-time", "3", n.status_url], check=False, timeout=10)
+    try:
+        return f"{n.status_url}: {json.loads(r.stdout)['state']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{n.status_url}: no answer"
 
 
 def down() -> list[str]:
@@ -473,6 +484,8 @@ def format_status(entries: list[dict[str, Any]]) -> str:
             head += f"  peers: {peers or '-'}"
             if e.get("postgres"):
                 head += f"  postgres: {e['postgres']}, {e.get('backups') or 0} backups"
+            if e.get("page"):
+                head += f"  page {e['page']}"
         lines.append(head)
     return "\n".join(lines)
 

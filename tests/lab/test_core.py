@@ -79,6 +79,10 @@ def test_lab_status_json_has_the_documented_fields(L: Lab) -> None:
                 "pid"} <= set(n)
     spoke = next(n for n in nodes if n["name"] == "spoke-a")
     assert spoke["overlay_ip"] == "10.88.0.11" and spoke["pid"] == L.pid("spoke-a")
+    # each page seen from inside its node: the hub's on 127.0.0.1, as in production
+    hub = next(n for n in nodes if n["name"] == "hub")
+    assert hub["page"] == "http://127.0.0.1:8000/status: ok", hub
+    assert spoke["page"] == f"http://{L.public('spoke-a')}:8000/status: ok", spoke
 
 
 def test_dvpnctl_inside_a_node_talks_to_that_nodes_daemon(L: Lab) -> None:
