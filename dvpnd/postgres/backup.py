@@ -274,19 +274,22 @@ async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[i
         raise BackupError(f"{what} failed: {reason or f'exit {rc}'}")
 
 
-async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float) -> None:
-    """Unpack a tar-format backup (base + WAL) into `dest`."""
+async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float, owners: bool = True) -> None:
+    """Unpack a tar-format backup (base + WAL) into `dest`. Without `owners` (verification: only
+    the content matters) tar, even as root, sets no owner or mode: the unit's capability set has
+    no CAP_CHOWN, and tar exits 2 trying."""
+    keep = [] if owners else ["--no-same-owner", "--no-same-permissions"]
     tars = sorted(p.name for p in source.iterdir() if p.name.startswith(("base.tar", "pg_wal.tar")))
     base = next((t for t in tars if t.startswith("base.tar")), None)
     if base is None:
         raise BackupError(f"{source}: no base.tar* in the backup")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    await _run(["tar", "-xf", str(source / base), "-C", str(dest)], f"unpacking {source / base}", timeout)
+    await _run(["tar", *keep, "-xf", str(source / base), "-C", str(dest)], f"unpacking {source / base}", timeout)
     wal = next((t for t in tars if t.startswith("pg_wal.tar")), None)
     if wal is not None:
         (dest / "pg_wal").mkdir(mode=0o700, exist_ok=True)
-        await _run(["tar", "-xf", str(source / wal), "-C", str(dest / "pg_wal")], f"unpacking {source / wal}",
-                   timeout)
+        await _run(["tar", *keep, "-xf", str(source / wal), "-C", str(dest / "pg_wal")],
+                   f"unpacking {source / wal}", timeout)
 
 
 async def verify_dir(pg: PostgresConfig, source: Path, scratch: Path, timeout: float) -> tuple[float, int]:
@@ -294,7 +297,7 @@ async def verify_dir(pg: PostgresConfig, source: Path, scratch: Path, timeout: f
     Returns (seconds, unpacked bytes)."""
     t0 = time.monotonic()
     try:
-        await _extract(pg, source, scratch, timeout)
+        await _extract(pg, source, scratch, timeout, owners=False)
         size = await asyncio.to_thread(_dir_size, scratch)
         await _run([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(scratch)],
                    f"pg_verifybackup of {source.name}", timeout)
