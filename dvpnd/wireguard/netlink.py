@@ -3,7 +3,6 @@ GET. pyroute2 0.7.2 has the peer flag values wrong, so the kernel's own values a
 
 from __future__ import annotations
 
-import socket
 from ipaddress import ip_network
 from typing import Any
 
@@ -16,6 +15,8 @@ WGPEER_F_REPLACE_ALLOWEDIPS = 1 << 1
 WGPEER_F_UPDATE_ONLY = 1 << 2
 # Peers per netlink SET message; wireguard-tools also splits big devices over messages.
 NETLINK_PEERS_PER_MESSAGE = 64
+# Linux's address families, as the messages carry them (no socket module in a pure codec)
+AF_INET, AF_INET6 = 2, 10
 
 
 def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[list[list[Any]]]:
@@ -45,7 +46,7 @@ def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[list[list[Any
                 ips = []
                 for cidr in sorted(p.allowed_ips):
                     net = ip_network(cidr)
-                    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+                    family = AF_INET6 if net.version == 6 else AF_INET
                     ips.append({"attrs": [["WGALLOWEDIP_A_FAMILY", family],
                                           ["WGALLOWEDIP_A_IPADDR", net.network_address.packed],
                                           ["WGALLOWEDIP_A_CIDR_MASK", net.prefixlen]]})
