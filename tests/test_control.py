@@ -16,6 +16,7 @@ import pytest
 
 from dvpnd.errors import DvpnError
 from dvpnd.serve import control
+from dvpnd.serve.api import Outcome
 
 MALFORMED = [
     b"\xff\xfe{}\n",                                  # invalid UTF-8
@@ -32,10 +33,30 @@ MALFORMED = [
 ]
 
 
-def fake_daemon(path: Path) -> Any:
-    async def reload() -> tuple[bool, list[str]]:
+class FakeCommands:
+    """The control socket's side of the daemon (serve.api.Commands), as a test wants it."""
+
+    async def reload(self) -> Outcome:
         raise RuntimeError("boom")
-    return SimpleNamespace(config=SimpleNamespace(control_socket=path), reload=reload, last_reload_bad_input=False)
+
+    async def rekey(self) -> Outcome:
+        return Outcome(False, ("no key",))
+
+    async def firewall_table(self) -> Outcome:
+        return Outcome(True, data={"table": "table inet dvpn {}"})
+
+    async def firewall_apply(self) -> Outcome:
+        return Outcome(True)
+
+    async def backup_now(self) -> Outcome:
+        return Outcome(False, ("backups are not enabled",), bad_input=True)
+
+    async def down(self) -> Outcome:
+        return Outcome(True)
+
+
+def start(path: Path) -> Any:
+    return control.start(SimpleNamespace(), FakeCommands(), path)
 
 
 def ask(path: Path, data: bytes) -> dict[str, Any]:
@@ -53,7 +74,7 @@ def ask(path: Path, data: bytes) -> dict[str, Any]:
 
 def serve(path: Path, requests: list[bytes]) -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
-        server = await control.start(fake_daemon(path))
+        server = await start(path)
         try:
             return [await asyncio.to_thread(ask, path, r) for r in requests]
         finally:
@@ -86,14 +107,14 @@ def test_a_file_at_the_socket_path_is_not_removed(sock_path: Path) -> None:
     sock_path.parent.mkdir()
     sock_path.write_text("precious")
     with pytest.raises(DvpnError, match="exists and is not a socket; refusing to remove it"):
-        asyncio.run(control.start(fake_daemon(sock_path)))
+        asyncio.run(start(sock_path))
     assert sock_path.read_text() == "precious"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
 def test_a_peer_that_is_not_root_is_refused(sock_path: Path) -> None:
     async def go() -> dict[str, Any]:
-        server = await control.start(fake_daemon(sock_path))
+        server = await start(sock_path)
         os.chmod(sock_path, 0o666)  # the file mode aside: the daemon itself checks who calls
         os.chmod(sock_path.parent, 0o755)
         os.chmod(sock_path.parent.parent, 0o755)
@@ -116,3 +137,12 @@ def test_a_peer_that_is_not_root_is_refused(sock_path: Path) -> None:
         return json.loads(data)  # type: ignore[no-any-return]
     reply = asyncio.run(go())
     assert reply == {"ok": False, "problems": ["permission denied: the control socket answers root only"]}
+
+
+def test_commands_answer_through_their_outcome(sock_path: Path) -> None:
+    replies = serve(sock_path, [b'{"cmd": "firewall"}\n', b'{"cmd": "backup-now"}\n', b'{"cmd": "rekey"}\n'])
+    assert replies == [
+        {"ok": True, "problems": [], "bad_input": False, "table": "table inet dvpn {}"},
+        {"ok": False, "problems": ["backups are not enabled"], "bad_input": True},
+        {"ok": False, "problems": ["no key"], "bad_input": False},
+    ]

@@ -34,9 +34,10 @@ def test_a_reload_whose_reconcile_fails_leaves_the_daemon_on_the_old_config(tmp_
 
     monkeypatch.setattr(d, "reconcile", reconcile)
     write(tmp_path, HUB + f"  - name: spoke-b\n    public_key: {K2}\n    address: 10.88.0.12\n")
-    ok, problems = asyncio.run(d.reload())
-    assert not ok and problems == ["wireguard-go rejected the change for wg0: errno=22; "
-                                   "the previous configuration stays in force"]
+    outcome = asyncio.run(d.reload())
+    assert not outcome.ok and not outcome.bad_input
+    assert outcome.problems == ("wireguard-go rejected the change for wg0: errno=22; "
+                                "the previous configuration stays in force",)
     assert [p.name for p in d.config.peers] == ["spoke-a"] == [p.name for p in d.reconciler.config.peers]
     assert applied == [["spoke-a", "spoke-b"], ["spoke-a"]]  # tried, then the old one again
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -26,10 +27,13 @@ from dvpnd.config.model import DEFAULT_CONFIG, Config
 from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.daemon.status import Snapshot, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
+from dvpnd.firewall.nft import list_table_text
 from dvpnd.netif import read_link
+from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.serve import control
 from dvpnd.serve import http as httpapi
+from dvpnd.serve.api import Counters, Outcome, Published
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.util.log import REDACTOR, set_level, setup_logging
 from dvpnd.util.systemd import Notifier
@@ -58,7 +62,6 @@ class Daemon:
         self.wake = asyncio.Event()
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
-        self.last_reload_bad_input = False
         self.db = DbSupervisor(config) if config.postgres.enabled else None
 
     def _empty_snapshot(self) -> Snapshot:
@@ -98,11 +101,8 @@ class Daemon:
         await self.refresh_snapshot()
         return True
 
-    async def reload(self) -> tuple[bool, list[str]]:
-        """Re-read the config; on problems keep everything as it was and report them.
-
-        Sets `self.last_reload_bad_input` when the refusal was the configuration's fault."""
-        self.last_reload_bad_input = False
+    async def reload(self) -> Outcome:
+        """Re-read the config; on problems keep everything as it was and report them."""
         self.notifier.reloading()
         try:
             try:
@@ -110,8 +110,7 @@ class Daemon:
             except ConfigError as e:
                 for p in e.problems:
                     log.error("reload rejected: %s", p)
-                self.last_reload_bad_input = True
-                return False, e.problems
+                return Outcome(False, tuple(e.problems), bad_input=True)
             old = self.config
             # What the running daemon was built around: changing it needs a restart.
             fixed = {
@@ -127,19 +126,18 @@ class Daemon:
             if changed:
                 msg = f"{self.config_path}: changing {', '.join(changed)} needs a restart of dvpnd"
                 log.error("reload rejected: %s", msg)
-                self.last_reload_bad_input = True
-                return False, [msg]
+                return Outcome(False, (msg,), bad_input=True)
             await self._adopt(new)
             log.info("configuration reloaded from %s (%d peers)", self.config_path, len(new.peers))
             if await self.reconcile("reload"):
-                return True, []
+                return Outcome(True)
             # A refused reload leaves the daemon where it was: not the new config half applied,
             # nor a later periodic pass applying it anyway.
             problem = self.reconcile_error or "reconcile failed"
             log.error("reload: the new configuration could not be applied (%s); back to the previous one", problem)
             await self._adopt(old)
             await self.reconcile("reload undone")
-            return False, [f"{problem}; the previous configuration stays in force"]
+            return Outcome(False, (f"{problem}; the previous configuration stays in force",))
         finally:
             self.notifier.reloaded(self.status_line())
 
@@ -176,18 +174,18 @@ class Daemon:
                 log.warning("spoke %s uses its new key; finish by hand: %s", p.name, e)
         await self.reload()
 
-    async def rekey(self) -> tuple[bool, list[str]]:
+    async def rekey(self) -> Outcome:
         """Load the private key file again (after `dvpnctl rotate-key --commit`) and apply it."""
         async with self.lock:
             try:
                 await asyncio.to_thread(self.reconciler.load_key)
             except DvpnError as e:
-                return False, [str(e)]
+                return Outcome(False, (str(e),))
             assert self.reconciler.private_key is not None
             REDACTOR.add_private_key(self.reconciler.private_key)
         log.info("private key reloaded; public key now %s", self.reconciler.public_key)
         ok = await self.reconcile("new private key")
-        return ok, [] if ok else [self.reconcile_error or "reconcile failed"]
+        return Outcome(ok, () if ok else (self.reconcile_error or "reconcile failed",))
 
     async def reconcile_loop(self) -> None:
         backoff = 1.0
@@ -228,18 +226,47 @@ class Daemon:
             peers=peer_views(c, device) if device is not None else (),
             disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
             firewall_error=fw.error, firewall_applied=fw.applied,
-            extra=self.counters(),
+            extra=self.counters().as_dict(),
             postgres=self.db.view if self.db else None,
             backup=self.db.status if self.db and c.backup.enabled else None,
         )
 
-    def counters(self) -> dict[str, float]:
+    def counters(self) -> Counters:
         """In-memory counters (cheap, always current)."""
         fw = self.reconciler.firewall_state
-        return {"reconcile_count": self.reconcile_count, "reconcile_errors": self.reconcile_errors,
-                "device_writes": self.reconciler.device_writes,
-                "reconcile_duration": self.last_reconcile_duration,
-                "firewall_applies": fw.applies, "firewall_rules": fw.rule_count}
+        return Counters(reconcile_count=self.reconcile_count, reconcile_errors=self.reconcile_errors,
+                        reconcile_duration=self.last_reconcile_duration,
+                        device_writes=self.reconciler.device_writes,
+                        firewall_applies=fw.applies, firewall_rules=fw.rule_count)
+
+    def published(self) -> Published:
+        """What every front door shows, built here only: the last snapshot with the database's
+        current view and the counters merged in."""
+        snap, counters = self.snapshot, self.counters()
+        if self.db is not None:
+            snap = replace(snap, postgres=self.db.view,
+                           backup=self.db.status if self.config.backup.enabled else None)
+        return Published(replace(snap, extra=counters.as_dict()), counters, self.ready, self.config.stale_after)
+
+    # --- commands (the control socket's, through serve.api.Commands) --------------------------
+
+    async def firewall_table(self) -> Outcome:
+        text = await asyncio.to_thread(list_table_text)
+        return Outcome(text is not None, () if text is not None else ("no inet dvpn table",), data={"table": text})
+
+    async def firewall_apply(self) -> Outcome:
+        ok = await self.reconcile("firewall apply requested", force_firewall=True)
+        fw = self.reconciler.firewall_state
+        return Outcome(ok and fw.error is None, tuple(e for e in (fw.error, self.reconcile_error) if e))
+
+    async def backup_now(self) -> Outcome:
+        if self.db is None or not self.config.backup.enabled:
+            return Outcome(False, (f"{self.config_path}: backups are not enabled (backup section)",), bad_input=True)
+        try:
+            entry = await self.db.backup_now()
+        except DvpnError as e:
+            return Outcome(False, (str(e),))
+        return Outcome(True, data={"backup": entry_json(entry)})
 
     async def refresh_snapshot(self) -> Snapshot:
         snap = await asyncio.to_thread(self._read_snapshot)
@@ -301,20 +328,25 @@ class Daemon:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def down(self) -> None:
+    async def down(self) -> Outcome:
         """Remove the interface and the firewall table, then stop."""
         async with self.lock:
-            await asyncio.to_thread(self.reconciler.down)
+            try:
+                await asyncio.to_thread(self.reconciler.down)
+            except DvpnError as e:
+                return Outcome(False, (str(e),))
         log.info("interface %s and firewall table removed; stopping", self.config.wireguard.interface)
         self.stopping.set()
+        return Outcome(True)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        http = await httpapi.start(self)
-        ctl = await control.start(self)
+        # the composition root: the front doors get a read-only view and the commands, no more
+        http = await httpapi.start(self, self.config.status, self.config.metrics)
+        ctl = await control.start(self, self, self.config.control_socket)
         tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
                  asyncio.create_task(self.snapshot_loop(), name="snapshot")]
         if self.db is not None:

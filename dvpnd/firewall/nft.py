@@ -14,11 +14,11 @@ from dvpnd.firewall.ruleset import (
     FAMILY,
     TABLE,
     Json,
-    _t,
     count_rules,
     normalize_listing,
     render_removal,
     render_ruleset,
+    table_ref,
 )
 
 log = logging.getLogger("dvpnd.firewall")
@@ -63,7 +63,7 @@ def apply_batch(batch: Json) -> None:
 def read_table() -> Json | None:
     """The live `inet dvpn` table as libnftables JSON, or None if it does not exist."""
     nft = _nft()
-    rc, out, _err = nft.json_cmd({"nftables": [{"list": {"table": _t()}}]})
+    rc, out, _err = nft.json_cmd({"nftables": [{"list": {"table": table_ref()}}]})
     if rc != 0 or not out:
         return None
     data: Json = json.loads(out) if isinstance(out, str) else out

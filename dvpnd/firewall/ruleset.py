@@ -23,7 +23,7 @@ TABLE = "dvpn"
 Json = dict[str, Any]
 
 
-def _t() -> Json:
+def table_ref() -> Json:
     return {"family": FAMILY, "name": TABLE}
 
 
@@ -77,9 +77,9 @@ def render_ruleset(config: Config) -> Json:
     fw = config.firewall
     cmds: list[Json] = [
         {"metainfo": {"json_schema_version": 1}},
-        {"add": {"table": _t()}},
-        {"delete": {"table": _t()}},
-        {"add": {"table": _t()}},
+        {"add": {"table": table_ref()}},
+        {"delete": {"table": table_ref()}},
+        {"add": {"table": table_ref()}},
     ]
     iif_wg = _match(_meta("iifname"), wg)
     oif_wg = _match(_meta("oifname"), wg)
@@ -148,7 +148,7 @@ def count_rules(batch: Json) -> int:
 
 def render_removal() -> Json:
     return {"nftables": [{"metainfo": {"json_schema_version": 1}},
-                         {"add": {"table": _t()}}, {"delete": {"table": _t()}}]}
+                         {"add": {"table": table_ref()}}, {"delete": {"table": table_ref()}}]}
 
 
 def normalize_listing(listing: Json) -> Any:

@@ -22,40 +22,23 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dvpnd.errors import DvpnError
+from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in
 from dvpnd.serve import control
 from dvpnd.util.procutil import wait_exit
 from dvpnd.wireguard.uapi import socket_peer_pid
 
-LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
 PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
 WG_RUN = Path("/run/wireguard")
 HUB_PUBLIC = "192.0.2.10"
 OUTSIDE_PUBLIC = "203.0.113.10"
 MAX_SPOKES = 12
-
-
-@dataclass
-class Node:
-    name: str
-    role: str  # hub | spoke | router | outside
-    netns: str
-    public_ip: str
-    overlay_ip: str | None
-    status_url: str | None
-    state_dir: str | None
-    config: str | None
-    dir: str
-
-    @property
-    def runs_dvpnd(self) -> bool:
-        return self.role in ("hub", "spoke")
 
 
 def spoke_name(i: int) -> str:
@@ -131,26 +114,6 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
 
 # --- running things inside a node --------------------------------------------------------
 
-def node_argv(node: Node, argv: list[str]) -> list[str]:
-    """argv that runs `argv` in the node: its network namespace and its private /run/wireguard."""
-    wgdir = Path(node.dir) / "wireguard"
-    script = 'mount --bind "$0" /run/wireguard && exec "$@"'
-    return ["ip", "netns", "exec", node.netns, "sh", "-c", script, str(wgdir), *argv]
-
-
-def node_env(node: Node) -> dict[str, str]:
-    env = dict(os.environ)
-    if node.config:
-        env["DVPN_CONFIG"] = node.config
-    return env
-
-
-def run_in(node: Node, argv: list[str], check: bool = True, timeout: float = 60,
-           capture: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(node_argv(node, argv), check=check, timeout=timeout, text=True,
-                          capture_output=capture, env=node_env(node))
-
-
 def _ip(*args: str) -> None:
     r = subprocess.run(["ip", *args], capture_output=True, text=True)
     if r.returncode != 0:
@@ -204,24 +167,6 @@ def build_network(nodes: list[Node]) -> None:
         _ip("-n", node.netns, "route", "add", "default", "via", raddr.split("/")[0])
 
 
-def _pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie or a reused PID is not our daemon
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] == "Z":
-        return False
-    # The command line reads empty for a moment while the process execs.
-    return not cmd or marker in cmd
-
-
 def read_pid(node: Node) -> int | None:
     try:
         return int((Path(node.dir) / "dvpnd.pid").read_text())
@@ -243,7 +188,7 @@ def start_daemon(node: Node, extra_env: dict[str, str] | None = None) -> int:
 
 def stop_daemon(node: Node, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     pid = read_pid(node)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         assert pid is not None
         wait_exit(pid, timeout, (sig, signal.SIGKILL))
 
@@ -262,7 +207,7 @@ def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
             last = st.get("reconcile_error") or "not ready yet"
         except DvpnError as e:
             last = str(e)
-        if not _pid_alive(read_pid(node)):
+        if not pid_alive(read_pid(node)):
             raise DvpnError(f"{node.name}: dvpnd exited; see {Path(node.dir) / 'dvpnd.log'}")
         time.sleep(0.2)
     raise DvpnError(f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last}")
@@ -313,7 +258,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     if not Path(hub.config).exists():
         _write_yaml(Path(hub.config), render_node_config(hub, backend, None))
     (Path(hub.dir) / "peers.d").mkdir(exist_ok=True)
-    if not _pid_alive(read_pid(hub)):
+    if not pid_alive(read_pid(hub)):
         start_daemon(hub)
     wait_ready(hub)
     hub_key = pubkey(hub)
@@ -323,7 +268,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
         assert s.config is not None
         if not Path(s.config).exists():
             _write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres))
-        if not _pid_alive(read_pid(s)):
+        if not pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
         peer_file = Path(hub.dir) / "peers.d" / f"{s.name}.yaml"
@@ -379,7 +324,7 @@ def status() -> list[dict[str, Any]]:
         }
         if n.runs_dvpnd:
             pid = read_pid(n)
-            entry["pid"] = pid if _pid_alive(pid) else None
+            entry["pid"] = pid if pid_alive(pid) else None
             try:
                 st = control.request(Path(n.dir) / "control.sock", "status", timeout=5).get("status", {})
                 entry["state"] = st.get("state")
@@ -423,7 +368,7 @@ def down() -> list[str]:
     for n in nodes:
         if n.runs_dvpnd:
             pid = read_pid(n)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 stop_daemon(n)
                 done.append(f"stopped dvpnd in {n.name} (pid {pid})")
             wp = wg_go_pid(n)

@@ -17,8 +17,8 @@ from pathlib import Path
 from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.lab.cluster import LAB_DIR, Node, _pid_alive, node_argv, node_env
-from dvpnd.postgres.server import _user, as_user, connect, scram_verifier
+from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive
+from dvpnd.postgres.server import as_user, connect, scram_verifier, server_user
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.util.procutil import wait_exit
 
@@ -40,7 +40,7 @@ def server_pid(node: Node) -> int | None:
         pid = int((Path(node.dir) / "postgres.pid").read_text())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid, b"postgres") else None
+    return pid if pid_alive(pid, b"postgres") else None
 
 
 def start_server(node: Node) -> int:
@@ -113,7 +113,7 @@ def wait_server(node: Node, timeout: float = 60) -> None:
 
 def _prepare_dirs(node: Node, password: str) -> None:
     pg = _pg(node)
-    u = _user(pg)
+    u = server_user(pg)
     for d in (pg.data_dir.parent, pg.socket_dir):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chown(d, u.pw_uid, u.pw_gid)

@@ -436,9 +436,9 @@ async def restore(config: Config, entry: BackupEntry, to: Path, standby: bool = 
                 done.append(f"removed {sig}: the restored server starts as a primary")
     os.chmod(to, 0o700)
     if os.geteuid() == 0:
-        from dvpnd.postgres.server import _user
+        from dvpnd.postgres.server import server_user
 
-        u = _user(pg)
+        u = server_user(pg)
         for root, dirs, files in os.walk(to):
             for n in [*dirs, *files]:
                 os.lchown(os.path.join(root, n), u.pw_uid, u.pw_gid)

@@ -139,7 +139,7 @@ def database_size(pg: PostgresConfig) -> int | None:
 
 # --- running things as the server's user -------------------------------------------------
 
-def _user(pg: PostgresConfig) -> pwd.struct_passwd:
+def server_user(pg: PostgresConfig) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(pg.os_user)
     except KeyError:
@@ -150,7 +150,7 @@ def as_user(pg: PostgresConfig, argv: list[str]) -> list[str]:
     """argv run as the server's OS user (dvpnctl runs as root)."""
     if os.geteuid() != 0:
         return argv
-    u = _user(pg)
+    u = server_user(pg)
     return ["setpriv", f"--reuid={u.pw_uid}", f"--regid={u.pw_gid}", "--init-groups", "--", *argv]
 
 
@@ -178,7 +178,7 @@ def as_server_user(pg: PostgresConfig, fn: Callable[[], T], what: str) -> T:
     that makes root overwrite, disclose or chown a file of its choosing."""
     if os.geteuid() != 0:
         return fn()
-    u = _user(pg)
+    u = server_user(pg)
     try:
         return call_as(u.pw_uid, u.pw_gid, fn, what)
     except ChildError as e:

@@ -15,15 +15,12 @@ import socket
 import stat
 import struct
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dvpnd.daemon.status import render_detail
 from dvpnd.errors import DvpnError
-
-if TYPE_CHECKING:
-    from dvpnd.daemon.core import Daemon
+from dvpnd.serve.api import Commands, View
 
 log = logging.getLogger("dvpnd.control")
 MAX_REQUEST = 4096
@@ -45,46 +42,15 @@ class ControlServer:
                 pass
 
 
-async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
+async def handle(view: View, commands: Commands, request: dict[str, Any]) -> dict[str, Any]:
     cmd = request.get("cmd")
     if cmd == "status":
-        snap = replace(daemon.snapshot, extra=daemon.counters())
-        if daemon.db is not None:  # cheap and always current, like the counters
-            snap = replace(snap, postgres=daemon.db.view,
-                           backup=daemon.db.status if daemon.config.backup.enabled else None)
-        return {"ok": True, "status": render_detail(snap, time.time(), daemon.config.stale_after)}
-    if cmd == "reload":
-        ok, problems = await daemon.reload()
-        return {"ok": ok, "problems": problems, "bad_input": daemon.last_reload_bad_input}
-    if cmd == "firewall":
-        from dvpnd.firewall.nft import list_table_text
-
-        text = await asyncio.to_thread(list_table_text)
-        return {"ok": text is not None, "table": text}
-    if cmd == "rekey":
-        ok, problems = await daemon.rekey()
-        return {"ok": ok, "problems": problems}
-    if cmd == "firewall-apply":
-        ok = await daemon.reconcile("firewall apply requested", force_firewall=True)
-        fw = daemon.reconciler.firewall_state
-        return {"ok": ok and fw.error is None, "problems": [e for e in (fw.error, daemon.reconcile_error) if e]}
-    if cmd == "backup-now":
-        from dvpnd.postgres.backup import entry_json
-
-        if daemon.db is None or not daemon.config.backup.enabled:
-            return {"ok": False, "problems": [f"{daemon.config_path}: backups are not enabled (backup section)"],
-                    "bad_input": True}
-        try:
-            entry = await daemon.db.backup_now()
-        except DvpnError as e:
-            return {"ok": False, "problems": [str(e)]}
-        return {"ok": True, "backup": entry_json(entry)}
-    if cmd == "down":
-        try:
-            await daemon.down()
-        except DvpnError as e:
-            return {"ok": False, "problems": [str(e)]}
-        return {"ok": True}
+        pub = view.published()
+        return {"ok": True, "status": render_detail(pub.snapshot, time.time(), pub.stale_after)}
+    actions = {"reload": commands.reload, "rekey": commands.rekey, "firewall": commands.firewall_table,
+               "firewall-apply": commands.firewall_apply, "backup-now": commands.backup_now, "down": commands.down}
+    if cmd in actions:
+        return (await actions[cmd]()).reply()
     return {"ok": False, "problems": [f"unknown command {cmd!r}"]}
 
 
@@ -115,7 +81,8 @@ def parse_request(line: bytes) -> dict[str, Any] | str:
     return req
 
 
-async def _serve_one(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_one(view: View, commands: Commands, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
     reply: dict[str, Any]
     try:
         line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout=REQUEST_TIMEOUT)
@@ -133,7 +100,7 @@ async def _serve_one(daemon: Daemon, reader: asyncio.StreamReader, writer: async
             reply = {"ok": False, "problems": [req], "bad_input": True}
         else:
             try:
-                reply = await handle(daemon, req)
+                reply = await handle(view, commands, req)
             except Exception as e:  # noqa: BLE001 - a reply, not a silent close, whatever happened
                 log.error("control request %r failed: %s", req.get("cmd"), e)
                 log.debug("control request failed", exc_info=True)
@@ -142,8 +109,7 @@ async def _serve_one(daemon: Daemon, reader: asyncio.StreamReader, writer: async
     await writer.drain()
 
 
-async def start(daemon: Daemon) -> ControlServer:
-    path = daemon.config.control_socket
+async def start(view: View, commands: Commands, path: Path) -> ControlServer:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         st = path.lstat()
@@ -163,7 +129,7 @@ async def start(daemon: Daemon) -> ControlServer:
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _serve_one(daemon, reader, writer)
+            await _serve_one(view, commands, reader, writer)
         except (TimeoutError, ConnectionError):
             pass
         finally:

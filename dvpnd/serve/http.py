@@ -9,23 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from dvpnd.config.model import ListenConfig
 from dvpnd.daemon.status import render_status
+from dvpnd.serve.api import Published, View
 from dvpnd.serve.guard import ConnectionTable, Limits, protocol_factory
-
-if TYPE_CHECKING:
-    from dvpnd.daemon.core import Daemon
 
 log = logging.getLogger("dvpnd.http")
 
 try:  # typed keys on aiohttp >= 3.9; Debian 12 has 3.8
-    DAEMON_KEY: Any = web.AppKey("daemon", object)
+    VIEW_KEY: Any = web.AppKey("view", object)
     REGISTRY_KEY: Any = web.AppKey("registry", object)
 except AttributeError:  # pragma: no cover - old aiohttp
-    DAEMON_KEY = "dvpn_daemon"
+    VIEW_KEY = "dvpn_view"
     REGISTRY_KEY = "dvpn_registry"
 
 MAX_REQUEST_BYTES = 4096
@@ -77,13 +76,14 @@ def _anonymous() -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
-def _daemon(request: web.Request) -> Daemon:
-    return request.app[DAEMON_KEY]
+def _published(request: web.Request) -> Published:
+    view: View = request.app[VIEW_KEY]
+    return view.published()
 
 
 async def status(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    body = render_status(d.snapshot, time.time(), d.config.stale_after)
+    pub = _published(request)
+    body = render_status(pub.snapshot, time.time(), pub.stale_after)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -92,8 +92,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    ok = d.ready and d.snapshot.interface_up
+    pub = _published(request)
+    ok = pub.ready and pub.snapshot.interface_up
     return web.json_response({"ready": ok}, status=200 if ok else 503)
 
 
@@ -109,20 +109,20 @@ def _application(table: ConnectionTable) -> web.Application:
     return app
 
 
-def make_metrics_app(daemon: Daemon, table: ConnectionTable) -> web.Application:
+def make_metrics_app(view: View, table: ConnectionTable) -> web.Application:
     from dvpnd.serve.metrics import make_registry
 
     app = _application(table)
-    app[DAEMON_KEY] = daemon
-    app[REGISTRY_KEY] = make_registry(daemon)
+    app[VIEW_KEY] = view
+    app[REGISTRY_KEY] = make_registry(view)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app
 
 
-def make_app(daemon: Daemon, table: ConnectionTable) -> web.Application:
+def make_app(view: View, table: ConnectionTable) -> web.Application:
     app = _application(table)
-    app[DAEMON_KEY] = daemon
+    app[VIEW_KEY] = view
     for path, handler in (("/status", status), ("/healthz", healthz), ("/readyz", readyz)):
         # add_get also answers HEAD; other methods get 405 from the router.
         app.router.add_get(path, handler)
@@ -148,16 +148,15 @@ async def _serve(app: web.Application, table: ConnectionTable, what: str, addres
     return runner, listener
 
 
-async def start(daemon: Daemon) -> Server:
+async def start(view: View, st: ListenConfig, mt: ListenConfig) -> Server:
     """Start the status page and the metrics endpoint, each on its configured address."""
-    st, mt = daemon.config.status, daemon.config.metrics
     runners, listeners, tables = [], [], []
     for make, what, lc in ((make_app, "status page", st), (make_metrics_app, "metrics", mt)):
         if not lc.enabled:
             continue
         # one table a listener: a crowd on the public page takes nothing from the scraper
         table = ConnectionTable(Limits(max_connections=lc.max_connections, max_per_source=lc.max_per_source))
-        if served := await _serve(make(daemon, table), table, what, lc.address, lc.port):
+        if served := await _serve(make(view, table), table, what, lc.address, lc.port):
             runners.append(served[0])
             listeners.append(served[1])
             tables.append(table)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dvpnd.daemon.status import VERSION, Snapshot
-
-if TYPE_CHECKING:
-    from dvpnd.daemon.core import Daemon
+from dvpnd.serve.api import Counters, View
 
 
-def collect_snapshot(snap: Snapshot, counters: dict[str, float], stale_after: int, now: float) -> Iterator[Any]:
+def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: float) -> Iterator[Any]:
     """The metric families for one snapshot (pure)."""
     labels = ["interface", "public_key", "allowed_ips", "friendly_name"]
     sent = CounterMetricFamily("wireguard_sent_bytes", "Bytes sent to the peer", labels=labels)
@@ -43,18 +41,18 @@ def collect_snapshot(snap: Snapshot, counters: dict[str, float], stale_after: in
     yield GaugeMetricFamily("dvpnd_peers_stale", "Peers whose last handshake is older than stale_after",
                             value=states["stale"])
     yield CounterMetricFamily("dvpnd_reconcile", "Reconcile passes that succeeded",
-                              value=counters.get("reconcile_count", 0))
+                              value=counters.reconcile_count)
     yield CounterMetricFamily("dvpnd_reconcile_errors", "Reconcile passes that failed",
-                              value=counters.get("reconcile_errors", 0))
+                              value=counters.reconcile_errors)
     yield GaugeMetricFamily("dvpnd_reconcile_duration_seconds", "Duration of the last successful reconcile",
-                            value=counters.get("reconcile_duration", 0.0))
+                            value=counters.reconcile_duration)
     yield CounterMetricFamily("dvpnd_device_writes", "Writes to the WireGuard device",
-                              value=counters.get("device_writes", 0))
+                              value=counters.device_writes)
     yield GaugeMetricFamily("dvpnd_firewall_applied", "1 if the dvpn nftables table is in force",
                             value=1 if snap.firewall_applied and not snap.firewall_error else 0)
     yield CounterMetricFamily("dvpnd_firewall_applies", "Times the nftables table was applied",
-                              value=counters.get("firewall_applies", 0))
-    yield GaugeMetricFamily("dvpnd_firewall_rules", "Rules in the dvpn table", value=counters.get("firewall_rules", 0))
+                              value=counters.firewall_applies)
+    yield GaugeMetricFamily("dvpnd_firewall_rules", "Rules in the dvpn table", value=counters.firewall_rules)
     yield GaugeMetricFamily("dvpnd_interface_up", "1 if the WireGuard interface is up", value=int(snap.interface_up))
     yield GaugeMetricFamily("dvpnd_ready", "1 once the first reconcile is done", value=int(snap.ready))
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",
@@ -121,15 +119,15 @@ def collect_db(snap: Snapshot, now: float) -> Iterator[Any]:
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
+    def __init__(self, view: View):
+        self.view = view
 
     def collect(self) -> Iterator[Any]:
-        d = self.daemon
-        return collect_snapshot(d.snapshot, d.counters(), d.config.stale_after, time.time())
+        pub = self.view.published()
+        return collect_snapshot(pub.snapshot, pub.counters, pub.stale_after, time.time())
 
 
-def make_registry(daemon: Daemon) -> CollectorRegistry:
+def make_registry(view: View) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(daemon))
+    registry.register(SnapshotCollector(view))
     return registry

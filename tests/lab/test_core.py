@@ -200,7 +200,7 @@ def test_dvpnctl_down_removes_interface_and_table_and_up_brings_them_back(L: Lab
     wg_go = L.wg_go_pid("spoke-c")
     r = L.dvpnctl("spoke-c", "down")
     assert "removed" in r.stdout
-    L.wait("dvpnd to exit", lambda: not lab._pid_alive(pid), timeout=10)
+    L.wait("dvpnd to exit", lambda: not lab.pid_alive(pid), timeout=10)
     assert "wg0" not in L.run("spoke-c", "ip", "-br", "link").stdout
     assert L.run("spoke-c", "nft", "list", "table", "inet", "dvpn", check=False).returncode != 0
     assert wg_go and not Path(f"/proc/{wg_go}").exists()

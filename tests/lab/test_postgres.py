@@ -57,7 +57,7 @@ def config_change(L: Lab, name: str, change: dict[str, Any], restart: bool = Fal
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def apply() -> None:
-        if restart or not lab._pid_alive(lab.read_pid(n)):
+        if restart or not lab.pid_alive(lab.read_pid(n)):
             lab.stop_daemon(n)  # a daemon a test killed is simply started again
             lab.start_daemon(n)
             lab.wait_ready(n)

@@ -1,0 +1,66 @@
+"""A lab node (the leaf the rest of the lab builds on): what it is, and running a command in it,
+in its network namespace with its private /run/wireguard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
+
+
+@dataclass
+class Node:
+    name: str
+    role: str  # hub | spoke | router | outside
+    netns: str
+    public_ip: str
+    overlay_ip: str | None
+    status_url: str | None
+    state_dir: str | None
+    config: str | None
+    dir: str
+
+    @property
+    def runs_dvpnd(self) -> bool:
+        return self.role in ("hub", "spoke")
+
+
+def node_argv(node: Node, argv: list[str]) -> list[str]:
+    """argv that runs `argv` in the node: its network namespace and its private /run/wireguard."""
+    wgdir = Path(node.dir) / "wireguard"
+    script = 'mount --bind "$0" /run/wireguard && exec "$@"'
+    return ["ip", "netns", "exec", node.netns, "sh", "-c", script, str(wgdir), *argv]
+
+
+def node_env(node: Node) -> dict[str, str]:
+    env = dict(os.environ)
+    if node.config:
+        env["DVPN_CONFIG"] = node.config
+    return env
+
+
+def run_in(node: Node, argv: list[str], check: bool = True, timeout: float = 60,
+           capture: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(node_argv(node, argv), check=check, timeout=timeout, text=True,
+                          capture_output=capture, env=node_env(node))
+
+
+def pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie or a reused PID is not our daemon
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] == "Z":
+        return False
+    # The command line reads empty for a moment while the process execs.
+    return not cmd or marker in cmd
