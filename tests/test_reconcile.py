@@ -1,0 +1,76 @@
+"""Reconciler.reconcile, the heart of the daemon, against the in-tree fakes: no root needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dvpnd.config.load import load_config
+from dvpnd.daemon.reconcile import Reconciler
+from dvpnd.errors import BackendError
+from dvpnd.testing.fakes import FakeBackend, install
+
+from .test_config import HUB, K2, write
+
+
+def reconciler(tmp_path: Path, text: str = HUB) -> tuple[Reconciler, FakeBackend]:
+    config = load_config(write(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n"))
+    backend = FakeBackend()
+    r = Reconciler(config, backend=backend)
+    r.load_key()
+    return r, backend
+
+
+def test_the_first_pass_writes_everything_the_second_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    links, fw = install(monkeypatch)
+    r, dev = reconciler(tmp_path)
+    first = r.reconcile(now=1000.0)
+    assert first.wg_changes and first.link_changed and first.firewall_changed
+    assert dev.writes == 1 and links.forwarding and fw.table is not None
+    assert dev.state is not None and set(dev.state.peers) == {p.public_key for p in r.config.peers}
+    assert links.link.up and links.link.addresses == {"10.88.0.1/24"}
+    second = r.reconcile(now=1001.0)
+    assert not second.wg_changes and not second.link_changed and not second.firewall_changed
+    assert dev.writes == 1 and links.applies == 1 and len(fw.batches) == 1
+
+
+def test_a_device_that_does_not_take_the_write_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    r, dev = reconciler(tmp_path)
+    dev.create()
+    dev.deaf = True
+    with pytest.raises(BackendError, match="the device did not take the change"):
+        r.reconcile(now=1000.0)
+
+
+def test_a_firewall_changed_by_hand_is_applied_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fw = install(monkeypatch)
+    r, _ = reconciler(tmp_path)
+    r.reconcile(now=1000.0)
+    assert fw.table is not None
+    fw.table = fw.table[:-1]  # a rule deleted by hand
+    assert r.reconcile(now=1001.0).firewall_changed and len(fw.batches) == 2
+    fw.table = None  # the whole table deleted
+    assert r.reconcile(now=1002.0).firewall_changed and len(fw.batches) == 3
+    assert not r.reconcile(now=1003.0).firewall_changed
+
+
+def test_a_rejected_firewall_keeps_the_tunnel_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fw = install(monkeypatch)
+    r, dev = reconciler(tmp_path)
+    fw.reject = "nftables rejected the batch: Error: Could not process rule"
+    result = r.reconcile(now=1000.0)
+    assert not result.firewall_changed and result.wg_changes and dev.writes == 1
+    assert r.firewall_state.error == fw.reject
+
+
+def test_a_new_peer_is_one_write_of_that_peer_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    r, dev = reconciler(tmp_path)
+    r.reconcile(now=1000.0)
+    r.config = load_config(write(tmp_path, HUB + f"  - name: spoke-b\n    public_key: {K2}\n    address: 10.88.0.12\n"
+                                 + f"state_dir: {tmp_path / 'state'}\n"))
+    result = r.reconcile(now=1001.0)
+    assert [c.public_key for c in result.wg_changes.peers] == [K2] and result.wg_changes.peers[0].create
+    assert dev.writes == 2 and not r.reconcile(now=1002.0).wg_changes
