@@ -44,3 +44,20 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     r = subprocess.run([str(venv / "bin" / "dvpnd"), "--check", "--config", str(ROOT / "etc" / "hub.yaml")],
                        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_one_version_everywhere() -> None:
+    """pyproject.toml holds the version; the code reads it from the package metadata, and what
+    cannot read it (Debian's changelog, the man pages) must say the same."""
+    import re
+    import tomllib
+
+    import dvpnd
+    from dvpnd.daemon.status import VERSION
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert dvpnd.__version__ == VERSION == version
+    changelog = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert re.match(rf"dvpn \({re.escape(version)}(-\d+)?\) ", changelog), changelog
+    for page in (ROOT / "man").iterdir():
+        assert f'"dvpn {version}"' in page.read_text().splitlines()[0], page

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dvpnd import __version__
 from dvpnd.config.model import Config
 from dvpnd.wireguard.device import DeviceState
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from dvpnd.postgres.server import PgView
     from dvpnd.postgres.supervisor import BackupStatus
 
-VERSION = "0.1.0"
+VERSION = __version__  # shown on the page and in dvpnd_build
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from dvpnd.daemon.status import render_detail
 from dvpnd.errors import DvpnError
 from dvpnd.serve.api import Commands, View
+from dvpnd.util.unixsock import unix_request
 
 log = logging.getLogger("dvpnd.control")
 MAX_REQUEST = 4096
@@ -147,16 +148,7 @@ async def start(view: View, commands: Commands, path: Path) -> ControlServer:
 def request(path: Path, cmd: str, timeout: float = 60.0) -> dict[str, Any]:
     """Client side, used by dvpnctl. Raises DvpnError if the daemon cannot be reached."""
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        data = unix_request(path, json.dumps({"cmd": cmd}).encode() + b"\n", lambda tail: tail.endswith(b"\n"), timeout)
     except FileNotFoundError:
         raise DvpnError(f"{path}: no control socket; is dvpnd running?") from None
     except PermissionError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvpnd.errors import BackendError
+from dvpnd.util.unixsock import unix_request
 from dvpnd.wireguard.device import DeviceChanges, DeviceState, PeerState, normalize_cidr
 
 SOCKET_DIR = Path("/var/run/wireguard")
@@ -137,28 +138,16 @@ def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
     """Send one request and return the whole reply (up to and including errno=N)."""
     path = socket_path(ifname)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(request.encode("ascii"))
-            chunks: list[bytes] = []
-            buf = b""
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-                # The reply ends with "errno=N\n\n"; look only at the tail.
-                buf = (buf + data)[-64:]
-                if b"errno=" in buf and buf.endswith(b"\n\n"):
-                    break
+        # The reply ends with "errno=N\n\n".
+        reply = unix_request(path, request.encode("ascii"), lambda tail: b"errno=" in tail and tail.endswith(b"\n\n"),
+                             timeout)
     except FileNotFoundError:
         raise BackendError(f"{path}: no such socket (is wireguard-go running for {ifname}?)") from None
     except TimeoutError:
         raise UapiTimeout(f"{path}: wireguard-go did not answer within {timeout:.0f}s") from None
     except OSError as e:
         raise BackendError(f"{path}: {e.strerror or e}") from None
-    return b"".join(chunks).decode("ascii", errors="replace")
+    return reply.decode("ascii", errors="replace")
 
 
 def socket_peer_pid(path: Path) -> int | None:
