@@ -152,7 +152,7 @@ def cmd_spoke_add(args: argparse.Namespace) -> int:
     import yaml
 
     from dvpnd.config import peers as runbook
-    from dvpnd.config.load import check_name
+    from dvpnd.config.fields import check_name
     from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
     config = _load(args.config)
