@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dvpnd.cli import main as cli
+from dvpnd.cli import peers as cli
 from dvpnd.errors import DvpnError
 from dvpnd.wireguard.keys import KeyFileError, encode_key, generate_private_key, load_or_create_private_key
 
@@ -74,7 +74,7 @@ def test_a_failed_commit_leaves_disk_and_daemon_as_they_were(tmp_path: Path, mon
             raise DvpnError("/run/dvpn/control.sock: no control socket; is dvpnd running?")
         return {"ok": len(asked) > 1, "problems": ["wireguard-go rejected the change"]}
 
-    monkeypatch.setattr(cli, "_request", request)
+    monkeypatch.setattr(cli, "request", request)
     with pytest.raises(DvpnError, match="the old key is back in"):
         cli.cmd_rotate_key(args)
     assert _files(key) == {"private.key": old, "private.key.next": new}
@@ -84,6 +84,6 @@ def test_a_failed_commit_leaves_disk_and_daemon_as_they_were(tmp_path: Path, mon
 
 def test_a_commit_switches_the_key_and_deletes_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args, key, old, new = _setup(tmp_path)
-    monkeypatch.setattr(cli, "_request", lambda a, cmd: {"ok": True})
+    monkeypatch.setattr(cli, "request", lambda a, cmd: {"ok": True})
     assert cli.cmd_rotate_key(args) == 0
     assert _files(key) == {"private.key": new}

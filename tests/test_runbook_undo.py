@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dvpnd.cli import main as cli
+from dvpnd.cli import peers as cli
 from dvpnd.config.load import load_config
 from dvpnd.daemon.core import Daemon
 from dvpnd.errors import DvpnError
@@ -54,7 +54,7 @@ def test_spoke_add_leaves_no_file_when_the_daemon_refuses_or_is_not_there(tmp_pa
             raise DvpnError("/run/dvpn/control.sock: no control socket; is dvpnd running?")
         return {"ok": False, "problems": ["reconcile failed"]}
 
-    monkeypatch.setattr(cli, "_request", request)
+    monkeypatch.setattr(cli, "request", request)
     args = argparse.Namespace(config=f, name="spoke-b", pubkey=K2, address=None)
     with pytest.raises(DvpnError, match="undone"):
         cli.cmd_spoke_add(args)

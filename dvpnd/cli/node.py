@@ -1,0 +1,89 @@
+"""dvpnctl's node commands: check, pubkey, status, reload, down, firewall."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dvpnd.cli.common import load, request
+from dvpnd.cli.db import format_db
+from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    extra = f", {len(config.peers)} peers" if config.is_hub else f", hub {config.hub.endpoint if config.hub else '?'}"
+    print(f"{args.config}: ok ({config.role} {config.name}, {config.address} in {config.network}{extra})")
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
+
+    config = load(args.config)
+    # Like the daemon's first start: the key is created on this node if it does not exist yet.
+    raw, _created = load_or_create_private_key(config.wireguard.private_key_file)
+    print(encode_key(public_key(raw)))
+    return 0
+
+
+def format_peer_table(st: dict[str, Any]) -> str:
+    lines = [f"{st['node']}: {st['role']} {st['interface']} {st['overlay_ip']} ({st['backend']}), "
+             f"state {st['state']}" + (f", error: {st['reconcile_error']}" if st.get("reconcile_error") else "")]
+    fw = st.get("firewall", {})
+    lines.append(f"firewall: {'applied' if fw.get('applied') else 'not applied'}"
+                 + (f" (error: {fw['error']})" if fw.get("error") else ""))
+    lines.append(f"{'PEER':<14} {'OVERLAY':<13} {'ENDPOINT':<22} {'HANDSHAKE':>10} {'RX':>12} {'TX':>12}  STATE")
+    for p in st.get("peers", []):
+        age = "never" if p["handshake_age_sec"] is None else f"{p['handshake_age_sec']}s"
+        lines.append(f"{p['name']:<14} {p['overlay_ip']:<13} {p['endpoint'] or '-':<22} {age:>10} "
+                     f"{p['rx_bytes']:>12} {p['tx_bytes']:>12}  {p['state']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = request(args, "status")
+    st = reply["status"]
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(format_peer_table(st))
+        if db := format_db(st):
+            print(db)
+        for p in st.get("problems", []):
+            print(f"problem: {p}")
+    return 0
+
+
+def _simple(args: argparse.Namespace, cmd: str, done: str) -> int:
+    """Send one command; print `done`, or the daemon's problems (exit 2 if the input was at fault)."""
+    reply = request(args, cmd)
+    if reply.get("ok"):
+        print(done)
+        return 0
+    for p in reply.get("problems", []):
+        print(p, file=sys.stderr)
+    return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _simple(args, "reload", "reloaded")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    return _simple(args, "down", "interface and firewall table removed; dvpnd stopped")
+
+
+def cmd_firewall_show(args: argparse.Namespace) -> int:
+    reply = request(args, "firewall")
+    if not reply.get("ok") or not reply.get("table"):
+        print("no dvpn table is loaded", file=sys.stderr)
+        return EXIT_FAILURE
+    print(reply["table"], end="")
+    return 0
+
+
+def cmd_firewall_apply(args: argparse.Namespace) -> int:
+    return _simple(args, "firewall-apply", "firewall applied")
