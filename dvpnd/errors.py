@@ -24,3 +24,7 @@ class ConfigError(DvpnError):
 
 class BackendError(DvpnError):
     """WireGuard could not be read or changed."""
+
+
+class PgError(DvpnError):
+    """A PostgreSQL step failed; the message says which and why."""

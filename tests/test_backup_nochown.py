@@ -22,7 +22,7 @@ from pathlib import Path
 from dvpnd.config.model import PostgresConfig
 from dvpnd.postgres import backup
 try:
-    asyncio.run(backup._extract(PostgresConfig(), Path(sys.argv[1]), Path(sys.argv[2]), 60, owners=sys.argv[3] == "1"))
+    asyncio.run(backup.extract(PostgresConfig(), Path(sys.argv[1]), Path(sys.argv[2]), 60, owners=sys.argv[3] == "1"))
 except backup.BackupError as e:
     print(e)
     sys.exit(1)

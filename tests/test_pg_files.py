@@ -182,4 +182,4 @@ def test_tools_get_a_minimal_environment_without_dvpnds_secrets(tree: Path, monk
     c = config(tree)
     out = pg.run(c.postgres, ["env"], "env")
     assert "s3cret" not in out and "PATH=" in out
-    asyncio.run(backup._run(["sh", "-c", "env | grep -q s3cret && exit 3; exit 0"], "env check", 30))
+    asyncio.run(backup.run_tool(["sh", "-c", "env | grep -q s3cret && exit 3; exit 0"], "env check", 30))

@@ -142,11 +142,11 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dvpnd.postgres import backup
+    from dvpnd.postgres import restore
 
     config = pg_config(args)
-    entry = backup.find_backup(config.backup, args.name)
-    seconds = asyncio.run(backup.verify_backup(config, entry))
+    entry = restore.find_backup(config.backup, args.name)
+    seconds = asyncio.run(restore.verify_backup(config, entry))
     print(f"backup {entry.name}: verified against its manifest in {seconds:.1f}s")
     return 0
 
@@ -154,11 +154,11 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
 def cmd_backup_restore(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dvpnd.postgres import backup
+    from dvpnd.postgres import restore
 
     config = pg_config(args)
-    entry = backup.find_backup(config.backup, args.name)
-    for line in asyncio.run(backup.restore(config, entry, args.to.resolve(), standby=args.standby)):
+    entry = restore.find_backup(config.backup, args.name)
+    for line in asyncio.run(restore.restore(config, entry, args.to.resolve(), standby=args.standby)):
         print(line)
     print(f"start it with: {config.postgres.bin_dir / 'postgres'} -D {args.to.resolve()} "
           "(as the postgres user; give it its own port and socket directory if another server runs here)")

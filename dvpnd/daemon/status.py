@@ -16,7 +16,7 @@ from dvpnd.config.model import Config
 from dvpnd.wireguard.device import DeviceState
 
 if TYPE_CHECKING:
-    from dvpnd.postgres.server import PgView
+    from dvpnd.postgres.state import PgView
     from dvpnd.postgres.supervisor import BackupStatus
 
 VERSION = __version__  # shown on the page and in dvpnd_build

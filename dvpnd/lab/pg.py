@@ -18,7 +18,8 @@ from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
 from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive
-from dvpnd.postgres.server import as_user, connect, scram_verifier, server_user
+from dvpnd.postgres.server import as_user, scram_verifier, server_user
+from dvpnd.postgres.state import connect
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.util.procutil import wait_exit
 

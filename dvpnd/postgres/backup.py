@@ -8,8 +8,7 @@ so a backup interrupted at any moment (killed, disk full, server gone) leaves on
 `.partial-`/`.verify-` directory, which is removed at once or at the next start; an entry
 without the dot and with a readable `backup.json` is always a complete, verified backup.
 
-Retention keeps the last `keep_last` and those newer than `keep_age`, and never the newest.
-"""
+Retention keeps the last `keep_last` and those newer than `keep_age`, and never the newest."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ from typing import Any
 
 from dvpnd.config.model import BackupConfig, Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.postgres import conf as pgconf
 from dvpnd.util.fsutil import fsync_dir
 from dvpnd.util.procutil import child_env, with_pdeathsig
 
@@ -231,7 +229,7 @@ def _fsync_tree(path: Path) -> None:
 
 # --- subprocesses ------------------------------------------------------------------------
 
-async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> None:
+async def run_tool(argv: list[str], what: str, timeout: float, on_start: Callable[[int], None] | None = None) -> None:
     """Run a tool in its own process group, its output going to a temporary file.
 
     pg_basebackup forks a WAL-streaming helper; a pipe would stay open as long as the helper
@@ -274,7 +272,7 @@ async def _run(argv: list[str], what: str, timeout: float, on_start: Callable[[i
         raise BackupError(f"{what} failed: {reason or f'exit {rc}'}")
 
 
-async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float, owners: bool = True) -> None:
+async def extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float, owners: bool = True) -> None:
     """Unpack a tar-format backup (base + WAL) into `dest`. Without `owners` (verification: only
     the content matters) tar, even as root, sets no owner or mode: the unit's capability set has
     no CAP_CHOWN, and tar exits 2 trying."""
@@ -284,11 +282,11 @@ async def _extract(pg: PostgresConfig, source: Path, dest: Path, timeout: float,
     if base is None:
         raise BackupError(f"{source}: no base.tar* in the backup")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    await _run(["tar", *keep, "-xf", str(source / base), "-C", str(dest)], f"unpacking {source / base}", timeout)
+    await run_tool(["tar", *keep, "-xf", str(source / base), "-C", str(dest)], f"unpacking {source / base}", timeout)
     wal = next((t for t in tars if t.startswith("pg_wal.tar")), None)
     if wal is not None:
         (dest / "pg_wal").mkdir(mode=0o700, exist_ok=True)
-        await _run(["tar", *keep, "-xf", str(source / wal), "-C", str(dest / "pg_wal")],
+        await run_tool(["tar", *keep, "-xf", str(source / wal), "-C", str(dest / "pg_wal")],
                    f"unpacking {source / wal}", timeout)
 
 
@@ -297,9 +295,9 @@ async def verify_dir(pg: PostgresConfig, source: Path, scratch: Path, timeout: f
     Returns (seconds, unpacked bytes)."""
     t0 = time.monotonic()
     try:
-        await _extract(pg, source, scratch, timeout, owners=False)
+        await extract(pg, source, scratch, timeout, owners=False)
         size = await asyncio.to_thread(_dir_size, scratch)
-        await _run([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(scratch)],
+        await run_tool([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(scratch)],
                    f"pg_verifybackup of {source.name}", timeout)
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
@@ -342,7 +340,7 @@ async def take_backup(config: Config, server_role: str, db_size: Callable[[], in
 
     t0 = time.monotonic()
     try:
-        await _run(basebackup_argv(pg, bc, tmp, f"dvpn {config.name} {name}"), "pg_basebackup", bc.timeout,
+        await run_tool(basebackup_argv(pg, bc, tmp, f"dvpn {config.name} {name}"), "pg_basebackup", bc.timeout,
                    started_pid)
         duration = time.monotonic() - t0
         verify_sec, extracted = 0.0, 0
@@ -378,73 +376,6 @@ def apply_retention(bc: BackupConfig, now: float) -> list[str]:
     if doomed:
         fsync_dir(bc.dir)
     return doomed
-
-
-# --- verify and restore (dvpnctl) --------------------------------------------------------
-
-def find_backup(bc: BackupConfig, name: str | None) -> BackupEntry:
-    entries = list_backups(bc.dir)
-    if not entries:
-        raise BackupError(f"{bc.dir}: no verified backup")
-    if name is None:
-        return entries[0]
-    for e in entries:
-        if e.name == name:
-            return e
-    raise BackupError(f"{bc.dir}: no backup named {name!r} (have: {', '.join(e.name for e in entries[:5])}"
-                      f"{' ...' if len(entries) > 5 else ''})")
-
-
-async def verify_backup(config: Config, entry: BackupEntry) -> float:
-    bc = config.backup
-    scratch = bc.dir / f".verify-{entry.name}-{os.getpid()}"
-    seconds, _ = await verify_dir(config.postgres, bc.dir / entry.name, scratch, bc.timeout)
-    return seconds
-
-
-async def restore(config: Config, entry: BackupEntry, to: Path, standby: bool = False) -> list[str]:
-    """Unpack a backup into `to` (absent or empty), check it against its manifest, and leave a
-    data directory a server can start from, owned by postgres.os_user."""
-    pg, bc = config.postgres, config.backup
-    if to.exists() and any(to.iterdir()):
-        raise BackupError(f"{to}: not empty; restore writes into a new or empty directory")
-    created = not to.exists()
-    source = bc.dir / entry.name
-    try:
-        await _extract(pg, source, to, bc.timeout)
-        await _run([str(pg.bin_dir / "pg_verifybackup"), "-q", "-m", str(source / MANIFEST), str(to)],
-                   f"pg_verifybackup of the restored {to}", bc.timeout)
-    except BaseException:
-        if created:
-            shutil.rmtree(to, ignore_errors=True)
-        else:
-            for child in to.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink()
-        raise
-    done = [f"unpacked {entry.name} into {to} and checked it against its manifest"]
-    conf = to / pgconf.CONF_NAME
-    if conf.exists() and pg.config_dir == pg.data_dir:
-        conf.write_text(pgconf.relocate_conf(conf.read_text(), str(pg.data_dir), str(to)))
-        done.append(f"{conf.name}: hba_file and ident_file now point into {to}")
-    if not standby:
-        for sig in ("standby.signal", "recovery.signal"):
-            if (to / sig).exists():
-                (to / sig).unlink()
-                done.append(f"removed {sig}: the restored server starts as a primary")
-    os.chmod(to, 0o700)
-    if os.geteuid() == 0:
-        from dvpnd.postgres.server import server_user
-
-        u = server_user(pg)
-        for root, dirs, files in os.walk(to):
-            for n in [*dirs, *files]:
-                os.lchown(os.path.join(root, n), u.pw_uid, u.pw_gid)
-        os.chown(to, u.pw_uid, u.pw_gid)
-        done.append(f"owned by {pg.os_user}")
-    return done
 
 
 def entry_json(e: BackupEntry) -> dict[str, Any]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 from dvpnd.config.model import Config
 from dvpnd.errors import DvpnError
-from dvpnd.postgres import backup
-from dvpnd.postgres import server as pg
+from dvpnd.postgres import backup, state
 
 log = logging.getLogger("dvpnd.db")
 POLL_INTERVAL = 5.0
@@ -54,15 +53,15 @@ def retry_delay(interval: int) -> float:
 class DbSupervisor:
     def __init__(self, config: Config):
         self.config = config
-        self.view: pg.PgView | None = None
+        self.view: state.PgView | None = None
         self.backup_lock = asyncio.Lock()
         self.status = BackupStatus(interval=config.backup.interval, since=time.time())
         self._last_role: str | None = None
 
     # --- polling ---
 
-    async def poll(self) -> pg.PgView:
-        view = await asyncio.to_thread(pg.read_status, self.config.postgres)
+    async def poll(self) -> state.PgView:
+        view = await asyncio.to_thread(state.read_status, self.config.postgres)
         if view.role != self._last_role:
             if view.up:
                 log.info("postgres %s: %s (version %s)", "up" if self._last_role in (None, "down") else "now",
@@ -125,7 +124,7 @@ class DbSupervisor:
 
         log.info("backup starting into %s", config.backup.dir)
         try:
-            entry = await backup.take_backup(config, view.role, lambda: pg.database_size(config.postgres), on_pid)
+            entry = await backup.take_backup(config, view.role, lambda: state.database_size(config.postgres), on_pid)
         except DvpnError as e:
             self.status = replace(self.status, last_error=str(e), last_error_at=time.time(),
                                   failures=self.status.failures + 1,
