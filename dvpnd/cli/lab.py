@@ -11,15 +11,16 @@ from dvpnd.errors import EXIT_FAILURE
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from dvpnd.lab import cluster as lab
+    from dvpnd.lab import report
 
     t0 = time.monotonic()
     nodes = lab.up(spokes=args.spokes, backend=args.backend, postgres=args.postgres)
     print(f"lab up in {time.monotonic() - t0:.1f}s ({args.spokes} spokes, {args.backend} backend"
           f"{', PostgreSQL' if args.postgres else ''})\n")
-    print(lab.format_status(lab.status()))
+    print(report.format_status(report.status()))
     print("\nspoke to spoke through the hub (overlay ping):")
     ok = True
-    for a, b, passed, summary in lab.ping_matrix(nodes):
+    for a, b, passed, summary in report.ping_matrix(nodes):
         ok &= passed
         print(f"  {a} -> {b}: {'ok' if passed else 'FAILED'}  {summary}")
     if args.postgres:
@@ -33,15 +34,15 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    from dvpnd.lab import cluster as lab
+    from dvpnd.lab import report
 
-    entries = lab.status()
+    entries = report.status()
     if args.json:
         print(json.dumps({"nodes": entries}, indent=2))
     elif not entries:
         print("no lab is up")
     else:
-        print(lab.format_status(entries))
+        print(report.format_status(entries))
     return 0
 
 

@@ -10,8 +10,7 @@ namespace; each generates its own key and only public keys are exchanged. wiregu
 keeps its sockets in /var/run/wireguard, which all namespaces share, so every command run
 in a node (dvpnd, and through it wireguard-go) gets a private bind mount of the node's own
 directory there; that is what lets every node's interface be called wg0. Nothing is done in
-the machine's own network namespace: links are created inside the lab's namespaces.
-"""
+the machine's own network namespace: links are created inside the lab's namespaces."""
 
 from __future__ import annotations
 
@@ -309,49 +308,6 @@ def wait_handshakes_done(nodes: list[Node], timeout: float) -> None:
                     f"{', '.join(sorted(missing))}")
 
 
-# --- status / down -----------------------------------------------------------------------
-
-def status() -> list[dict[str, Any]]:
-    lab = load_lab()
-    if lab is None:
-        return []
-    out = []
-    for n in lab[0]:
-        entry: dict[str, Any] = {
-            "name": n.name, "role": n.role, "netns": n.netns, "public_ip": n.public_ip or None,
-            "overlay_ip": n.overlay_ip, "status_url": n.status_url, "state_dir": n.state_dir,
-            "config": n.config, "pid": None,
-        }
-        if n.runs_dvpnd:
-            pid = read_pid(n)
-            entry["pid"] = pid if pid_alive(pid) else None
-            try:
-                st = control.request(Path(n.dir) / "control.sock", "status", timeout=5).get("status", {})
-                entry["state"] = st.get("state")
-                entry["peers"] = [{"name": p["name"], "overlay_ip": p["overlay_ip"], "state": p["state"],
-                                   "handshake_age_sec": p["handshake_age_sec"]} for p in st.get("peers", [])]
-                if "postgres" in st:
-                    entry["postgres"] = st["postgres"]["role"]
-                    entry["backups"] = (st.get("backup") or {}).get("kept")
-            except DvpnError as e:
-                entry["state"] = "down"
-                entry["error"] = str(e)
-            entry["page"] = _page_state(n)
-        out.append(entry)
-    return out
-
-
-def _page_state(n: Node) -> str:
-    """The node's status page as seen from inside its own namespace (the hub's is on 127.0.0.1)."""
-    if not n.status_url:
-        return "none"
-    r = run_in(n, ["curl", "-s", "--max-time", "3", n.status_url], check=False, timeout=10)
-    try:
-        return f"{n.status_url}: {json.loads(r.stdout)['state']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{n.status_url}: no answer"
-
-
 def down() -> list[str]:
     """Remove everything the lab made. Returns what was removed, for the user."""
     done: list[str] = []
@@ -413,39 +369,3 @@ def exec_in(name: str, argv: list[str]) -> int:
     if not argv:
         raise DvpnError("nothing to run: dvpnctl lab exec NODE -- CMD...")
     return subprocess.call(node_argv(node, argv), env=node_env(node))
-
-
-def format_status(entries: list[dict[str, Any]]) -> str:
-    lines = []
-    for e in entries:
-        if e["role"] == "router":
-            continue
-        head = f"{e['name']:<9} {e['role']:<7} public {e['public_ip'] or '-':<15} overlay {e['overlay_ip'] or '-':<11}"
-        if e["role"] in ("hub", "spoke"):
-            head += f" dvpnd pid {e['pid'] or '-':<7} {e.get('state', '?')}"
-            peers = ", ".join(f"{p['name']} {p['state']}"
-                              + (f" ({p['handshake_age_sec']}s)" if p["handshake_age_sec"] is not None else "")
-                              for p in e.get("peers", []))
-            head += f"  peers: {peers or '-'}"
-            if e.get("postgres"):
-                head += f"  postgres: {e['postgres']}, {e.get('backups') or 0} backups"
-            if e.get("page"):
-                head += f"  page {e['page']}"
-        lines.append(head)
-    return "\n".join(lines)
-
-
-def ping_matrix(nodes: list[Node], count: int = 3) -> list[tuple[str, str, bool, str]]:
-    """Ping every spoke's overlay address from every other spoke (through the hub)."""
-    spokes = [n for n in nodes if n.role == "spoke"]
-    out = []
-    for a in spokes:
-        for b in spokes:
-            if a is b:
-                continue
-            assert b.overlay_ip is not None
-            r = run_in(a, ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", b.overlay_ip],
-                       check=False)
-            summary = next((ln for ln in r.stdout.splitlines() if "packets transmitted" in ln), r.stderr.strip())
-            out.append((a.name, b.name, r.returncode == 0, summary))
-    return out
