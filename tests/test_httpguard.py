@@ -22,15 +22,16 @@ from dvpnd.serve.guard import ConnectionTable, Limits
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True})
+
+
 @asynccontextmanager
-async def page(limits: Limits) -> AsyncIterator[tuple[int, ConnectionTable]]:
+async def page(limits: Limits, handler: Any = healthz) -> AsyncIterator[tuple[int, ConnectionTable]]:
+    """The real page's front and aiohttp, serving `handler` at /healthz on 127.0.0.1."""
     table = ConnectionTable(limits)
     app = httpapi._application(table)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"alive": True})
-
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", handler)
     served = await httpapi._serve(app, table, "test page", "127.0.0.1", 0)
     assert served is not None
     runner, listener = served
@@ -212,20 +213,13 @@ def test_past_the_per_source_cap_the_oldest_idle_connection_makes_room() -> None
 
 def test_when_every_connection_is_busy_a_new_one_is_refused() -> None:
     async def go() -> None:
-        table = ConnectionTable(Limits(max_per_source=2, max_connections=2))
-        app = httpapi._application(table)
         release = asyncio.Event()
 
         async def slow(request: web.Request) -> web.Response:
             await release.wait()
             return web.json_response({"alive": True})
 
-        app.router.add_get("/healthz", slow)
-        served = await httpapi._serve(app, table, "test page", "127.0.0.1", 0)
-        assert served is not None
-        runner, listener = served
-        port = listener.sockets[0].getsockname()[1]
-        try:
+        async with page(Limits(max_per_source=2, max_connections=2), slow) as (port, table):
             busy = [await client(port) for _ in range(2)]
             for _, w in busy:
                 w.write(GET)
@@ -236,9 +230,6 @@ def test_when_every_connection_is_busy_a_new_one_is_refused() -> None:
             release.set()
             for br, _ in busy:
                 assert (await br.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-        finally:
-            listener.close()
-            await runner.cleanup()
     run(go)
 
 
