@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a bounding set without CAP_CHOWN)")
+pytestmark = [pytest.mark.process, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a bounding set without CAP_CHOWN)")]
 
 EXTRACT = """
 import asyncio, sys

@@ -158,6 +158,7 @@ def _dvpnctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dvpnd.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.process
 def test_dvpnctl_check_exits_2_with_problems_and_no_traceback(tmp_path: Path) -> None:
     bad = write(tmp_path, HUB.replace("10.88.0.11", "10.99.0.11") + "colour: blue\n")
     r = _dvpnctl("check", "--config", str(bad))
@@ -167,11 +168,13 @@ def test_dvpnctl_check_exits_2_with_problems_and_no_traceback(tmp_path: Path) ->
     assert len(lines) == 2 and all(ln.startswith(f"{bad}:") for ln in lines), r.stderr
 
 
+@pytest.mark.process
 def test_dvpnctl_check_exits_0_on_a_good_config(tmp_path: Path) -> None:
     r = _dvpnctl("check", "--config", str(write(tmp_path, SPOKE)))
     assert r.returncode == 0 and ": ok" in r.stdout, r.stderr
 
 
+@pytest.mark.process
 def test_dvpnd_exits_with_the_config_code_on_a_bad_config(tmp_path: Path) -> None:
     bad = write(tmp_path, "role: hub\nwireguard: 3\n")
     r = subprocess.run([sys.executable, "-m", "dvpnd.daemon", "--config", str(bad)],
@@ -212,6 +215,7 @@ def test_a_peers_d_file_whose_name_is_no_spoke_name_is_refused(tmp_path: Path) -
     assert sum("the file's name" in p and "(NAME.yaml names the spoke)" in p for p in got) == 2, got
 
 
+@pytest.mark.process
 def test_spoke_add_refuses_a_name_with_a_trailing_newline(tmp_path: Path) -> None:
     (tmp_path / "peers.d").mkdir()
     cfg = write(tmp_path, HUB)

@@ -21,6 +21,7 @@ from .test_config import HUB, write
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.process
 def test_a_slice_of_the_fuzzer_ends_in_no_traceback_hang_or_blow_up() -> None:
     # its own process: the fuzzer caps its address space
     r = subprocess.run([sys.executable, "-m", "tests.fuzz_config", "--cases", "400", "--seed", "3"],
@@ -71,6 +72,7 @@ def test_a_fifo_in_peers_d_is_refused_not_waited_on(tmp_path: Path) -> None:
         load_config(f)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("text", [BOMB, "x: !!int 'zz'\n", "a: &x\n  b: *x\n"])
 def test_dvpnd_check_exits_78_so_systemd_does_not_loop(tmp_path: Path, text: str) -> None:
     f = write(tmp_path, text)

@@ -111,6 +111,7 @@ def test_a_file_at_the_socket_path_is_not_removed(sock_path: Path) -> None:
     assert sock_path.read_text() == "precious"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
 def test_a_peer_that_is_not_root_is_refused(sock_path: Path) -> None:
     async def go() -> dict[str, Any]:

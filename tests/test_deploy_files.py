@@ -18,6 +18,7 @@ from dvpnd.config.load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DSTACK = ROOT / "deploy" / "dstack"
+pytestmark = pytest.mark.process  # docker-compose and the shells read the files
 compose_cli = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose (./dev setup)")
 
 

@@ -79,3 +79,14 @@ def test_the_front_doors_never_import_the_daemon() -> None:
     g = graph()
     for door in ("dvpnd.serve.http", "dvpnd.serve.metrics", "dvpnd.serve.control", "dvpnd.serve.api"):
         assert "dvpnd.daemon.core" not in g[door], door
+
+
+def test_a_unit_test_that_starts_a_process_fails() -> None:
+    import subprocess
+
+    import pytest
+
+    from tests.conftest import StartedAProcess
+
+    with pytest.raises(StartedAProcess, match="a unit test may not, unless it is marked @pytest.mark.process"):
+        subprocess.run(["true"], check=True)

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.process
 @pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="needs the 'build' package (the dev extra)")
 def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"

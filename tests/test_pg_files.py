@@ -28,8 +28,8 @@ try:
 except KeyError:
     PGUSER = None
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or PGUSER is None,
-                                reason="needs root and the postgres user (postgresql-15, ./dev setup)")
+pytestmark = [pytest.mark.process, pytest.mark.skipif(os.geteuid() != 0 or PGUSER is None,
+                                reason="needs root and the postgres user (postgresql-15, ./dev setup)")]
 SECRET = "PRIVATE-KEY-MATERIAL-0123456789"
 
 

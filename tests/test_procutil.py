@@ -18,6 +18,7 @@ def test_pdeathsig_goes_into_the_setpriv_that_changes_the_user() -> None:
     assert with_pdeathsig(["setpriv", "--reuid=101", "--", "tar"]) == ["setpriv", "--pdeathsig", "KILL", "--reuid=101", "--", "tar"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("argv", [["sleep", "30"], ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "sleep", "30"]])
 def test_a_tool_dies_with_its_parent(argv: list[str]) -> None:
     if argv[0] == "setpriv" and os.geteuid() != 0:

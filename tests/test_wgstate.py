@@ -52,6 +52,7 @@ def as_device(d: DesiredDevice, port: int = 51820) -> DeviceState:
 
 # --- keys ---------------------------------------------------------------------------------
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools not installed")
 def test_public_key_matches_wg_pubkey() -> None:
     for _ in range(5):
