@@ -348,3 +348,22 @@ def test_auto_lets_the_kernel_load_its_module_and_falls_back_to_wireguard_go(mon
     assert _auto_with(monkeypatch, loaded=False, kernel_has_it=False) == ("userspace", ["wg0"])
     # already loaded: the kernel, nothing asked
     assert _auto_with(monkeypatch, loaded=True, kernel_has_it=True) == ("kernel", [])
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_parse_get_reads_a_captured_wireguard_go_reply_as_wg_show_reads_it() -> None:
+    """tests/data/uapi-get-3-peers.txt: wireguard-go 0.0.20220316 (Debian 12) answering get=1 for a
+    device set up with `wg set` (throwaway keys), beside `wg show dump` of the same device."""
+    dev = uapi.parse_get((DATA / "uapi-get-3-peers.txt").read_text())
+    first, *peers = (DATA / "uapi-get-3-peers.wg-dump").read_text().splitlines()
+    private, _public, port, _fwmark = first.split("\t")
+    assert dev.private_key == private and dev.listen_port == int(port) and len(dev.peers) == len(peers) == 3
+    for line in peers:
+        key, _psk, endpoint, allowed, handshake, rx, tx, keepalive = line.split("\t")
+        p = dev.peers[key]
+        assert p.allowed_ips == frozenset(allowed.split(","))
+        assert p.endpoint == (None if endpoint == "(none)" else endpoint)
+        assert p.persistent_keepalive == (0 if keepalive == "off" else int(keepalive))
+        assert (p.last_handshake, p.rx_bytes, p.tx_bytes) == (None if handshake == "0" else float(handshake), int(rx), int(tx))
