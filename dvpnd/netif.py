@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dvpnd.config.model import Config
 from dvpnd.errors import BackendError
+from dvpnd.wireguard.links import get_link
 
 log = logging.getLogger("dvpnd.link")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -54,15 +55,14 @@ def read_link(ifname: str) -> LinkState | None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
+        link = get_link(ipr, ifname)
+        if link is None:
             return None
-        link = ipr.get_links(idx[0])[0]
         up = bool(link["flags"] & 1)  # IFF_UP
         mtu = int(link.get_attr("IFLA_MTU") or 0)
         addrs = frozenset(
             f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(index=idx[0], family=2)
+            for a in ipr.get_addr(index=link["index"], family=2)
         )
         return LinkState(up=up, mtu=mtu, addresses=addrs)
 

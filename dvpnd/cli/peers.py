@@ -11,15 +11,7 @@ from typing import Any
 
 from dvpnd.cli.common import BadInput, load, request
 from dvpnd.errors import DvpnError
-
-
-def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
-    import yaml
-
-    from dvpnd.util.fsutil import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode())
+from dvpnd.util.fsutil import write_yaml
 
 
 def _reload_or_undo(args: argparse.Namespace, undo: Any) -> None:
@@ -60,7 +52,7 @@ def cmd_spoke_add(args: argparse.Namespace) -> int:
     path = config.peers_dir / f"{args.name}.yaml"
     if path.exists():
         raise BadInput(f"{path} exists already")
-    _write_yaml(path, runbook.render_peer_file(args.name, args.pubkey, address))
+    write_yaml(path, runbook.render_peer_file(args.name, args.pubkey, address))
     _reload_or_undo(args, _restore(path, None))
     raw, _ = load_or_create_private_key(config.wireguard.private_key_file)
     print(f"# added spoke {args.name} ({address}) in {path}; its /etc/dvpn/dvpnd.yaml:")
@@ -95,7 +87,7 @@ def cmd_spoke_rotate(args: argparse.Namespace) -> int:
         raise BadInput(f"spoke {args.name!r} already uses that key")
     path = runbook.peer_file_of(config, args.name)
     old = path.read_bytes()
-    _write_yaml(path, runbook.render_peer_file(spoke.name, spoke.public_key, spoke.address, args.pubkey))
+    write_yaml(path, runbook.render_peer_file(spoke.name, spoke.public_key, spoke.address, args.pubkey))
     _reload_or_undo(args, _restore(path, old))
     print(f"spoke {args.name} may now switch to its new key: run 'dvpnctl rotate-key --commit' on it;\n"
           "the hub moves its address to the new key at its first handshake and then drops the old key")

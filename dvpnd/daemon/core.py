@@ -19,8 +19,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from dvpnd.config import peers as runbook
 from dvpnd.config.load import load_config
 from dvpnd.config.model import DEFAULT_CONFIG, Config
@@ -34,7 +32,7 @@ from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.serve import control
 from dvpnd.serve import http as httpapi
 from dvpnd.serve.api import Counters, Outcome, Published
-from dvpnd.util.fsutil import write_atomic
+from dvpnd.util.fsutil import write_yaml
 from dvpnd.util.log import REDACTOR, set_level, setup_logging
 from dvpnd.util.systemd import Notifier
 from dvpnd.wireguard.device import DeviceState, rotation_done
@@ -168,7 +166,7 @@ class Daemon:
             try:
                 path = runbook.peer_file_of(self.config, p.name)
                 doc = runbook.render_peer_file(p.name, p.next_public_key or "", p.address)
-                await asyncio.to_thread(write_atomic, path, yaml.safe_dump(doc, sort_keys=False).encode())
+                await asyncio.to_thread(write_yaml, path, doc)
                 log.info("spoke %s rotated to its new key %s", p.name, p.next_public_key)
             except DvpnError as e:
                 log.warning("spoke %s uses its new key; finish by hand: %s", p.name, e)

@@ -20,16 +20,14 @@ import signal
 import string
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dvpnd.errors import DvpnError
-from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in
+from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in, wait_until
 from dvpnd.serve import control
+from dvpnd.util.fsutil import write_yaml
 from dvpnd.util.procutil import wait_exit
 from dvpnd.wireguard.uapi import socket_peer_pid
 
@@ -195,32 +193,26 @@ def stop_daemon(node: Node, sig: int = signal.SIGTERM, timeout: float = 10) -> N
 def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
     """Wait until the node's daemon answers and has done its first reconcile."""
     sock = Path(node.dir) / "control.sock"
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
+    last = ["no answer"]
+
+    def ready() -> dict[str, Any] | None:
         try:
-            reply = control.request(sock, "status", timeout=5)
-            st = reply.get("status", {})
+            st: dict[str, Any] = control.request(sock, "status", timeout=5).get("status", {})
             if st.get("ready") and st.get("interface_up"):
                 return st
-            last = st.get("reconcile_error") or "not ready yet"
+            last[0] = st.get("reconcile_error") or "not ready yet"
         except DvpnError as e:
-            last = str(e)
+            last[0] = str(e)
         if not pid_alive(read_pid(node)):
             raise DvpnError(f"{node.name}: dvpnd exited; see {Path(node.dir) / 'dvpnd.log'}")
-        time.sleep(0.2)
-    raise DvpnError(f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last}")
+        return None
+
+    return wait_until(ready, timeout, 0.2, lambda: f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last[0]}")
 
 
 def pubkey(node: Node) -> str:
     r = run_in(node, [sys.executable, "-m", "dvpnd.cli", "pubkey", "--config", str(node.config)])
     return r.stdout.strip()
-
-
-def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    from dvpnd.util.fsutil import write_atomic
-
-    write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
@@ -255,7 +247,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     hub = next(n for n in nodes if n.role == "hub")
     assert hub.config is not None
     if not Path(hub.config).exists():
-        _write_yaml(Path(hub.config), render_node_config(hub, backend, None))
+        write_yaml(Path(hub.config), render_node_config(hub, backend, None))
     (Path(hub.dir) / "peers.d").mkdir(exist_ok=True)
     if not pid_alive(read_pid(hub)):
         start_daemon(hub)
@@ -266,14 +258,14 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     for s in (n for n in nodes if n.role == "spoke"):
         assert s.config is not None
         if not Path(s.config).exists():
-            _write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres))
+            write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres))
         if not pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
         peer_file = Path(hub.dir) / "peers.d" / f"{s.name}.yaml"
         if not peer_file.exists():
             # The runbook's "add a spoke": the spoke made its key; only the public half travels.
-            _write_yaml(peer_file, {"name": s.name, "public_key": pubkey(s), "address": s.overlay_ip})
+            write_yaml(peer_file, {"name": s.name, "public_key": pubkey(s), "address": s.overlay_ip})
             added = True
     if added:
         reply = control.request(Path(hub.dir) / "control.sock", "reload")
@@ -289,11 +281,10 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
 
 def wait_handshakes_done(nodes: list[Node], timeout: float) -> None:
     """Wait until the hub sees every spoke up and every spoke sees the hub up."""
-    want = {n.name for n in nodes if n.runs_dvpnd}
-    deadline = time.monotonic() + timeout
-    missing = want
-    while time.monotonic() < deadline:
-        missing = set()
+    missing: set[str] = {n.name for n in nodes if n.runs_dvpnd}
+
+    def all_up() -> bool:
+        missing.clear()
         for n in nodes:
             if not n.runs_dvpnd:
                 continue
@@ -301,11 +292,10 @@ def wait_handshakes_done(nodes: list[Node], timeout: float) -> None:
             peers = st.get("peers", [])
             if not peers or any(p.get("state") != "up" for p in peers):
                 missing.add(n.name)
-        if not missing:
-            return
-        time.sleep(0.5)
-    raise DvpnError(f"nodes with peers that have not handshaken after {timeout:.0f}s: "
-                    f"{', '.join(sorted(missing))}")
+        return not missing
+
+    wait_until(all_up, timeout, 0.5, lambda: f"nodes with peers that have not handshaken after {timeout:.0f}s: "
+                                             f"{', '.join(sorted(missing))}")
 
 
 def down() -> list[str]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from dvpnd.errors import DvpnError
 
 LAB_DIR = Path(os.environ.get("DVPN_LAB_DIR", "/run/dvpn-lab"))
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,10 +48,28 @@ def node_env(node: Node) -> dict[str, str]:
     return env
 
 
-def run_in(node: Node, argv: list[str], check: bool = True, timeout: float = 60,
-           capture: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(node_argv(node, argv), check=check, timeout=timeout, text=True,
-                          capture_output=capture, env=node_env(node))
+def run_in(node: Node, argv: list[str], check: bool = True, timeout: float = 60, capture: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in the node; with `check`, a failure is a DvpnError saying what exited and why."""
+    r = subprocess.run(node_argv(node, argv), timeout=timeout, text=True, capture_output=capture,
+                       env=dict(node_env(node), **(env or {})))
+    if check and r.returncode != 0:
+        raise DvpnError(f"{node.name}: {' '.join(argv[-6:])} exited {r.returncode}: "
+                        f"{(r.stderr or r.stdout or '').strip()}")
+    return r
+
+
+def wait_until(cond: Callable[[], T | None], timeout: float, step: float, failed: Callable[[], str]) -> T:
+    """Poll `cond` every `step` seconds until it returns something (returned), or raise
+    DvpnError(failed()) after `timeout`. `cond` may raise to stop early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got is not None and got is not False:
+            return got
+        if time.monotonic() >= deadline:
+            raise DvpnError(failed())
+        time.sleep(step)
 
 
 def pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
-from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive
+from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in, wait_until
 from dvpnd.postgres.server import as_user, scram_verifier, server_user
 from dvpnd.postgres.state import connect
 from dvpnd.util.fsutil import write_atomic
@@ -64,21 +64,12 @@ def stop_server(node: Node, how: int = signal.SIGINT) -> list[str]:
     return [f"stopped postgres in {node.name} (pid {pid})"]
 
 
-def run(node: Node, argv: list[str], env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(node_argv(node, argv), capture_output=True, text=True, timeout=timeout,
-                       env=dict(node_env(node), **(env or {})))
-    if check and r.returncode != 0:
-        raise DvpnError(f"{node.name}: {' '.join(argv[-6:])} exited {r.returncode}: {(r.stderr or r.stdout).strip()}")
-    return r
-
-
 def psql(node: Node, sql: str, db: str = "postgres", check: bool = True) -> str:
     """Run SQL on the node's own server over its socket, as the postgres superuser."""
     pg = _pg(node)
     argv = as_user(pg, [str(pg.bin_dir / "psql"), "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "postgres",
                         "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-    return run(node, argv, check=check).stdout.strip()
+    return run_in(node, argv, check=check, timeout=120).stdout.strip()
 
 
 def app_password() -> str:
@@ -90,26 +81,25 @@ def app_psql(node: Node, host: str, sql: str, check: bool = True) -> subprocess.
     pg = _pg(node)
     argv = [str(pg.bin_dir / "psql"), f"host={host} port={pg.port} user={APP_USER} dbname={APP_DB} "
             "connect_timeout=5 sslmode=disable", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
-    return run(node, argv, env={"PGPASSWORD": app_password()}, check=check, timeout=30)
+    return run_in(node, argv, env={"PGPASSWORD": app_password()}, check=check, timeout=30)
 
 
 def dvpnctl(node: Node, *args: str) -> str:
     assert node.config is not None
-    return run(node, [sys.executable, "-m", "dvpnd.cli", *args, "--config", node.config], timeout=600).stdout
+    return run_in(node, [sys.executable, "-m", "dvpnd.cli", *args, "--config", node.config], timeout=600).stdout
 
 
 def wait_server(node: Node, timeout: float = 60) -> None:
     pg = _pg(node)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = run(node, [str(pg.bin_dir / "pg_isready"), "-q", "-h", str(pg.socket_dir), "-p", str(pg.port)],
-                check=False)
-        if r.returncode == 0:
-            return
-        if server_pid(node) is None:
+
+    def accepting() -> bool:
+        r = run_in(node, [str(pg.bin_dir / "pg_isready"), "-q", "-h", str(pg.socket_dir), "-p", str(pg.port)],
+                   check=False, timeout=120)
+        if r.returncode != 0 and server_pid(node) is None:
             raise DvpnError(f"{node.name}: postgres exited; see {Path(node.dir) / 'postgres.log'}")
-        time.sleep(0.3)
-    raise DvpnError(f"{node.name}: postgres not accepting connections after {timeout:.0f}s")
+        return r.returncode == 0
+
+    wait_until(accepting, timeout, 0.3, lambda: f"{node.name}: postgres not accepting connections after {timeout:.0f}s")
 
 
 def _prepare_dirs(node: Node, password: str) -> None:
@@ -123,14 +113,14 @@ def _prepare_dirs(node: Node, password: str) -> None:
 
 
 def wait_streaming(primary: Node, replicas: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    n = "0"
-    while time.monotonic() < deadline:
-        n = psql(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", check=False)
-        if n == str(replicas):
-            return
-        time.sleep(0.3)
-    raise DvpnError(f"{primary.name}: {n or 0} of {replicas} replicas streaming after {timeout:.0f}s")
+    n = ["0"]
+
+    def streaming() -> bool:
+        n[0] = psql(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", check=False)
+        return n[0] == str(replicas)
+
+    wait_until(streaming, timeout, 0.3,
+               lambda: f"{primary.name}: {n[0] or 0} of {replicas} replicas streaming after {timeout:.0f}s")
 
 
 def up(nodes: list[Node]) -> None:
@@ -174,23 +164,23 @@ def wait_reported(spokes: list[Node], timeout: float = 20) -> None:
     """Until every spoke's status page shows its server up (dvpnd polls every few seconds)."""
     import json
 
-    deadline = time.monotonic() + timeout
     waiting = [s.name for s in spokes]
-    while time.monotonic() < deadline:
-        waiting = []
+
+    def reported() -> bool:
+        waiting.clear()
         for s in spokes:
             assert s.status_url is not None
-            r = run(s, ["curl", "-s", "--max-time", "5", s.status_url], check=False)
+            r = run_in(s, ["curl", "-s", "--max-time", "5", s.status_url], check=False, timeout=120)
             try:
                 role = (json.loads(r.stdout).get("postgres") or {}).get("role")
             except ValueError:
                 role = None
             if role not in ("primary", "replica"):
                 waiting.append(s.name)
-        if not waiting:
-            return
-        time.sleep(0.5)
-    raise DvpnError(f"dvpnd does not see PostgreSQL up on {', '.join(waiting)} after {timeout:.0f}s")
+        return not waiting
+
+    wait_until(reported, timeout, 0.5,
+               lambda: f"dvpnd does not see PostgreSQL up on {', '.join(waiting)} after {timeout:.0f}s")
 
 
 def demo(nodes: list[Node]) -> list[str]:
@@ -205,12 +195,12 @@ def demo(nodes: list[Node]) -> list[str]:
              f"INSERT INTO lab_rows (note) VALUES ('{stamp}')")
     lines = [f"{client.name} wrote '{stamp}' on {primary.name} ({primary.overlay_ip}:5432) over the overlay"]
     for r in replicas:
-        deadline = time.monotonic() + 10
-        seen = ""
-        while time.monotonic() < deadline:
-            seen = psql(r, f"SELECT count(*) FROM lab_rows WHERE note = '{stamp}'", db=APP_DB, check=False)
-            if seen == "1":
-                break
-            time.sleep(0.1)
-        lines.append(f"{r.name} (replica): {'row replicated' if seen == '1' else 'row NOT replicated'}")
+        def replicated(r: Node = r) -> bool:
+            return psql(r, f"SELECT count(*) FROM lab_rows WHERE note = '{stamp}'", db=APP_DB, check=False) == "1"
+
+        try:
+            wait_until(replicated, 10, 0.1, lambda: "not replicated")
+            lines.append(f"{r.name} (replica): row replicated")
+        except DvpnError:
+            lines.append(f"{r.name} (replica): row NOT replicated")
     return lines

@@ -7,6 +7,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from dvpnd.errors import DvpnError
 
@@ -66,3 +67,11 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def write_yaml(path: Path, doc: dict[str, Any], mode: int = 0o644) -> None:
+    """A YAML file written durably (the runbooks' peers.d files, the lab's configs)."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode(), mode=mode)

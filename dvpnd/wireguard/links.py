@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dvpnd.errors import BackendError
+
+
+def get_link(ipr: Any, ifname: str) -> Any | None:
+    """The link's netlink message by name (pyroute2's IPRoute `ipr`), or None if absent."""
+    idx = ipr.link_lookup(ifname=ifname)
+    return ipr.get_links(idx[0])[0] if idx else None
 
 
 def link_kind(ifname: str) -> str | None:
@@ -10,10 +18,9 @@ def link_kind(ifname: str) -> str | None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=ifname)
-        if not links:
+        msg = get_link(ipr, ifname)
+        if msg is None:
             return None
-        msg = ipr.get_links(links[0])[0]
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
         return str(kind) if kind else "unknown"
