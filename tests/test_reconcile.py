@@ -74,3 +74,33 @@ def test_a_new_peer_is_one_write_of_that_peer_only(tmp_path: Path, monkeypatch: 
     result = r.reconcile(now=1001.0)
     assert [c.public_key for c in result.wg_changes.peers] == [K2] and result.wg_changes.peers[0].create
     assert dev.writes == 2 and not r.reconcile(now=1002.0).wg_changes
+
+
+def test_rekey_applies_a_new_key_and_refuses_a_bad_one_keeping_the_old(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from dvpnd.daemon.core import Daemon
+    from dvpnd.wireguard.keys import encode_key, generate_private_key
+
+    install(monkeypatch)
+    f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
+    d = Daemon(f, load_config(f))
+    dev = FakeBackend()
+    d.reconciler.backend = dev
+    d.reconciler.load_key()
+
+    async def go() -> None:
+        assert await d.reconcile("start")
+        old = dev.state.private_key if dev.state else None
+        key_file = d.config.wireguard.private_key_file
+        new = encode_key(generate_private_key())
+        key_file.write_text(new + "\n")
+        outcome = await d.rekey()
+        assert outcome.ok and not outcome.problems and dev.state is not None and dev.state.private_key == new != old
+        key_file.write_text("not a key\n")
+        outcome = await d.rekey()
+        assert not outcome.ok and outcome.problems[0].startswith(f"{key_file}: the private key file")
+        assert dev.state.private_key == new  # the device keeps the key in use
+
+    asyncio.run(go())
