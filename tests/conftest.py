@@ -5,15 +5,21 @@ behaviour is the point). The lab's tests (tests/lab) start processes by nature."
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from typing import Any
 
 import pytest
 
-try:  # psycopg finds libpq with ldconfig (a process) on first import: do it before any test
-    import psycopg.pq  # noqa: F401
-except ImportError:
-    pass
+# Libraries that start a process the first time they are imported or asked (psycopg finds libpq
+# with ldconfig; Debian's pyroute2 0.7.2 asks platform for the processor, which runs uname -p):
+# done once here, before any test, so the rule below judges the code under test only.
+platform.uname().processor  # noqa: B018 - cached on the shared uname result
+for _module in ("psycopg.pq", "pyroute2"):  # pyroute2 0.7.2 also runs `file -b` (platform.architecture)
+    try:
+        __import__(_module)
+    except ImportError:
+        pass
 
 
 class StartedAProcess(AssertionError):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from dvpnd.config.load import load_config
+from dvpnd.daemon.core import Daemon  # at import: a library probes `uname -p` then, and a unit test may not
 from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.errors import BackendError
 from dvpnd.testing.fakes import FakeBackend, install
+from dvpnd.wireguard.keys import encode_key, generate_private_key
 
 from .test_config import HUB, K2, write
 
@@ -78,11 +81,6 @@ def test_a_new_peer_is_one_write_of_that_peer_only(tmp_path: Path, monkeypatch: 
 
 def test_rekey_applies_a_new_key_and_refuses_a_bad_one_keeping_the_old(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
-    from dvpnd.daemon.core import Daemon
-    from dvpnd.wireguard.keys import encode_key, generate_private_key
-
     install(monkeypatch)
     f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
     d = Daemon(f, load_config(f))

@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from dvpnd import netif
 from dvpnd.config import peers as runbook
 from dvpnd.config.load import load_config
 from dvpnd.config.model import DEFAULT_CONFIG, Config
@@ -26,7 +27,6 @@ from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.daemon.status import Snapshot, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
-from dvpnd.netif import read_link
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.serve import control
@@ -204,7 +204,7 @@ class Daemon:
 
     def _read_snapshot(self) -> Snapshot:
         c = self.config
-        lnk = read_link(c.wireguard.interface)
+        lnk = netif.read_link(c.wireguard.interface)
         backend = self.reconciler.backend
         device = None
         if backend is not None and lnk is not None:
