@@ -121,6 +121,10 @@ def test_a_symlink_or_fifo_at_a_dvpn_file_is_refused(tree: Path, name: str) -> N
     as_postgres("mkfifo", str(d / name))
     with pytest.raises(pg.PgError, match="not a regular file"):
         pg.write_files(c)  # and does not hang on the FIFO
+    (d / name).unlink()
+    as_postgres("mkdir", str(d / name))
+    with pytest.raises(pg.PgError, match="not a regular file"):
+        pg.write_files(c)  # a directory: refused, not a traceback
 
 
 def test_a_symlinked_data_dir_is_refused_and_its_target_keeps_its_owner(tree: Path) -> None:

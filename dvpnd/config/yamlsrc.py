@@ -13,13 +13,13 @@ the text they were written as. Every problem is a YamlSyntaxError naming the fil
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dvpnd.util.fsutil import UnsafeFile, read_regular
 
 KeyPath = tuple[str | int, ...]
 MAX_BYTES = 1 << 20
@@ -149,25 +149,14 @@ class _Converter:
 
 
 def read_text(path: Path, limit: int = MAX_BYTES) -> str:
-    """The text of a regular file (links followed) of at most `limit` bytes, else YamlSyntaxError.
-    A FIFO is opened without waiting for a writer and refused, as are devices and directories."""
+    """The text of a regular file (links followed) of at most `limit` bytes, else YamlSyntaxError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise YamlSyntaxError(f"{path}: file not found") from None
-    except OSError as e:
-        raise YamlSyntaxError(f"{path}: cannot read: {e.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise YamlSyntaxError(f"{path}: not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise YamlSyntaxError(f"{path}: larger than {limit // 1024} KiB; a configuration is a few lines")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise YamlSyntaxError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        text = read_regular(path, limit, follow_links=True)
+    except UnsafeFile as e:
+        raise YamlSyntaxError(f"{e}; a configuration is a plain file of a few lines") from None
+    if text is None:
+        raise YamlSyntaxError(f"{path}: file not found")
+    return text
 
 
 def load_yaml_file(path: Path) -> Source:

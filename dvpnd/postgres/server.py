@@ -24,7 +24,7 @@ from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import PgError
 from dvpnd.postgres import conf as pgconf
 from dvpnd.postgres.state import connect, read_status
-from dvpnd.util.fsutil import read_regular, write_atomic
+from dvpnd.util.fsutil import UnsafeFile, read_regular, write_atomic
 from dvpnd.util.procutil import ChildError, call_as, child_env
 
 T = TypeVar("T")
@@ -98,31 +98,26 @@ def _text(text: str) -> Callable[[str | None], str]:
 # --- the replication password ------------------------------------------------------------
 
 def read_password(pg: PostgresConfig) -> str:
-    """The replication password: a regular file (links followed) that only its owner reads."""
+    """The replication password: a regular file (links followed) that only root reads."""
     path = pg.password_file
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise PgError(f"{path}: missing (postgres.password_file: the replication password, "
-                      "the same on every spoke; 'dvpnctl pg password' makes one)") from None
-    except OSError as e:
-        raise PgError(f"{path}: cannot read: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PgError(f"{path}: not a regular file")
+
+    def private(st: os.stat_result) -> None:
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise PgError(f"{path}: the replication password is accessible by group or others "
                           f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'")
         if os.geteuid() == 0 and st.st_uid != 0:
             raise PgError(f"{path}: owned by uid {st.st_uid}, not root: whoever owns it can change the "
                           f"replication password; run 'chown root: {path}'")
-        data = f.read(4097)
+
     try:
-        text = data.decode().strip()
-    except UnicodeDecodeError:
-        raise PgError(f"{path}: not UTF-8 text") from None
-    if len(text) < 16 or len(data) > 4096 or "\n" in text:
+        text = read_regular(path, 4096, follow_links=True, check=private)
+    except UnsafeFile as e:
+        raise PgError(str(e)) from None
+    if text is None:
+        raise PgError(f"{path}: missing (postgres.password_file: the replication password, "
+                      "the same on every spoke; 'dvpnctl pg password' makes one)")
+    text = text.strip()
+    if len(text) < 16 or "\n" in text:
         raise PgError(f"{path}: must hold one line of 16 to 4096 characters")
     return text
 

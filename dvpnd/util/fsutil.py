@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +17,36 @@ class UnsafeFile(DvpnError):
     """A path is not the plain file it should be (a link, a FIFO, a device, too large)."""
 
 
-def read_regular(path: Path, limit: int = 1 << 20) -> str | None:
-    """The text of `path` if it is a regular file (not a symbolic link, FIFO or device) of at
-    most `limit` bytes; None if it does not exist."""
+def read_regular(path: Path, limit: int = 1 << 20, follow_links: bool = False,
+                 check: Callable[[os.stat_result], None] | None = None) -> str | None:
+    """The text of `path` if it is a regular file of at most `limit` bytes, None if it does not
+    exist; UnsafeFile otherwise. A FIFO is opened without waiting for a writer and refused, as are
+    devices and directories; a symbolic link too unless `follow_links`. `check` sees the open
+    file's stat (mode, owner) and may raise before anything is read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno == errno.ELOOP and not follow_links:
             raise UnsafeFile(f"{path}: a symbolic link; refusing to follow it") from None
-        raise UnsafeFile(f"{path}: cannot open: {e.strerror}") from None
+        raise UnsafeFile(f"{path}: cannot read: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)  # before fdopen, which refuses a directory with an exception of its own
+        raise UnsafeFile(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile(f"{path}: not a regular file")
+        if check is not None:
+            check(st)
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise UnsafeFile(f"{path}: larger than {limit} bytes")
+        size = f"{limit // 1024} KiB" if limit >= 1024 else f"{limit} bytes"
+        raise UnsafeFile(f"{path}: larger than {size}")
     try:
         return data.decode()
-    except UnicodeDecodeError:
-        raise UnsafeFile(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise UnsafeFile(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
