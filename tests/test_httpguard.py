@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from dvpnd.serve import http as httpapi
-from dvpnd.serve.guard import ConnectionTable, Limits
+from dvpnd.serve.guard import ConnectionTable, Limits, has_body
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -246,3 +246,33 @@ def test_caps_are_checked_by_the_config_loader(tmp_path: Any) -> None:
     c = load_config(f)
     assert (c.status.max_connections, c.status.max_per_source) == (1000, 1000)
     assert (c.metrics.max_connections, c.metrics.max_per_source) == (256, 64)
+
+
+@pytest.mark.parametrize("head, body", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", False),
+    (b"GET / HTTP/1.1\r\ncontent-length:  0 \r\n\r\n", False),
+    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", True),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+    (b"POST / HTTP/1.1\r\nContent-Length: 0\r\nTRANSFER-ENCODING: identity\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n", False),
+])
+def test_a_body_is_what_the_header_block_announces(head: bytes, body: bool) -> None:
+    assert has_body(head) is body
+
+
+@pytest.mark.parametrize("keys, message", [
+    ("  max_connections: 0\n", "status.max_connections: 0 is out of range (1-65536)"),
+    ("  max_connections_per_source: 100000\n", "status.max_connections_per_source: 100000 is out of range"),
+    ("  max_connections: '10'\n", "status.max_connections: must be an integer, got a string"),
+])
+def test_connection_caps_out_of_range_are_refused(tmp_path: Any, keys: str, message: str) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
+    from tests.test_config import SPOKE
+
+    f = tmp_path / "dvpnd.yaml"
+    f.write_text(SPOKE + "status:\n" + keys)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert any(message in p for p in e.value.problems), e.value.problems

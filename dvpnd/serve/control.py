@@ -82,30 +82,34 @@ def parse_request(line: bytes) -> dict[str, Any] | str:
     return req
 
 
-async def _serve_one(view: View, commands: Commands, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-    reply: dict[str, Any]
+async def read_request(reader: asyncio.StreamReader) -> dict[str, Any] | str:
+    """The one request a client sends, or what is wrong with it."""
     try:
         line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout=REQUEST_TIMEOUT)
     except TimeoutError:
-        line = None
+        return f"no request within {REQUEST_TIMEOUT:.0f} s"
     except asyncio.LimitOverrunError:
-        line = b"x" * (MAX_REQUEST + 1)
+        return f"request too large (at most {MAX_REQUEST} bytes)"
     except asyncio.IncompleteReadError as e:
         line = e.partial  # no newline before EOF: judge what came
+    return parse_request(line)
+
+
+async def _serve_one(view: View, commands: Commands, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    reply: dict[str, Any]
+    req = await read_request(reader)  # read even from a stranger: closing on unread data resets
     if _peer_uid(writer) not in (0, os.geteuid()):
         reply = {"ok": False, "problems": ["permission denied: the control socket answers root only"]}
+    elif isinstance(req, str):
+        reply = {"ok": False, "problems": [req], "bad_input": True}
     else:
-        req = parse_request(line) if line is not None else f"no request within {REQUEST_TIMEOUT:.0f} s"
-        if isinstance(req, str):
-            reply = {"ok": False, "problems": [req], "bad_input": True}
-        else:
-            try:
-                reply = await handle(view, commands, req)
-            except Exception as e:  # noqa: BLE001 - a reply, not a silent close, whatever happened
-                log.error("control request %r failed: %s", req.get("cmd"), e)
-                log.debug("control request failed", exc_info=True)
-                reply = {"ok": False, "problems": [f"dvpnd could not do {req.get('cmd')!r}: {e}"]}
+        try:
+            reply = await handle(view, commands, req)
+        except Exception as e:  # noqa: BLE001 - a reply, not a silent close, whatever happened
+            log.error("control request %r failed: %s", req.get("cmd"), e)
+            log.debug("control request failed", exc_info=True)
+            reply = {"ok": False, "problems": [f"dvpnd could not do {req.get('cmd')!r}: {e}"]}
     writer.write(json.dumps(reply).encode() + b"\n")
     await writer.drain()
 

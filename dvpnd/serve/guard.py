@@ -24,16 +24,22 @@ aiohttp version:
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("dvpnd.http")
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r]*)\r\n", re.IGNORECASE)
 
-_BODY = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
-_EMPTY_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*0[ \t]*\r\n", re.IGNORECASE)
+
+def has_body(head: bytes) -> bool:
+    """Whether a request's header block announces a body (any Transfer-Encoding, or a
+    Content-Length that is not 0)."""
+    if _CHUNKED.search(head):
+        return True
+    length = _LENGTH.search(head)
+    return length is not None and length.group(1).strip() != b"0"
 
 
 @dataclass(frozen=True)
@@ -203,7 +209,7 @@ class GuardedConnection(asyncio.BufferedProtocol):
             self.close()
             return
         head = view[:end]
-        if _BODY.search(head) and not (_EMPTY_LENGTH.search(head) and b"ransfer-" not in head.lower()):
+        if has_body(head):
             # what is buffered of the body goes along; nothing more is read from this client
             self.last = True
             head, end = view, len(view)

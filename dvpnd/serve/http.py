@@ -33,11 +33,9 @@ SERVER_NAME = "dvpnd"
 
 
 class Server:
-    def __init__(self, runners: list[web.AppRunner], listeners: list[asyncio.AbstractServer],
-                 tables: list[ConnectionTable]):
+    def __init__(self, runners: list[web.AppRunner], listeners: list[asyncio.AbstractServer]):
         self.runners = runners
         self.listeners = listeners
-        self.tables = tables
 
     async def close(self) -> None:
         for listener in self.listeners:
@@ -150,7 +148,7 @@ async def _serve(app: web.Application, table: ConnectionTable, what: str, addres
 
 async def start(view: View, st: ListenConfig, mt: ListenConfig) -> Server:
     """Start the status page and the metrics endpoint, each on its configured address."""
-    runners, listeners, tables = [], [], []
+    runners, listeners = [], []
     for make, what, lc in ((make_app, "status page", st), (make_metrics_app, "metrics", mt)):
         if not lc.enabled:
             continue
@@ -159,5 +157,4 @@ async def start(view: View, st: ListenConfig, mt: ListenConfig) -> Server:
         if served := await _serve(make(view, table), table, what, lc.address, lc.port):
             runners.append(served[0])
             listeners.append(served[1])
-            tables.append(table)
-    return Server(runners, listeners, tables)
+    return Server(runners, listeners)
