@@ -14,7 +14,7 @@ from dvpnd.config.model import (
     Endpoint,
 )
 from dvpnd.config.yamlsrc import KeyPath, Source
-from dvpnd.wireguard.keys import decode_key
+from dvpnd.wireguard.keytext import decode_key
 
 DURATION_RE = re.compile(r"^(\d+)\s*([smhd]?)\Z")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

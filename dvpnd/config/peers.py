@@ -8,7 +8,7 @@ from typing import Any
 
 from dvpnd.config.model import Config, PeerSpec
 from dvpnd.errors import DvpnError
-from dvpnd.wireguard.keys import decode_key
+from dvpnd.wireguard.keytext import decode_key
 
 
 class RunbookInputError(DvpnError):

@@ -6,58 +6,32 @@ status answer or error message carries it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import os
 import stat
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
 from dvpnd.errors import DvpnError
+from dvpnd.wireguard.keytext import KEY_LEN, decode_key, encode_key
+
+__all__ = ["KEY_LEN", "KeyFileError", "decode_key", "encode_key", "generate_private_key",
+           "load_or_create_private_key", "public_key", "replace_private_key"]
 from dvpnd.util.fsutil import write_atomic
 
-KEY_LEN = 32
-_P = 2**255 - 19
-_A24 = 121665
 
 
 class KeyFileError(DvpnError):
     """The key file cannot be used (unsafe permissions, unreadable, malformed)."""
 
 
-def _x25519(scalar: bytes, u_coord: bytes) -> bytes:
-    """X25519 scalar multiplication (RFC 7748, section 5), constant structure ladder."""
-    k = bytearray(scalar)
-    k[0] &= 248
-    k[31] &= 127
-    k[31] |= 64
-    n = int.from_bytes(k, "little")
-    x1 = int.from_bytes(u_coord, "little") & ((1 << 255) - 1)
-    x2, z2, x3, z3 = 1, 0, x1, 1
-    swap = 0
-    for t in reversed(range(255)):
-        bit = (n >> t) & 1
-        swap ^= bit
-        if swap:
-            x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = bit
-        a, b = (x2 + z2) % _P, (x2 - z2) % _P
-        aa, bb = a * a % _P, b * b % _P
-        e = (aa - bb) % _P
-        c, d = (x3 + z3) % _P, (x3 - z3) % _P
-        da, cb = d * a % _P, c * b % _P
-        x3 = (da + cb) ** 2 % _P
-        z3 = x1 * (da - cb) ** 2 % _P
-        x2 = aa * bb % _P
-        z2 = e * (aa + _A24 * e) % _P
-    if swap:
-        x2, z2 = x3, z3
-    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
-
-
 def generate_private_key() -> bytes:
-    """A fresh, clamped Curve25519 private key from the OS's random source."""
-    k = bytearray(os.urandom(KEY_LEN))
+    """A fresh Curve25519 private key (the library's, from the OS's random source), clamped
+    as `wg genkey` prints it."""
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    k = bytearray(raw)
     k[0] &= 248
     k[31] &= 127
     k[31] |= 64
@@ -66,26 +40,9 @@ def generate_private_key() -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def public_key(private: bytes) -> bytes:
-    """The public key of a private key (what `wg pubkey` prints, as raw bytes)."""
-    return _x25519(private, (9).to_bytes(32, "little"))
-
-
-def encode_key(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def decode_key(text: str) -> bytes:
-    """Decode a base64 WireGuard key; raise ValueError with a reason if it is not one."""
-    text = text.strip()
-    if len(text) != 44 or not text.endswith("="):
-        raise ValueError("is not a WireGuard key (44 characters of base64 ending in '=')")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64") from None
-    if len(raw) != KEY_LEN:
-        raise ValueError("does not decode to 32 bytes")
-    return raw
+    """The public key of a private key (what `wg pubkey` prints, as raw bytes): X25519 from
+    `cryptography` (OpenSSL's constant-time implementation)."""
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def load_or_create_private_key(path: Path) -> tuple[bytes, bool]:
