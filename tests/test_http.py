@@ -24,7 +24,7 @@ def test_status_json_is_the_seeds_and_carries_no_key_or_endpoint() -> None:
         "node": "spoke-a", "overlay_ip": "10.88.0.11",
         "wg": {"interface": "wg0", "peer_count": 1, "max_last_handshake_sec": 15},
         "disk_free_gb": 45.2, "time": "1970-01-01T00:16:40.250Z",
-        "role": "spoke", "state": "ok", "peers_up": 1, "version": st["version"],
+        "role": "spoke", "state": "ok", "peers_up": 1, "version": st["version"], "mode": "routed",
     }
     assert "K" * 43 not in str(st) and "192.0.2.10" not in str(st)
     assert re.fullmatch(r"\d+\.\d+\.\d+", st["version"])

@@ -25,8 +25,8 @@ def load(path: Path) -> Config:
     return load_config(path)
 
 
-def request(args: argparse.Namespace, cmd: str) -> dict[str, Any]:
+def request(args: argparse.Namespace, cmd: str, **extra: Any) -> dict[str, Any]:
     from dvpnd.serve import control
 
     config = load(args.config)
-    return control.request(config.control_socket, cmd)
+    return control.request(config.control_socket, cmd, **extra)

@@ -34,26 +34,34 @@ from dvpnd.config.model import (
     DEFAULT_METRICS_PORT,
     DEFAULT_MTU,
     DEFAULT_NETWORK,
+    DEFAULT_OVERLAY_PORT,
     DEFAULT_PORT,
     DEFAULT_STATE_DIR,
     DEFAULT_STATUS_PORT,
+    DEFAULT_TRANSIT_NETWORK,
     LOG_LEVELS,
+    MODES,
+    OVERLAY_OVERHEAD,
     Config,
     Endpoint,
     FirewallConfig,
     HubSpec,
     ListenConfig,
+    OverlayConfig,
     PeerSpec,
     WireGuardConfig,
 )
 from dvpnd.config.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
 from dvpnd.errors import ConfigError
+from dvpnd.roster.authority import decode_public
 
 # RFC 1918 and the shared space of RFC 6598: an overlay anywhere else would capture real
 # destinations (0.0.0.0/0), loopback, multicast or link-local traffic
 PRIVATE_BLOCKS = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
 
 
+OVERLAY_KEYS = {"network", "hub_address", "address", "mode", "authority", "min_serial", "transit_network",
+                "transit_interface", "port", "mtu", "private_key_file", "roster_poll"}
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
     "overlay", "wireguard", "hub", "peers", "peers_dir", "firewall", "status", "metrics",
@@ -93,7 +101,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
                         check=lambda v: None if 30 <= v <= 86400 else "must be between 30 and 86400 seconds")
 
     # overlay
-    ov = r.section(top, ("overlay",), {"network", "hub_address", "address"})
+    ov = r.section(top, ("overlay",), OVERLAY_KEYS)
     network = _network(r, ov)
     hub_address = overlay_address(r, ov, ("overlay", "hub_address"), network,
                            default=str(next(network.hosts())) if network else None)
@@ -124,6 +132,8 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         private_key_file=abs_path(r, wgm, ("wireguard", "private_key_file"), str(state_dir / "private.key")),
     )
 
+    overlay = _overlay(r, ov, network, wg, state_dir)
+
     # hub (spokes) / peers (hub)
     hub: HubSpec | None = None
     public_endpoint: Endpoint | None = None
@@ -135,6 +145,10 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         if "hub" in top:
             r.error(("hub",), "only a spoke names a hub (this node has role: hub)")
         peers = _peers(r, top, peers_dir, network, hub_address, problems)
+        if overlay.confidential and peers:
+            r.error(("peers",), f"{len(peers)} spokes listed in peers or {peers_dir}: in confidential mode "
+                                "the signed roster names the spokes (dvpnctl roster add, then roster publish "
+                                "on the hub); peers.d is for overlay.mode: routed")
         ep_text = r.get(top, ("public_endpoint",), str, default="")
         if ep_text:
             try:
@@ -169,8 +183,66 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         hub_address=hub_address, address=address, wireguard=wg, hub=hub, peers=tuple(peers),
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
-        public_endpoint=public_endpoint, postgres=pg, backup=backup,
+        public_endpoint=public_endpoint, postgres=pg, backup=backup, overlay=overlay,
     )
+
+
+def _overlay(r: Reader, ov: dict[str, Any], network: IPv4Network | None, wg: WireGuardConfig,
+             state_dir: Path) -> OverlayConfig:
+    kp = ("overlay",)
+    mode = r.get(ov, kp + ("mode",), str, default="routed",
+                 check=lambda v: None if v in MODES else f"must be one of {', '.join(MODES)}")
+    if mode != "confidential":
+        extra = sorted(set(ov) & (OVERLAY_KEYS - {"network", "hub_address", "address", "mode"}))
+        for k in extra:
+            r.error(kp + (k,), "is for overlay.mode: confidential")
+        return OverlayConfig(mode=mode)
+
+    def check_authority(v: str) -> str | None:
+        try:
+            decode_public(v)
+        except ValueError as e:
+            return f"'{v[:60]}' {e} (dvpnctl authority show prints it)"
+        return None
+
+    authority = r.get(ov, kp + ("authority",), str, check=check_authority)
+    min_serial = r.get(ov, kp + ("min_serial",), int, default=0,
+                       check=lambda v: None if 0 <= v < 2**53 else "must be 0 or a positive integer")
+    tnet_text = r.get(ov, kp + ("transit_network",), str, default=DEFAULT_TRANSIT_NETWORK)
+    tnet = IPv4Network(DEFAULT_TRANSIT_NETWORK)
+    try:
+        tnet = IPv4Network(tnet_text, strict=True)
+        if not any(tnet.subnet_of(b) for b in PRIVATE_BLOCKS):
+            r.error(kp + ("transit_network",), f"{tnet} is not a private range")
+        elif network is not None and tnet.overlaps(network):
+            r.error(kp + ("transit_network",), f"{tnet} overlaps the overlay {network}")
+        elif network is not None and tnet.prefixlen != network.prefixlen:
+            r.error(kp + ("transit_network",), f"must be as large as the overlay (/{network.prefixlen}): "
+                                              "each member's transit address has its overlay host number")
+    except ValueError as e:
+        r.error(kp + ("transit_network",), f"'{tnet_text}' is not an IPv4 network: {e}")
+    tif = r.get(ov, kp + ("transit_interface",), str, default="wgt0", check=check_ifname)
+    if tif == wg.interface:
+        r.error(kp + ("transit_interface",), f"must differ from wireguard.interface ({wg.interface})")
+    port = r.get(ov, kp + ("port",), int, default=DEFAULT_OVERLAY_PORT, check=check_port)
+    if port == wg.listen_port:
+        r.error(kp + ("port",), f"{port} is wireguard.listen_port (the transit's)")
+    most = wg.mtu - OVERLAY_OVERHEAD
+    mtu = r.get(ov, kp + ("mtu",), int, default=most,
+                check=lambda v: None if 1280 <= v <= most else
+                f"must be between 1280 and {most} (wireguard.mtu {wg.mtu} minus {OVERLAY_OVERHEAD} for the "
+                "transit's headers: a larger one fragments or black-holes)")
+    if most < 1280 and "mtu" not in ov:
+        r.error(("wireguard", "mtu"), f"{wg.mtu} leaves the overlay less than 1280 ({most}); use at least "
+                                      f"{1280 + OVERLAY_OVERHEAD}")
+    key_file = abs_path(r, ov, kp + ("private_key_file",), str(state_dir / "overlay.key"))
+    if key_file == wg.private_key_file:
+        r.error(kp + ("private_key_file",), "must differ from wireguard.private_key_file: the overlay's key "
+                                           "is one the hub never sees")
+    poll = float(r.get(ov, kp + ("roster_poll",), float, default=1.0,
+                       check=lambda v: None if 0.2 <= v <= 60 else "must be between 0.2 and 60 seconds"))
+    return OverlayConfig(mode=mode, authority=authority, min_serial=min_serial, transit_network=tnet,
+                         transit_interface=tif, port=port, mtu=mtu, private_key_file=key_file, roster_poll=poll)
 
 
 def _network(r: Reader, ov: dict[str, Any]) -> IPv4Network | None:

@@ -20,6 +20,10 @@ DEFAULT_PG_PORT = 5432
 COMPRESSIONS = ("gzip", "none")  # what tar unpacks for verification without extra tools
 BACKENDS = ("auto", "kernel", "userspace")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("routed", "confidential")
+DEFAULT_TRANSIT_NETWORK = "10.89.0.0/24"
+DEFAULT_OVERLAY_PORT = 51821
+OVERLAY_OVERHEAD = 80  # a WireGuard packet inside another one: IPv6-sized outer header + WireGuard's 32
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,27 @@ class WireGuardConfig:
     mtu: int = DEFAULT_MTU
     persistent_keepalive: int = DEFAULT_KEEPALIVE
     private_key_file: Path = DEFAULT_STATE_DIR / "private.key"
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """The confidential overlay (overlay.mode: confidential): a transit tunnel to the hub carries
+    a second WireGuard layer between spokes, whose keys the hub never has; membership is the
+    roster signed by `authority`. In routed mode (the seed's design) only `mode` matters."""
+
+    mode: str = "routed"
+    authority: str | None = None  # the roster authority's Ed25519 public key (base64)
+    min_serial: int = 0  # never accept a roster older than this (from `dvpnctl roster add`)
+    transit_network: IPv4Network = IPv4Network(DEFAULT_TRANSIT_NETWORK)
+    transit_interface: str = "wgt0"  # spokes: the tunnel to the hub (the hub's own wg0 is its transit)
+    port: int = DEFAULT_OVERLAY_PORT  # spokes: the overlay's UDP port, reachable on transit addresses only
+    mtu: int = DEFAULT_MTU - OVERLAY_OVERHEAD
+    private_key_file: Path = DEFAULT_STATE_DIR / "overlay.key"
+    roster_poll: float = 1.0  # spokes: how often to ask the hub for a newer roster (seconds)
+
+    @property
+    def confidential(self) -> bool:
+        return self.mode == "confidential"
 
 
 @dataclass(frozen=True)
@@ -146,7 +171,21 @@ class Config:
     public_endpoint: Endpoint | None = None  # hub: how spokes reach it (printed by `spoke add`)
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
 
     @property
     def is_hub(self) -> bool:
         return self.role == "hub"
+
+    @property
+    def confidential(self) -> bool:
+        return self.overlay.confidential
+
+    def transit_address(self, address: IPv4Address) -> IPv4Address:
+        """A member's transit address: the same host number in the transit network."""
+        offset = int(address) - int(self.network.network_address)
+        return self.overlay.transit_network.network_address + offset
+
+    @property
+    def hub_transit_address(self) -> IPv4Address:
+        return self.transit_address(self.hub_address)

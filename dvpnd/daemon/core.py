@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,15 +25,18 @@ from dvpnd.config import peers as runbook
 from dvpnd.config.load import load_config
 from dvpnd.config.model import DEFAULT_CONFIG, Config
 from dvpnd.daemon.reconcile import Reconciler
-from dvpnd.daemon.status import Snapshot, peer_views
+from dvpnd.daemon.rosterfetch import fetch_loop
+from dvpnd.daemon.rosterkeeper import RosterKeeper
+from dvpnd.daemon.status import PeerView, Snapshot, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
+from dvpnd.roster.model import RosterError
 from dvpnd.serve import control
 from dvpnd.serve import http as httpapi
 from dvpnd.serve.api import Counters, Outcome, Published
-from dvpnd.util.fsutil import write_yaml
+from dvpnd.util.fsutil import read_regular, write_yaml
 from dvpnd.util.log import REDACTOR, set_level, setup_logging
 from dvpnd.util.systemd import Notifier
 from dvpnd.wireguard.device import DeviceState, rotation_done
@@ -43,10 +47,12 @@ ROTATION_POLL = 0.1
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config):
+    def __init__(self, config_path: Path, config: Config, clock: Callable[[], float] = time.time):
         self.config_path = config_path
         self.config = config
+        self.clock = clock  # wall time for the roster's expiry; tests move it
         self.reconciler = Reconciler(config)
+        self.rosters = RosterKeeper(config, clock) if config.confidential else None
         self.lock = asyncio.Lock()
         self.ready = False
         self.reconcile_error: str | None = None
@@ -119,6 +125,10 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
+                "overlay.mode/authority/transit_interface/private_key_file": (
+                    new.overlay.mode, new.overlay.authority, new.overlay.transit_interface,
+                    new.overlay.private_key_file) != (old.overlay.mode, old.overlay.authority,
+                                                      old.overlay.transit_interface, old.overlay.private_key_file),
             }
             changed = [k for k, differs in fixed.items() if differs]
             if changed:
@@ -143,6 +153,8 @@ class Daemon:
         async with self.lock:
             self.config = config
             self.reconciler.config = config
+            if self.rosters is not None:
+                self.rosters.config = config
             if self.db is not None:
                 self.db.config = config
                 self.db.reschedule()
@@ -217,17 +229,42 @@ class Daemon:
         except OSError:
             free = 0
         fw = self.reconciler.firewall_state
+        peers = self._peer_views(device)
         return Snapshot(
             taken=time.time(), node=c.name, role=c.role, interface=c.wireguard.interface,
             overlay_ip=str(c.address), backend=backend.name if backend else c.wireguard.backend,
             interface_up=bool(lnk and lnk.up and device is not None),
-            peers=peer_views(c, device) if device is not None else (),
+            peers=peers, mode=c.overlay.mode,
+            roster=self.rosters.view(self.reconciler.membership.problem) if self.rosters else None,
             disk_free_bytes=free, ready=self.ready, reconcile_error=self.reconcile_error,
             firewall_error=fw.error, firewall_applied=fw.applied,
             extra=self.counters().as_dict(),
             postgres=self.db.view if self.db else None,
             backup=self.db.status if self.db and c.backup.enabled else None,
         )
+
+    def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
+        c = self.config
+        if not c.confidential:
+            return peer_views(c, device) if device is not None else ()
+        roster = self.rosters.roster if self.rosters else None
+        members = roster.members if roster else ()
+        if c.is_hub:
+            names = {m.transit_key: (m.name, str(m.address)) for m in members}
+            return peer_views(c, device, names) if device is not None else ()
+        out: tuple[PeerView, ...] = ()
+        tb = self.reconciler.transit_backend
+        if tb is not None and c.hub is not None:
+            try:
+                transit = tb.read()
+                out = peer_views(c, transit, {c.hub.public_key: ("hub", str(c.hub_transit_address))},
+                                 interface=c.overlay.transit_interface)
+            except DvpnError as e:
+                log.debug("snapshot: %s", e)
+        if device is not None:
+            names = {m.overlay_key: (m.name, str(m.address)) for m in members}
+            out += peer_views(c, device, names, interface=c.wireguard.interface, on_demand=True)
+        return out
 
     def counters(self) -> Counters:
         """In-memory counters (cheap, always current)."""
@@ -265,6 +302,36 @@ class Daemon:
         except DvpnError as e:
             return Outcome(False, (str(e),))
         return Outcome(True, data={"backup": entry_json(entry)})
+
+    async def roster_publish(self, path: str) -> Outcome:
+        """Offer a roster document from a file (`dvpnctl roster publish`; the hub serves it on)."""
+        if self.rosters is None:
+            return Outcome(False, (f"{self.config_path}: overlay.mode is not confidential: no roster here",),
+                           bad_input=True)
+        try:
+            text = await asyncio.to_thread(read_regular, Path(path), 4 << 20, True)
+            if text is None:
+                return Outcome(False, (f"{path}: no such file",), bad_input=True)
+            adopted = self.rosters.offer(text.encode(), path)
+        except RosterError as e:
+            return Outcome(False, (str(e),), bad_input=True, data={"reason": e.reason})
+        except DvpnError as e:
+            return Outcome(False, (str(e),), bad_input=True)
+        if adopted:
+            await self.roster_adopted()
+        r = self.rosters.roster
+        assert r is not None
+        return Outcome(True, data={"serial": r.serial, "members": len(r.members), "adopted": adopted})
+
+    async def roster_adopted(self) -> None:
+        assert self.rosters is not None
+        self.reconciler.roster = self.rosters.roster
+        await self.reconcile(f"roster serial {self.rosters.roster.serial if self.rosters.roster else '?'}")
+
+    def roster_document(self) -> tuple[bytes, str] | None:
+        if self.rosters is None or self.rosters.document is None or self.rosters.etag is None:
+            return None
+        return self.rosters.document, self.rosters.etag
 
     async def refresh_snapshot(self) -> Snapshot:
         snap = await asyncio.to_thread(self._read_snapshot)
@@ -344,9 +411,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         # the composition root: the front doors get a read-only view and the commands, no more
         http = await httpapi.start(self, self.config.status, self.config.metrics)
+        c = self.config
+        if c.confidential and c.is_hub:
+            http.adopt(await httpapi.start_roster(self, str(c.hub_transit_address), c.overlay.port))
         ctl = await control.start(self, self, self.config.control_socket)
         tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
                  asyncio.create_task(self.snapshot_loop(), name="snapshot")]
+        if c.confidential and not c.is_hub and self.rosters is not None:
+            url = f"http://{c.hub_transit_address}:{c.overlay.port}/roster"
+            tasks.append(asyncio.create_task(
+                fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted),
+                name="roster"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))
             if self.config.backup.enabled:
@@ -394,13 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(args.config, config)
     try:
         daemon.reconciler.load_key()
+        if config.confidential and not config.is_hub:
+            daemon.reconciler.load_overlay_key()
+        if daemon.rosters is not None:
+            daemon.reconciler.roster = daemon.rosters.load()
     except DvpnError as e:
         log.error("%s", e)
         return EXIT_CONFIG
     assert daemon.reconciler.private_key is not None
     REDACTOR.add_private_key(daemon.reconciler.private_key)
-    log.info("dvpnd starting: %s %s, overlay %s, address %s, public key %s", config.role, config.name,
-             config.network, config.address, daemon.reconciler.public_key)
+    log.info("dvpnd starting: %s %s, overlay %s (%s), address %s, public key %s%s", config.role, config.name,
+             config.network, config.overlay.mode, config.address, daemon.reconciler.public_key,
+             f", overlay key {daemon.reconciler.overlay_public_key}" if daemon.reconciler.overlay_public_key else "")
     try:
         return asyncio.run(daemon.run())
     except DvpnError as e:

@@ -11,7 +11,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +19,11 @@ from dvpnd import netif as link
 from dvpnd.config.model import Config
 from dvpnd.errors import BackendError
 from dvpnd.firewall import nft
+from dvpnd.overlay import plan
+from dvpnd.roster.model import Roster
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.wireguard.backends import Backend, select_backend
-from dvpnd.wireguard.device import DeviceChanges, DeviceState, diff_device, render_device
+from dvpnd.wireguard.device import DesiredDevice, DeviceChanges, DeviceState, diff_device, render_device
 from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
 log = logging.getLogger("dvpnd.reconcile")
@@ -38,6 +40,7 @@ class ReconcileResult:
     link_changed: bool
     firewall_changed: bool
     duration: float
+    transit: DeviceState | None = None  # a confidential spoke's tunnel to the hub
 
 
 @dataclass
@@ -114,6 +117,12 @@ class Reconciler:
     passes: int = 0
     device_writes: int = 0
     endpoint_memory: EndpointMemory = field(default_factory=lambda: EndpointMemory(None))
+    # confidential mode
+    transit_backend: Backend | None = None
+    overlay_private_key: str | None = field(default=None, repr=False)
+    overlay_public_key: str | None = None
+    roster: Roster | None = None
+    membership: plan.Membership = field(default_factory=lambda: plan.Membership(None, "not reconciled yet"))
 
     def __post_init__(self) -> None:
         if self.endpoint_memory.path is None:
@@ -136,44 +145,41 @@ class Reconciler:
             log.info("using the %s WireGuard backend for %s", self.backend.name, wg.interface)
         return self.backend
 
-    def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
-        """Bring everything in line with the config; raises BackendError on failure."""
-        start = time.monotonic()
-        config = self.config
-        assert self.private_key is not None
-        backend = self.ensure_backend()
+    def load_overlay_key(self) -> bool:
+        """Confidential spokes: the overlay's own key (the hub never sees it). True if created."""
+        path = self.config.overlay.private_key_file
+        raw, created = load_or_create_private_key(path)
+        self.overlay_private_key = encode_key(raw)
+        self.overlay_public_key = encode_key(public_key(raw))
+        if created:
+            log.info("created a new overlay key in %s; public key %s", path, self.overlay_public_key)
+        return created
+
+    def ensure_transit_backend(self) -> Backend:
+        if self.transit_backend is None:
+            wg, ifname = self.config.wireguard, self.config.overlay.transit_interface
+            self.transit_backend = select_backend(wg.backend, ifname, self.config.state_dir)
+            log.info("using the %s WireGuard backend for %s", self.transit_backend.name, ifname)
+        return self.transit_backend
+
+    def _sync(self, backend: Backend, want_link: link.LinkState, render: Callable[[DeviceState], DesiredDevice],
+              ) -> tuple[DeviceState, DeviceChanges, bool]:
+        """One device in line: the link (address, MTU, up), then the peers; read back."""
+        ifname = backend.ifname
         try:
             # Reading the device is also the liveness check: no separate probe on the hot path.
             actual = backend.read()
         except BackendError as e:
-            log.info("%s: %s; (re)creating it", config.wireguard.interface, e)
+            log.info("%s: %s; (re)creating it", ifname, e)
             backend.create()
             actual = backend.read()
-
-        want_link = link.render_link(config)
-        have_link = link.read_link(config.wireguard.interface)
+        have_link = link.read_link(ifname)
         if have_link is None:
-            raise BackendError(f"interface {config.wireguard.interface} vanished")
+            raise BackendError(f"interface {ifname} vanished")
         link_changes = link.diff_link(want_link, have_link)
         if link_changes:
-            link.apply_link(config.wireguard.interface, link_changes)
-        if config.is_hub:
-            link.ensure_forwarding(True)
-
-        # The firewall before the peers: its conntrack must see the first handshake leave, or the
-        # hub's answers to a spoke that has not yet sent again look new and are dropped (found in
-        # the VM test: spoke-to-spoke traffic lost for up to a keepalive after a fresh start).
-        fw_changed = nft.reconcile_firewall(config, self.firewall_state, force=force_firewall)
-
-        hub_ep = None
-        if not config.is_hub:
-            assert config.hub is not None
-            hub_peer = actual.peers.get(config.hub.public_key)
-            hub_ep = self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
-                                            time.time() if now is None else now)
-        desired = render_device(config, self.private_key, hub_ep,
-                                {k: p.last_handshake for k, p in actual.peers.items()},
-                                self.endpoint_memory.load() if config.is_hub else None)
+            link.apply_link(ifname, link_changes)
+        desired = render(actual)
         changes = diff_device(desired, actual)
         if changes:
             backend.apply(changes)
@@ -181,21 +187,76 @@ class Reconciler:
             actual = backend.read()
             leftover = diff_device(desired, actual)
             if leftover:
-                raise BackendError(
-                    f"{config.wireguard.interface}: the device did not take the change "
-                    f"({leftover.summary()} still differ after writing)")
-            log.info("%s: %s", config.wireguard.interface, changes.summary())
+                raise BackendError(f"{ifname}: the device did not take the change "
+                                   f"({leftover.summary()} still differ after writing)")
+            log.info("%s: %s", ifname, changes.summary())
+        return actual, changes, bool(link_changes)
 
+    def _hub_endpoint(self, device: DeviceState, now: float | None) -> str:
+        config = self.config
+        assert config.hub is not None
+        hub_peer = device.peers.get(config.hub.public_key)
+        return self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
+                                      time.time() if now is None else now) or ""
+
+    def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
+        """Bring everything in line with the config; raises BackendError on failure."""
+        start = time.monotonic()
+        config = self.config
+        key = self.private_key
+        assert key is not None
+        if config.is_hub:
+            link.ensure_forwarding(True)
+        # The firewall first, before any peer: its conntrack must see the first handshake leave,
+        # or the hub's answers to a spoke that has not yet sent again look new and are dropped
+        # (found in the VM test); and in confidential mode the fail-closed rules must be in place
+        # before the overlay carries anything.
+        backend = self.ensure_backend()
+        if config.is_hub or not config.confidential:
+            # the device must exist for the firewall's interface rules to mean anything
+            try:
+                backend.read()
+            except BackendError:
+                backend.create()
+        fw_changed = nft.reconcile_firewall(config, self.firewall_state, force=force_firewall)
+        transit: DeviceState | None = None
+        link_changed = False
+        if not config.confidential:
+            want_link = link.render_link(config)
+
+            def routed(actual: DeviceState) -> DesiredDevice:
+                hub_ep = None if config.is_hub else self._hub_endpoint(actual, now) or None
+                return render_device(config, key, hub_ep,
+                                     {k: p.last_handshake for k, p in actual.peers.items()},
+                                     self.endpoint_memory.load() if config.is_hub else None)
+
+            actual, changes, link_changed = self._sync(backend, want_link, routed)
+        elif config.is_hub:
+            actual, changes, link_changed = self._sync(
+                backend, plan.transit_link(config),
+                lambda _a: plan.render_hub_transit(config, key, self.roster, self.endpoint_memory.load()))
+        else:
+            okey = self.overlay_private_key
+            assert okey is not None and self.overlay_public_key is not None
+            transit, _, tl = self._sync(
+                self.ensure_transit_backend(), plan.transit_link(config),
+                lambda a: plan.render_spoke_transit(config, key, self._hub_endpoint(a, now) or None))
+            self.membership = plan.own_membership(config, self.roster, self.overlay_public_key)
+            actual, changes, link_changed = self._sync(
+                backend, plan.overlay_link(config),
+                lambda _a: plan.render_overlay(config, okey, self.roster, self.membership))
+            link_changed = link_changed or tl
         self.passes += 1
-        return ReconcileResult(device=actual, wg_changes=changes, link_changed=bool(link_changes),
-                               firewall_changed=fw_changed, duration=time.monotonic() - start)
+        return ReconcileResult(device=actual, wg_changes=changes, link_changed=link_changed,
+                               firewall_changed=fw_changed, duration=time.monotonic() - start, transit=transit)
 
     def pending_rotations(self) -> list[tuple[str, str]]:
         """(name, new key) of spokes whose key rotation is not finished."""
         return [(p.name, p.next_public_key) for p in self.config.peers if p.next_public_key]
 
     def down(self) -> None:
-        """Remove the interface (and wireguard-go with it) and the firewall table."""
-        backend = self.ensure_backend()
-        backend.delete()
+        """Remove the interfaces (and wireguard-go with them) and the firewall table."""
+        self.ensure_backend().delete()
+        if self.config.confidential and not self.config.is_hub:
+            self.ensure_transit_backend().delete()
         nft.remove_table()

@@ -32,6 +32,10 @@ class PeerView:
     last_handshake: float | None
     rx_bytes: int
     tx_bytes: int
+    interface: str = ""
+    # An overlay peer (another spoke, confidential mode) has no keepalive: without traffic it is
+    # idle, not failing; the transit to the hub is what health is judged by.
+    on_demand: bool = False
 
     def age(self, now: float) -> int | None:
         return None if self.last_handshake is None else max(0, int(now - self.last_handshake))
@@ -39,8 +43,26 @@ class PeerView:
     def state(self, now: float, stale_after: int) -> str:
         age = self.age(now)
         if age is None:
-            return "never"
-        return "up" if age <= stale_after else "stale"
+            return "idle" if self.on_demand else "never"
+        if age <= stale_after:
+            return "up"
+        return "idle" if self.on_demand else "stale"
+
+
+@dataclass(frozen=True)
+class RosterView:
+    """The roster in force on this node (confidential mode) and what was refused."""
+
+    serial: int | None
+    issued: int | None
+    expires: int | None
+    members: int
+    membership_problem: str | None
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count
+    last_refusal: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,12 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
     postgres: PgView | None = None  # spokes with a database
     backup: BackupStatus | None = None
+    mode: str = "routed"
+    roster: RosterView | None = None  # confidential mode
+
+    def wg_peers(self) -> tuple[PeerView, ...]:
+        """The peers of the node's own interface (on a confidential spoke: the other spokes)."""
+        return tuple(p for p in self.peers if p.interface in ("", self.interface))
 
     def state(self, stale_after: int, now: float) -> str:
         """ok / degraded / failed, judged at `now` like the peers shown beside it."""
@@ -75,7 +103,16 @@ class Snapshot:
             out.append(f"reconcile: {self.reconcile_error}")
         if self.firewall_error:
             out.append(f"firewall: {self.firewall_error}")
-        out += [f"peer {p.name} {p.state(now, stale_after)}" for p in self.peers if p.state(now, stale_after) != "up"]
+        out += [f"peer {p.name} {p.state(now, stale_after)}" for p in self.peers
+                if p.state(now, stale_after) not in ("up", "idle")]
+        r = self.roster
+        if r is not None:
+            if r.serial is None:
+                out.append("no verified roster yet")
+            elif r.expired(now):
+                out.append(f"roster serial {r.serial} expired (still in force; ask the operator to renew it)")
+            if r.membership_problem and self.role == "spoke":
+                out.append(f"not a member: {r.membership_problem}")
         pgv = self.postgres
         if pgv is not None:
             if not pgv.up:
@@ -89,19 +126,27 @@ class Snapshot:
         return out
 
 
-def peer_views(config: Config, device: DeviceState) -> tuple[PeerView, ...]:
+def routed_names(config: Config) -> dict[str, tuple[str, str]]:
+    """Public key -> (name, overlay address) of the peers a routed node knows from its config."""
     names: dict[str, tuple[str, str]] = {}
     if config.is_hub:
         names = {p.public_key: (p.name, str(p.address)) for p in config.peers}
         names.update({p.next_public_key: (p.name, str(p.address)) for p in config.peers if p.next_public_key})
     elif config.hub is not None:
         names = {config.hub.public_key: ("hub", str(config.hub_address))}
+    return names
+
+
+def peer_views(config: Config, device: DeviceState, names: dict[str, tuple[str, str]] | None = None,
+               interface: str = "", on_demand: bool = False) -> tuple[PeerView, ...]:
+    names = routed_names(config) if names is None else names
     views = []
     for key, p in sorted(device.peers.items(), key=lambda kv: names.get(kv[0], ("~", ""))):
         name, ip = names.get(key, ("(unknown)", ""))
         views.append(PeerView(name=name, public_key=key, overlay_ip=ip,
                               allowed_ips=tuple(sorted(p.allowed_ips)), endpoint=p.endpoint,
-                              last_handshake=p.last_handshake, rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes))
+                              last_handshake=p.last_handshake, rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes,
+                              interface=interface, on_demand=on_demand))
     return tuple(views)
 
 
@@ -114,13 +159,17 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
 
     Nothing secret or network-mapping: no keys, no endpoints, no other nodes' addresses.
     """
-    ages = [a for a in (p.age(now) for p in snap.peers) if a is not None]
+    wg_peers = snap.wg_peers()
+    ages = [a for a in (p.age(now) for p in wg_peers) if a is not None]
+    extra: dict[str, Any] = {"mode": snap.mode}
+    if snap.roster is not None:
+        extra["roster_serial"] = snap.roster.serial
     return {
         "node": snap.node,
         "overlay_ip": snap.overlay_ip,
         "wg": {
             "interface": snap.interface,
-            "peer_count": len(snap.peers),
+            "peer_count": len(wg_peers),
             "max_last_handshake_sec": max(ages) if ages else -1,
         },
         "disk_free_gb": round(snap.disk_free_bytes / 1e9, 1),
@@ -129,6 +178,7 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "state": snap.state(stale_after, now),
         "peers_up": sum(1 for p in snap.peers if p.state(now, stale_after) == "up"),
         "version": VERSION,
+        **extra,
         **_public_db(snap, now),
     }
 
@@ -167,6 +217,14 @@ def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
     return out
 
 
+def _detail_roster(snap: Snapshot, now: float) -> dict[str, Any] | None:
+    r = snap.roster
+    if r is None:
+        return None
+    return dict(asdict(r), expired=r.expired(now),
+                age_sec=int(now - r.issued) if r.issued is not None else None)
+
+
 def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any]:
     """The root-only view for `dvpnctl status --json`: every peer with its endpoint and counters."""
     return {
@@ -194,8 +252,11 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
                 "rx_bytes": p.rx_bytes,
                 "tx_bytes": p.tx_bytes,
                 "state": p.state(now, stale_after),
+                "interface": p.interface or snap.interface,
             }
             for p in snap.peers
         ],
+        "mode": snap.mode,
+        "roster": _detail_roster(snap, now),
         **_detail_db(snap, now),
     }

@@ -97,7 +97,6 @@ def render_ruleset(config: Config) -> Json:
         _rule("input", _match(_payload("udp", "dport"), "@public_udp"), ACCEPT),
     ]
     if config.is_hub:
-        cmds += _set("spokes", "ipv4_addr", sorted(str(p.address) for p in config.peers))
         cmds += [_chain("input", "input"), _chain("forward", "forward"), _chain("output", "output")]
         cmds += head
         cmds += [_rule("input", ESTABLISHED, ACCEPT)]
@@ -105,19 +104,26 @@ def render_ruleset(config: Config) -> Json:
             cmds.append(_rule("input", _match(_payload("udp", "dport"), config.wireguard.listen_port),
                               ACCEPT, comment="wireguard"))
         cmds += public
-        cmds.append(_rule("input", COUNTER, DROP))
-        cmds += [
-            _rule("forward", iif_wg, oif_wg, _match(_payload("ip", "saddr"), "@spokes"),
-                  _match(_payload("ip", "daddr"), "@spokes"), ACCEPT, comment="spoke to spoke"),
-            _rule("forward", iif_wg, COUNTER, DROP),
-            _rule("forward", oif_wg, COUNTER, DROP),
-            _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), COUNTER, DROP),
-            _rule("output", oif_wg, COUNTER, DROP, comment="the hub originates nothing into the overlay"),
-        ]
+        if config.confidential:
+            cmds += _hub_confidential(config, iif_wg, oif_wg)
+        else:
+            cmds += _set("spokes", "ipv4_addr", sorted(str(p.address) for p in config.peers))
+            cmds.append(_rule("input", COUNTER, DROP))
+            cmds += [
+                _rule("forward", iif_wg, oif_wg, _match(_payload("ip", "saddr"), "@spokes"),
+                      _match(_payload("ip", "daddr"), "@spokes"), ACCEPT, comment="spoke to spoke"),
+                _rule("forward", iif_wg, COUNTER, DROP),
+                _rule("forward", oif_wg, COUNTER, DROP),
+                _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), COUNTER, DROP),
+                _rule("output", oif_wg, COUNTER, DROP, comment="the hub originates nothing into the overlay"),
+                _fail_closed(config.network, wg),
+            ]
     else:
         overlay_src = _match(_payload("ip", "saddr"), _prefix(config.network))
-        cmds += [_chain("input", "input"), _chain("forward", "forward")]
+        cmds += [_chain("input", "input"), _chain("forward", "forward"), _chain("output", "output")]
         cmds += head[:1]
+        if config.confidential:
+            cmds += _spoke_transit_input(config)
         cmds.append(_rule("input", iif_wg, _match(_payload("ip", "saddr"), str(config.hub_address)), COUNTER, DROP,
                           comment="nothing from the hub"))
         cmds += head[1:]
@@ -139,7 +145,58 @@ def render_ruleset(config: Config) -> Json:
         cmds += public
         cmds.append(_rule("input", COUNTER, DROP))
         cmds += [_rule("forward", iif_wg, COUNTER, DROP), _rule("forward", oif_wg, COUNTER, DROP)]
+        cmds.append(_fail_closed(config.network, wg))
+        if config.confidential:
+            tif = config.overlay.transit_interface
+            cmds += [_rule("forward", _match(_meta("iifname"), tif), COUNTER, DROP),
+                     _rule("forward", _match(_meta("oifname"), tif), COUNTER, DROP),
+                     _fail_closed(config.overlay.transit_network, tif)]
     return {"nftables": cmds}
+
+
+def _fail_closed(net: Any, ifname: str) -> Json:
+    """Traffic for the overlay (or transit) prefix leaves by its interface or not at all: with the
+    interface gone (wireguard-go killed), the route goes with it and the packet would otherwise
+    take the default route, in clear."""
+    return _rule("output", _match(_payload("ip", "daddr"), _prefix(net)), _match(_meta("oifname"), ifname, "!="),
+                 COUNTER, DROP, comment="fail closed")
+
+
+def _hub_confidential(config: Config, iif_wg: Json, oif_wg: Json) -> list[Json]:
+    """The blind relay: between transit addresses, the overlay's WireGuard UDP and nothing else;
+    the roster for the spokes that ask; nothing originated."""
+    ov = config.overlay
+    transit = _prefix(ov.transit_network)
+    from_transit = _match(_payload("ip", "saddr"), transit)
+    return [
+        _rule("input", iif_wg, from_transit, _match(_payload("tcp", "dport"), ov.port), ACCEPT,
+              comment="the roster, for spokes"),
+        _rule("input", COUNTER, DROP),
+        _rule("forward", iif_wg, oif_wg, from_transit, _match(_payload("ip", "daddr"), transit),
+              _match(_payload("udp", "sport"), ov.port), _match(_payload("udp", "dport"), ov.port), ACCEPT,
+              comment="overlay WireGuard between spokes (ciphertext)"),
+        _rule("forward", iif_wg, COUNTER, DROP),
+        _rule("forward", oif_wg, COUNTER, DROP),
+        _rule("forward", _match(_payload("ip", "daddr"), transit), COUNTER, DROP),
+        _rule("forward", _match(_payload("ip", "daddr"), _prefix(config.network)), COUNTER, DROP),
+        _rule("output", oif_wg, ESTABLISHED, ACCEPT, comment="answers to roster requests"),
+        _rule("output", oif_wg, COUNTER, DROP, comment="the hub originates nothing"),
+        _fail_closed(ov.transit_network, config.wireguard.interface),
+    ]
+
+
+def _spoke_transit_input(config: Config) -> list[Json]:
+    """A spoke's transit address carries the overlay's WireGuard UDP and answers to its own roster
+    requests, nothing else: an application bound to 0.0.0.0 does not answer the hub there."""
+    ov = config.overlay
+    iif_t = _match(_meta("iifname"), ov.transit_interface)
+    return [
+        _rule("input", iif_t, _match(_payload("ip", "saddr"), _prefix(ov.transit_network)),
+              _match(_payload("udp", "dport"), ov.port), ACCEPT, comment="overlay WireGuard"),
+        _rule("input", iif_t, _match(_payload("ip", "saddr"), str(config.hub_transit_address)),
+              _match(_payload("tcp", "sport"), ov.port), ESTABLISHED, ACCEPT, comment="the roster's answers"),
+        _rule("input", iif_t, COUNTER, DROP, comment="nothing else on the transit"),
+    ]
 
 
 def count_rules(batch: Json) -> int:

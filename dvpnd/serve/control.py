@@ -20,7 +20,7 @@ from typing import Any
 
 from dvpnd.daemon.status import render_detail
 from dvpnd.errors import DvpnError
-from dvpnd.serve.api import Commands, View
+from dvpnd.serve.api import Commands, Outcome, View
 from dvpnd.util.unixsock import unix_request
 
 log = logging.getLogger("dvpnd.control")
@@ -52,6 +52,11 @@ async def handle(view: View, commands: Commands, request: dict[str, Any]) -> dic
                "firewall-apply": commands.firewall_apply, "backup-now": commands.backup_now, "down": commands.down}
     if cmd in actions:
         return (await actions[cmd]()).reply()
+    if cmd == "roster-publish":
+        path = request.get("file")
+        if not isinstance(path, str) or not path.startswith("/"):
+            return Outcome(False, ("roster-publish needs \"file\": an absolute path",), bad_input=True).reply()
+        return (await commands.roster_publish(path)).reply()
     return {"ok": False, "problems": [f"unknown command {cmd!r}"]}
 
 
@@ -149,10 +154,11 @@ async def start(view: View, commands: Commands, path: Path) -> ControlServer:
     return ControlServer(server, path)
 
 
-def request(path: Path, cmd: str, timeout: float = 60.0) -> dict[str, Any]:
+def request(path: Path, cmd: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
     """Client side, used by dvpnctl. Raises DvpnError if the daemon cannot be reached."""
     try:
-        data = unix_request(path, json.dumps({"cmd": cmd}).encode() + b"\n", lambda tail: tail.endswith(b"\n"), timeout)
+        data = unix_request(path, json.dumps(dict(args, cmd=cmd)).encode() + b"\n",
+                            lambda tail: tail.endswith(b"\n"), timeout)
     except FileNotFoundError:
         raise DvpnError(f"{path}: no control socket; is dvpnd running?") from None
     except PermissionError:

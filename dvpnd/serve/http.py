@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ except AttributeError:  # pragma: no cover - old aiohttp
     REGISTRY_KEY = "dvpn_registry"
 
 MAX_REQUEST_BYTES = 4096
+IP_FREEBIND = 15  # linux/in.h; the socket module names it only from Python 3.12
 # What the page says it is: no version for a scanner to match.
 SERVER_NAME = "dvpnd"
 
@@ -36,6 +38,10 @@ class Server:
     def __init__(self, runners: list[web.AppRunner], listeners: list[asyncio.AbstractServer]):
         self.runners = runners
         self.listeners = listeners
+
+    def adopt(self, other: Server) -> None:
+        self.runners += other.runners
+        self.listeners += other.listeners
 
     async def close(self) -> None:
         for listener in self.listeners:
@@ -127,8 +133,50 @@ def make_app(view: View, table: ConnectionTable) -> web.Application:
     return app
 
 
+async def roster(request: web.Request) -> web.Response:
+    view: View = request.app[VIEW_KEY]
+    got = view.roster_document()
+    if got is None:
+        return web.Response(status=404, text="no roster yet\n")
+    document, etag = got
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(body=document, content_type="application/json", headers={"ETag": etag})
+
+
+def make_roster_app(view: View, table: ConnectionTable) -> web.Application:
+    app = _application(table)
+    app[VIEW_KEY] = view
+    app.router.add_get("/roster", roster)
+    return app
+
+
+def _freebind_socket(address: str, port: int) -> socket.socket:
+    """A listening socket on an address that may not exist yet (the hub's transit address appears
+    with its interface, after the first reconcile)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_roster(view: View, address: str, port: int) -> Server:
+    """The hub's roster service, on its transit address only (the firewall admits transit
+    sources only, too); spokes poll it, so the caps are per spoke."""
+    table = ConnectionTable(Limits(max_connections=4096, max_per_source=4))
+    served = await _serve(make_roster_app(view, table), table, "roster service", address, port, freebind=True)
+    return Server([served[0]] if served else [], [served[1]] if served else [])
+
+
 async def _serve(app: web.Application, table: ConnectionTable, what: str, address: str,
-                 port: int) -> tuple[web.AppRunner, asyncio.AbstractServer] | None:
+                 port: int, freebind: bool = False) -> tuple[web.AppRunner, asyncio.AbstractServer] | None:
     _anonymous()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15,
                            max_line_size=2048, max_field_size=2048, max_headers=32)
@@ -136,8 +184,12 @@ async def _serve(app: web.Application, table: ConnectionTable, what: str, addres
     assert runner.server is not None
     loop = asyncio.get_running_loop()
     try:
-        listener = await loop.create_server(protocol_factory(runner.server, table), address, port,
-                                            reuse_address=True, backlog=512)
+        if freebind:
+            listener = await loop.create_server(protocol_factory(runner.server, table),
+                                                sock=_freebind_socket(address, port))
+        else:
+            listener = await loop.create_server(protocol_factory(runner.server, table), address, port,
+                                                reuse_address=True, backlog=512)
     except OSError as e:
         await runner.cleanup()
         log.error("%s cannot listen on %s:%d: %s", what, address, port, e.strerror)

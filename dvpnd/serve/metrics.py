@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dvpnd.daemon.status import VERSION, Snapshot
+from dvpnd.roster.model import REASONS
 from dvpnd.serve.api import Counters, View
 
 
@@ -25,7 +26,7 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
     recv = CounterMetricFamily("wireguard_received_bytes", "Bytes received from the peer", labels=labels)
     hs = GaugeMetricFamily("wireguard_latest_handshake_seconds",
                            "UNIX timestamp of the latest handshake with the peer (0: never)", labels=labels)
-    states = {"up": 0, "stale": 0, "never": 0}
+    states = {"up": 0, "stale": 0, "never": 0, "idle": 0}
     for p in snap.peers:
         lv = [snap.interface, p.public_key, ",".join(p.allowed_ips), p.name]
         sent.add_metric(lv, p.tx_bytes)
@@ -34,7 +35,8 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
         states[p.state(now, stale_after)] += 1
     yield from (sent, recv, hs)
 
-    peers = GaugeMetricFamily("dvpnd_peers", "Peers by state (up, stale, never)", labels=["state"])
+    peers = GaugeMetricFamily("dvpnd_peers", "Peers by state (up, stale, never; idle: an overlay peer "
+                              "without recent traffic)", labels=["state"])
     for state, n in states.items():
         peers.add_metric([state], n)
     yield peers
@@ -58,9 +60,38 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",
                             value=max(0.0, now - snap.taken))
     yield from collect_db(snap, now)
+    yield from collect_roster(snap, now)
     info = InfoMetricFamily("dvpnd_build", "dvpnd build and node information")
     info.add_metric([], {"version": VERSION, "role": snap.role, "backend": snap.backend, "node": snap.node})
     yield info
+
+
+def collect_roster(snap: Snapshot, now: float) -> Iterator[Any]:
+    """The signed roster (confidential mode): what is in force, and what was refused, by why."""
+    r = snap.roster
+    if r is None:
+        return
+    layers = GaugeMetricFamily("dvpnd_peers_by_interface", "Peers of each WireGuard interface (a confidential "
+                               "spoke: the transit to the hub, the overlay to other spokes)", labels=["interface"])
+    counts: dict[str, int] = {}
+    for p in snap.peers:
+        counts[p.interface or snap.interface] = counts.get(p.interface or snap.interface, 0) + 1
+    for ifname, n in sorted(counts.items()):
+        layers.add_metric([ifname], n)
+    yield layers
+    yield GaugeMetricFamily("dvpnd_roster_serial", "Serial of the verified roster in force (0: none)",
+                            value=r.serial or 0)
+    yield GaugeMetricFamily("dvpnd_roster_members", "Members in the roster in force", value=r.members)
+    yield GaugeMetricFamily("dvpnd_roster_age_seconds", "Time since the roster in force was signed",
+                            value=max(0.0, now - r.issued) if r.issued else float("nan"))
+    yield GaugeMetricFamily("dvpnd_roster_expiry_timestamp_seconds", "When the roster in force expires",
+                            value=r.expires or 0)
+    yield GaugeMetricFamily("dvpnd_roster_expired", "1 if the roster in force has expired (it stays in force)",
+                            value=int(r.expired(now)))
+    refused = CounterMetricFamily("dvpnd_roster_refused", "Roster documents refused, by reason", labels=["reason"])
+    for reason in REASONS:
+        refused.add_metric([reason], r.refused.get(reason, 0))
+    yield refused
 
 
 def collect_db(snap: Snapshot, now: float) -> Iterator[Any]:

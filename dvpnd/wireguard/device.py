@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 
 from dvpnd.config.model import Config
+from dvpnd.overlay.paths import PeerPaths
 
 
 def normalize_cidr(text: str) -> str:
@@ -52,6 +53,8 @@ class DesiredPeer:
     persistent_keepalive: int = 0
     # Where the peer was last seen; set only while the device knows no endpoint (after a restart).
     endpoint_hint: str | None = None
+    # Overlay peers: the endpoints the path selector may choose from (it owns them, not the diff).
+    paths: PeerPaths | None = None
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,16 @@ def diff_device(desired: DesiredDevice, actual: DeviceState) -> DeviceChanges:
         want = desired.peers[key]
         have = actual.peers.get(key)
         if have is None:
+            first = want.paths.choose(None) if want.paths is not None else None
             changes.append(PeerChange(
-                public_key=key, create=True, endpoint=want.endpoint or want.endpoint_hint,
+                public_key=key, create=True, endpoint=first or want.endpoint or want.endpoint_hint,
                 persistent_keepalive=want.persistent_keepalive, allowed_ips=want.allowed_ips,
             ))
             continue
-        endpoint = want.endpoint if want.endpoint is not None and want.endpoint != have.endpoint else None
+        if want.paths is not None:
+            endpoint = want.paths.choose(have.endpoint)
+        else:
+            endpoint = want.endpoint if want.endpoint is not None and want.endpoint != have.endpoint else None
         if want.endpoint is None and have.endpoint is None and want.endpoint_hint is not None:
             endpoint = want.endpoint_hint
         keepalive = (want.persistent_keepalive

@@ -22,7 +22,6 @@ __all__ = ["KEY_LEN", "KeyFileError", "decode_key", "encode_key", "generate_priv
 from dvpnd.util.fsutil import write_atomic
 
 
-
 class KeyFileError(DvpnError):
     """The key file cannot be used (unsafe permissions, unreadable, malformed)."""
 
