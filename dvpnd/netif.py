@@ -8,47 +8,15 @@ interface, where WireGuard's allowed IPs pick the peer (on a spoke: always the h
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from dvpnd.config.model import Config
 from dvpnd.errors import BackendError
+from dvpnd.linkstate import LinkChanges, LinkState, diff_link, render_link
 from dvpnd.wireguard.links import get_link
 
+__all__ = ["LinkChanges", "LinkState", "apply_link", "diff_link", "ensure_forwarding", "read_link", "render_link"]
 log = logging.getLogger("dvpnd.link")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
-
-
-@dataclass(frozen=True)
-class LinkState:
-    up: bool
-    mtu: int
-    addresses: frozenset[str]  # "10.88.0.11/24"
-
-
-@dataclass(frozen=True)
-class LinkChanges:
-    up: bool = False
-    mtu: int | None = None
-    add: frozenset[str] = frozenset()
-    remove: frozenset[str] = frozenset()
-
-    def __bool__(self) -> bool:
-        return self.up or self.mtu is not None or bool(self.add) or bool(self.remove)
-
-
-def render_link(config: Config) -> LinkState:
-    return LinkState(up=True, mtu=config.wireguard.mtu,
-                     addresses=frozenset({f"{config.address}/{config.network.prefixlen}"}))
-
-
-def diff_link(desired: LinkState, actual: LinkState) -> LinkChanges:
-    return LinkChanges(
-        up=desired.up and not actual.up,
-        mtu=desired.mtu if desired.mtu != actual.mtu else None,
-        add=desired.addresses - actual.addresses,
-        remove=actual.addresses - desired.addresses,
-    )
 
 
 def read_link(ifname: str) -> LinkState | None:

@@ -33,6 +33,7 @@ from dvpnd.cli.node import (
     cmd_status,
 )
 from dvpnd.cli.peers import cmd_rotate_key, cmd_spoke_add, cmd_spoke_remove, cmd_spoke_rotate
+from dvpnd.cli.roster import add_arguments as add_roster_arguments
 from dvpnd.config.peers import RunbookInputError
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE, ConfigError, DvpnError
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "check", cmd_check, "validate a config; exit 2 on problems")
     p = _command(sub, "pubkey", cmd_pubkey, "print this node's public key (creating its key if missing)")
+    p.add_argument("--overlay", action="store_true",
+                   help="confidential spokes: the overlay's key instead (the one the hub never sees)")
     p = _command(sub, "status", cmd_status, "the node and its peers")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "reload", cmd_reload, "re-read the config (like SIGHUP)")
@@ -96,10 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=Path, required=True, help="a new or empty directory")
     p.add_argument("--standby", action="store_true", help="keep standby.signal (restore a replica as a replica)")
 
+    add_roster_arguments(sub)
+
     lab = sub.add_parser("lab", help="a local lab in network namespaces").add_subparsers(dest="lab", required=True)
     p = lab.add_parser("up", help="build (or repair) the lab and show it working")
     p.add_argument("--spokes", type=int, default=3)
     p.add_argument("--backend", choices=("auto", "kernel", "userspace"), default="auto")
+    p.add_argument("--mode", choices=("confidential", "routed"), default="confidential",
+                   help="confidential: end-to-end between spokes, the hub a blind relay (default); "
+                        "routed: the seed's hub-terminated design")
     p.add_argument("--postgres", action="store_true",
                    help="PostgreSQL 15 on the spokes: spoke-a primary, the others streaming replicas")
     p.set_defaults(func=cmd_lab_up)

@@ -23,8 +23,15 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
     config = load(args.config)
+    path = config.wireguard.private_key_file
+    if getattr(args, "overlay", False):
+        if not config.confidential or config.is_hub:
+            print(f"dvpnctl: {args.config}: only a spoke in overlay.mode: confidential has an overlay key",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        path = config.overlay.private_key_file
     # Like the daemon's first start: the key is created on this node if it does not exist yet.
-    raw, _created = load_or_create_private_key(config.wireguard.private_key_file)
+    raw, _created = load_or_create_private_key(path)
     print(encode_key(public_key(raw)))
     return 0
 

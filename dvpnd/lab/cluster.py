@@ -20,12 +20,16 @@ import signal
 import string
 import subprocess
 import sys
+import time
 from dataclasses import asdict
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from dvpnd.errors import DvpnError
 from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in, wait_until
+from dvpnd.roster.authority import Authority
+from dvpnd.roster.model import Member, Roster
 from dvpnd.serve import control
 from dvpnd.util.fsutil import write_yaml
 from dvpnd.util.procutil import wait_exit
@@ -36,6 +40,7 @@ WG_RUN = Path("/run/wireguard")
 HUB_PUBLIC = "192.0.2.10"
 OUTSIDE_PUBLIC = "203.0.113.10"
 MAX_SPOKES = 12
+LAB_NETWORK = "10.88.0.0/24"
 
 
 def spoke_name(i: int) -> str:
@@ -82,8 +87,9 @@ def pg_paths(node: Node) -> dict[str, str]:
             "password_file": str(d / "pg-replication.password"), "backups": str(d / "backups")}
 
 
-def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False) -> dict[str, Any]:
-    """A node's dvpnd.yaml in the lab (pure)."""
+def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False,
+                       authority: str | None = None) -> dict[str, Any]:
+    """A node's dvpnd.yaml in the lab (pure); with `authority`, in confidential mode."""
     assert node.state_dir is not None
     cfg: dict[str, Any] = {
         "role": node.role,
@@ -96,6 +102,8 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
         # The hub as in production: its page on 127.0.0.1 only, the firewall's defaults (22/TCP,
         # 51820/UDP); a spoke's page faces the Internet on 8000, as the seed says.
     }
+    if authority is not None:
+        cfg["overlay"].update({"mode": "confidential", "authority": authority})
     if node.role == "hub":
         cfg["public_endpoint"] = f"{HUB_PUBLIC}:51820"
     if node.role == "spoke":
@@ -210,13 +218,21 @@ def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
     return wait_until(ready, timeout, 0.2, lambda: f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last[0]}")
 
 
-def pubkey(node: Node) -> str:
-    r = run_in(node, [sys.executable, "-m", "dvpnd.cli", "pubkey", "--config", str(node.config)])
+def pubkey(node: Node, *flags: str) -> str:
+    r = run_in(node, [sys.executable, "-m", "dvpnd.cli", "pubkey", "--config", str(node.config), *flags])
     return r.stdout.strip()
 
 
+MODES = ("confidential", "routed")
+
+
+def authority() -> Authority:
+    """The lab's roster authority (the operator's machine, in production: never the hub)."""
+    return Authority(LAB_DIR / "authority")
+
+
 def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
-       postgres: bool = False) -> list[Node]:
+       postgres: bool = False, mode: str = "confidential") -> list[Node]:
     """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
     if os.geteuid() != 0:
         raise DvpnError("the lab needs root (network namespaces, mounts, nftables)")
@@ -226,14 +242,17 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     if existing is not None:
         nodes, meta = existing
         if (len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend
-                or bool(meta.get("postgres")) != postgres):
+                or bool(meta.get("postgres")) != postgres or meta.get("mode", "routed") != mode):
             raise DvpnError(
-                f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}"
+                f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}, {meta.get('mode', 'routed')}"
                 f"{', postgres' if meta.get('postgres') else ''}) is up; "
                 "run 'dvpnctl lab down' first to change its shape")
     else:
         nodes, meta = plan(spokes, backend), {"spokes": spokes, "backend": backend, "postgres": postgres,
-                                              "created_wg_run": not WG_RUN.exists()}
+                                              "mode": mode, "created_wg_run": not WG_RUN.exists()}
+    if mode not in MODES:
+        raise DvpnError(f"--mode must be one of {', '.join(MODES)}")
+    confidential = mode == "confidential"
     LAB_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The database servers run as the postgres user, which must reach its directories.
     os.chmod(LAB_DIR, 0o711 if postgres else 0o700)
@@ -244,10 +263,14 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     save_lab(nodes, meta)
     build_network(nodes)
 
+    auth_pub = None
+    if confidential:
+        auth = authority()
+        auth_pub = auth.public() if auth.key_file.exists() else auth.init()
     hub = next(n for n in nodes if n.role == "hub")
     assert hub.config is not None
     if not Path(hub.config).exists():
-        write_yaml(Path(hub.config), render_node_config(hub, backend, None))
+        write_yaml(Path(hub.config), render_node_config(hub, backend, None, authority=auth_pub))
     (Path(hub.dir) / "peers.d").mkdir(exist_ok=True)
     if not pid_alive(read_pid(hub)):
         start_daemon(hub)
@@ -258,16 +281,21 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     for s in (n for n in nodes if n.role == "spoke"):
         assert s.config is not None
         if not Path(s.config).exists():
-            write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres))
+            write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres, authority=auth_pub))
         if not pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
+        if confidential:
+            added |= admit(s)
+            continue
         peer_file = Path(hub.dir) / "peers.d" / f"{s.name}.yaml"
         if not peer_file.exists():
             # The runbook's "add a spoke": the spoke made its key; only the public half travels.
             write_yaml(peer_file, {"name": s.name, "public_key": pubkey(s), "address": s.overlay_ip})
             added = True
-    if added:
+    if added and confidential:
+        publish(hub, authority().roster_file)
+    elif added:
         reply = control.request(Path(hub.dir) / "control.sock", "reload")
         if not reply.get("ok"):
             raise DvpnError(f"hub rejected the reload: {reply.get('problems')}")
@@ -279,18 +307,50 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     return nodes
 
 
+def admit(spoke: Node) -> bool:
+    """The operator's `dvpnctl roster add` for a lab spoke (its keys made on the spoke; only the
+    public halves travel); False if it is a member already."""
+    auth = authority()
+    current = auth.current()
+    if current is not None and current.member(spoke.name) is not None:
+        return False
+    transit = pubkey(spoke)
+    overlay = pubkey(spoke, "--overlay")
+    assert spoke.overlay_ip is not None
+    member = Member(name=spoke.name, address=IPv4Address(spoke.overlay_ip), transit_key=transit, overlay_key=overlay)
+    now = int(time.time())
+    auth.publish(Roster(network=IPv4Network(LAB_NETWORK), serial=(current.serial + 1) if current else 1,
+                        issued=now, expires=now + 30 * 86400,
+                        members=(current.members if current else ()) + (member,)))
+    return True
+
+
+def publish(node: Node, roster_file: Path) -> dict[str, Any]:
+    """`dvpnctl roster publish` on a node (the hub)."""
+    reply = control.request(Path(node.dir) / "control.sock", "roster-publish", file=str(roster_file))
+    if not reply.get("ok"):
+        raise DvpnError(f"{node.name} refused the roster: {reply.get('problems')}")
+    return reply
+
+
 def wait_handshakes_done(nodes: list[Node], timeout: float) -> None:
-    """Wait until the hub sees every spoke up and every spoke sees the hub up."""
+    """Wait until the hub sees every spoke up and every spoke sees the hub up (and, in
+    confidential mode, holds the hub's roster)."""
     missing: set[str] = {n.name for n in nodes if n.runs_dvpnd}
+    hub = next(n for n in nodes if n.role == "hub")
 
     def all_up() -> bool:
         missing.clear()
+        serial = control.request(Path(hub.dir) / "control.sock", "status").get("status", {}).get(
+            "roster") or {}
         for n in nodes:
             if not n.runs_dvpnd:
                 continue
             st = control.request(Path(n.dir) / "control.sock", "status").get("status", {})
             peers = st.get("peers", [])
-            if not peers or any(p.get("state") != "up" for p in peers):
+            if not peers or any(p.get("state") not in ("up", "idle") for p in peers):
+                missing.add(n.name)
+            if (st.get("roster") or {}).get("serial") != serial.get("serial"):
                 missing.add(n.name)
         return not missing
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dvpnd.config.model import Config
-from dvpnd.netif import LinkState
+from dvpnd.linkstate import LinkState
 from dvpnd.overlay.paths import PeerPaths
 from dvpnd.roster.model import Member, Roster
 from dvpnd.wireguard.device import DesiredDevice, DesiredPeer

@@ -158,17 +158,24 @@ def the_lab() -> Iterator[None]:
         lab.down()
 
 
-def ensure_lab(postgres: bool) -> Lab:
+def ensure_lab(postgres: bool, mode: str = "routed") -> Lab:
     """The lab, checked healthy (every daemon running, every peer up), in the shape asked for."""
     existing = lab.load_lab()
-    if existing is not None and bool(existing[1].get("postgres")) != postgres:
+    if existing is not None and (bool(existing[1].get("postgres")) != postgres
+                                 or existing[1].get("mode", "routed") != mode):
         lab.down()
-    return Lab(lab.up(spokes=3, backend="auto", postgres=postgres))
+    return Lab(lab.up(spokes=3, backend="auto", postgres=postgres, mode=mode))
 
 
 @pytest.fixture
 def L(the_lab: None) -> Lab:
     return ensure_lab(postgres=False)
+
+
+@pytest.fixture
+def C(the_lab: None) -> Lab:
+    """The lab in confidential mode (the default of `dvpnctl lab up`)."""
+    return ensure_lab(postgres=False, mode="confidential")
 
 
 @pytest.fixture

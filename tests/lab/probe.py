@@ -2,6 +2,8 @@
 
   probe.py tcp HOST PORT... [--timeout S]     -> {"PORT": "open" | "refused" | "timeout"}
   probe.py listen PORT...                     -> listens (accept and close) until killed
+  probe.py catch PORT SECONDS                 -> "ready", then {"tcp": TEXT, "udp": TEXT} received
+  probe.py send HOST PORT TEXT                -> TEXT once over TCP, once over UDP
   probe.py hammer HOST PORT --until-file F    -> connects until F exists (at most 300 s):
                                                  {"attempts": N, "successes": M}
   probe.py idle HOST PORT N --seconds S       -> holds N silent connections for S seconds:
@@ -109,8 +111,64 @@ def flood(argv: list[str]) -> int:
     return 0
 
 
+def catch(port: int, seconds: float) -> int:
+    """Receive one TCP stream and one UDP datagram on `port`; print what arrived."""
+    t = socket.socket()
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", port))
+    t.listen(4)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", port))
+    sel = selectors.DefaultSelector()
+    sel.register(t, selectors.EVENT_READ)
+    sel.register(u, selectors.EVENT_READ)
+    got: dict[str, str] = {}
+    print("ready", flush=True)
+    deadline = time.monotonic() + seconds
+    while len(got) < 2 and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.2):
+            if key.fileobj is u:
+                got["udp"] = u.recv(2048).decode(errors="replace")
+            else:
+                conn, _ = t.accept()
+                conn.settimeout(2)
+                data = b""
+                try:
+                    while chunk := conn.recv(4096):
+                        data += chunk
+                except OSError:
+                    pass
+                conn.close()
+                got["tcp"] = data.decode(errors="replace")
+    print(json.dumps(got), flush=True)
+    return 0
+
+
+def send(host: str, port: int, text: str) -> int:
+    """Send `text` once over TCP and once over UDP; print what happened to each."""
+    out: dict[str, str] = {}
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            s.sendall(text.encode())
+        out["tcp"] = "sent"
+    except OSError as e:
+        out["tcp"] = f"error: {e}"
+    try:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(text.encode(), (host, port))
+        out["udp"] = "sent"
+    except OSError as e:
+        out["udp"] = f"error: {e}"
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0]
+    if cmd == "catch":
+        return catch(int(argv[1]), float(argv[2]))
+    if cmd == "send":
+        return send(argv[1], int(argv[2]), argv[3])
     if cmd == "tcp":
         timeout = 1.0
         if "--timeout" in argv:

@@ -1,0 +1,227 @@
+"""dvpnctl's authority and roster commands.
+
+`authority` and `roster add/remove/rotate/renew/show` run on the operator's machine, where the
+authority key lives (never on the hub); `roster publish` runs on the node that should take a
+signed roster file (the hub, which then serves it to the spokes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from dvpnd.cli.common import BadInput, request
+from dvpnd.config.model import DEFAULT_NETWORK
+from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
+from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError, parse_payload, render_payload
+from dvpnd.util.fsutil import read_regular
+from dvpnd.wireguard.keytext import decode_key
+
+DEFAULT_AUTHORITY_DIR = Path(os.environ.get("DVPN_AUTHORITY_DIR", Path.home() / ".dvpn-authority"))
+DAY = 86400
+
+
+def _duration_days(text: str) -> int:
+    if not text.endswith("d") or not text[:-1].isdigit() or not 1 <= int(text[:-1]) <= 3650:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of days, e.g. 90d (1 to 3650)")
+    return int(text[:-1]) * DAY
+
+
+def add_arguments(sub: Any) -> None:
+    def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--dir", type=Path, default=DEFAULT_AUTHORITY_DIR,
+                       help="the authority directory (default $DVPN_AUTHORITY_DIR or ~/.dvpn-authority); "
+                            "keep it off the hub")
+        return p
+
+    au = sub.add_parser("authority", help="the roster authority (on the operator's machine, never the hub)")
+    aus = au.add_subparsers(dest="authority", required=True)
+    with_dir(aus.add_parser("init", help="make the authority key (0600) and print its public half")) \
+        .set_defaults(func=cmd_authority_init)
+    with_dir(aus.add_parser("show", help="print the authority's public key")).set_defaults(func=cmd_authority_show)
+
+    ro = sub.add_parser("roster", help="the signed roster: who the overlay's members are")
+    ros = ro.add_subparsers(dest="roster", required=True)
+    p = with_dir(ros.add_parser("add", help="add a member; sign a new roster; print its join settings"))
+    p.add_argument("name")
+    p.add_argument("--transit-key", required=True, help="the spoke's `dvpnctl pubkey`")
+    p.add_argument("--overlay-key", required=True, help="the spoke's `dvpnctl pubkey --overlay`")
+    p.add_argument("--address", type=IPv4Address, help="its overlay address (default: the next free one from .11)")
+    p.add_argument("--network", type=IPv4Network, default=IPv4Network(DEFAULT_NETWORK),
+                   help="the overlay (for the first member only)")
+    p.add_argument("--valid", type=_duration_days, default=90 * DAY, help="how long the new roster is valid (90d)")
+    p.set_defaults(func=cmd_roster_add)
+    p = with_dir(ros.add_parser("remove", help="remove a member; sign a new roster"))
+    p.add_argument("name")
+    p.add_argument("--valid", type=_duration_days, default=90 * DAY)
+    p.set_defaults(func=cmd_roster_remove)
+    p = with_dir(ros.add_parser("rotate", help="give a member new keys; sign a new roster"))
+    p.add_argument("name")
+    p.add_argument("--transit-key")
+    p.add_argument("--overlay-key")
+    p.add_argument("--valid", type=_duration_days, default=90 * DAY)
+    p.set_defaults(func=cmd_roster_rotate)
+    p = with_dir(ros.add_parser("renew", help="the same members, a new serial and expiry"))
+    p.add_argument("--valid", type=_duration_days, default=90 * DAY)
+    p.set_defaults(func=cmd_roster_renew)
+    p = with_dir(ros.add_parser("show", help="the roster this authority signed last (or FILE, verified)"))
+    p.add_argument("file", nargs="?", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_roster_show)
+    p = ros.add_parser("publish", help="on a node (the hub): take a signed roster file; spokes fetch it from the hub")
+    from dvpnd.cli.common import config_arg
+
+    config_arg(p)
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_roster_publish)
+
+
+def cmd_authority_init(args: argparse.Namespace) -> int:
+    pub = Authority(args.dir).init()
+    print(f"authority key: {args.dir / 'authority.key'} (0600; keep it off the hub, back it up offline)")
+    print(f"public key (overlay.authority on every node): {pub}")
+    return 0
+
+
+def cmd_authority_show(args: argparse.Namespace) -> int:
+    print(Authority(args.dir).public())
+    return 0
+
+
+def _key(text: str, what: str) -> str:
+    try:
+        if decode_key(text) == bytes(32):
+            raise ValueError("is the all-zero key")
+    except ValueError as e:
+        raise BadInput(f"{what} {e}") from None
+    return text.strip()
+
+
+def _sign(auth: Authority, old: Roster | None, members: tuple[Member, ...], network: IPv4Network,
+          valid: int) -> Roster:
+    now = int(time.time())
+    new = Roster(network=network, serial=(old.serial + 1) if old else 1, issued=now, expires=now + valid,
+                 members=members)
+    try:  # the same checks every node makes, before anything is signed
+        parse_payload(render_payload(new), "the new roster")
+    except RosterError as e:
+        raise BadInput(str(e)) from None
+    auth.publish(new)
+    return new
+
+
+def _published(auth: Authority, roster: Roster, what: str) -> None:
+    print(f"{what}: roster serial {roster.serial}, {len(roster.members)} members, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(roster.expires))}")
+    print(f"now on the hub: dvpnctl roster publish {auth.roster_file}   (spokes fetch it within seconds)")
+
+
+def cmd_roster_add(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    old = auth.current()
+    network = old.network if old else args.network
+    if not LABEL_RE.match(args.name):
+        raise BadInput(f"{args.name!r} is not a DNS label (a-z, 0-9 and '-', at most 63)")
+    members = old.members if old else ()
+    if any(m.name == args.name for m in members):
+        raise BadInput(f"{args.name} is a member already (dvpnctl roster rotate changes its keys)")
+    taken = {m.address for m in members}
+    address = args.address
+    if address is None:
+        hosts = list(network.hosts())[10:]
+        address = next((h for h in hosts if h not in taken), None)
+        if address is None:
+            raise BadInput(f"no free address left in {network}")
+    member = Member(name=args.name, address=address, transit_key=_key(args.transit_key, "--transit-key"),
+                    overlay_key=_key(args.overlay_key, "--overlay-key"))
+    new = _sign(auth, old, members + (member,), network, args.valid)
+    _published(auth, new, f"added {member.name} at {member.address}")
+    print(f"\n# the spoke's join settings (its dvpnd.yaml):\noverlay:\n  mode: confidential\n"
+          f"  network: {network}\n  address: {member.address}\n  authority: {auth.public()}\n"
+          f"  min_serial: {new.serial}   # it refuses any older roster, even with no state of its own")
+    return 0
+
+
+def _existing(auth: Authority, name: str) -> tuple[Roster, Member]:
+    old = auth.current()
+    if old is None:
+        raise BadInput(f"{auth.roster_file}: no roster yet (dvpnctl roster add makes the first)")
+    m = old.member(name)
+    if m is None:
+        raise BadInput(f"{name} is not a member (members: {', '.join(x.name for x in old.members) or 'none'})")
+    return old, m
+
+
+def cmd_roster_remove(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    old, m = _existing(auth, args.name)
+    new = _sign(auth, old, tuple(x for x in old.members if x.name != m.name), old.network, args.valid)
+    _published(auth, new, f"removed {m.name} ({m.address})")
+    return 0
+
+
+def cmd_roster_rotate(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    old, m = _existing(auth, args.name)
+    if not args.transit_key and not args.overlay_key:
+        raise BadInput("give --transit-key, --overlay-key or both (the spoke's new public keys)")
+    changed = replace(m, transit_key=_key(args.transit_key, "--transit-key") if args.transit_key else m.transit_key,
+                      overlay_key=_key(args.overlay_key, "--overlay-key") if args.overlay_key else m.overlay_key)
+    new = _sign(auth, old, tuple(changed if x.name == m.name else x for x in old.members), old.network, args.valid)
+    _published(auth, new, f"new keys for {m.name}")
+    return 0
+
+
+def cmd_roster_renew(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    old = auth.current()
+    if old is None:
+        raise BadInput(f"{auth.roster_file}: no roster yet")
+    new = _sign(auth, old, old.members, old.network, args.valid)
+    _published(auth, new, "renewed")
+    return 0
+
+
+def cmd_roster_show(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    if args.file is None:
+        roster = auth.current()
+        if roster is None:
+            raise BadInput(f"{auth.roster_file}: no roster yet")
+    else:
+        text = read_regular(args.file, 4 << 20, follow_links=True)
+        if text is None:
+            raise BadInput(f"{args.file}: no such file")
+        try:
+            roster, _ = verify_document(text.encode(), Ed25519Verifier(auth.public()), str(args.file))
+        except RosterError as e:
+            raise BadInput(str(e)) from None
+    if args.json:
+        print(json.dumps({"serial": roster.serial, "issued": roster.issued, "expires": roster.expires,
+                          "network": str(roster.network),
+                          "members": [{"name": m.name, "address": str(m.address), "transit_key": m.transit_key,
+                                       "overlay_key": m.overlay_key} for m in roster.members]}, indent=2))
+        return 0
+    print(f"serial {roster.serial}, {roster.network}, expires "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(roster.expires))}")
+    for m in roster.members:
+        print(f"  {m.name:<16} {str(m.address):<15} transit {m.transit_key}  overlay {m.overlay_key}")
+    return 0
+
+
+def cmd_roster_publish(args: argparse.Namespace) -> int:
+    reply = request(args, "roster-publish", file=str(args.file.resolve()))
+    if not reply.get("ok"):
+        for p in reply.get("problems", []):
+            print(f"dvpnctl: {p}", file=sys.stderr)
+        return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
+    print(f"roster serial {reply['serial']} in force ({reply['members']} members)"
+          + ("" if reply.get("adopted") else "; it already was"))
+    return 0
