@@ -377,9 +377,7 @@ def down() -> list[str]:
             if pid_alive(pid):
                 stop_daemon(n)
                 done.append(f"stopped dvpnd in {n.name} (pid {pid})")
-            wp = wg_go_pid(n)
-            if wp:
-                wg_pids.append(wp)
+            wg_pids += wg_go_pids(n)
     for n in nodes:
         if _ns_exists(n.netns):
             # Deleting the namespace deletes wg0, and wireguard-go exits with its tun.
@@ -402,6 +400,12 @@ def down() -> list[str]:
 def wg_go_pid(node: Node) -> int | None:
     """The PID of the wireguard-go serving the node's wg0."""
     return socket_peer_pid(Path(node.dir) / "wireguard" / "wg0.sock")
+
+
+def wg_go_pids(node: Node) -> list[int]:
+    """Every wireguard-go of the node (wg0, and a confidential spoke's transit wgt0)."""
+    pids = (socket_peer_pid(sock) for sock in sorted((Path(node.dir) / "wireguard").glob("*.sock")))
+    return [p for p in pids if p]
 
 
 def find_node(name: str) -> Node:
