@@ -35,3 +35,22 @@ def test_stale_and_never_make_the_node_degraded() -> None:
     assert st["state"] == "degraded" and st["wg"]["max_last_handshake_sec"] == 300 and st["peers_up"] == 0
     st = render_status(snap((peer(None),)), now=1000.0, stale_after=180)
     assert st["state"] == "degraded" and st["wg"]["max_last_handshake_sec"] == -1
+
+
+def test_metrics_show_the_roster_and_its_refusals() -> None:
+    from dvpnd.daemon.status import RosterView
+    from dvpnd.serve.api import Counters
+    from dvpnd.serve.metrics import collect_snapshot
+
+    snap = Snapshot(taken=1000.0, node="spoke-a", role="spoke", interface="wg0", overlay_ip="10.88.0.11",
+                    backend="userspace", interface_up=True, mode="confidential",
+                    roster=RosterView(serial=7, issued=900, expires=2000, members=3, membership_problem=None,
+                                      refused={"signature": 2, "older": 1}))
+    fams = {f.name: f for f in collect_snapshot(snap, Counters(), 180, 1000.0)}
+    assert fams["dvpnd_roster_serial"].samples[0].value == 7
+    assert fams["dvpnd_roster_age_seconds"].samples[0].value == 100
+    assert fams["dvpnd_roster_expired"].samples[0].value == 0
+    refused = {s.labels["reason"]: s.value for s in fams["dvpnd_roster_refused"].samples if s.name.endswith("_total")}
+    assert refused == {"signature": 2, "older": 1, "expired": 0, "malformed": 0, "network": 0}
+    page = render_status(snap, 1000.0, 180)
+    assert page["mode"] == "confidential" and page["roster_serial"] == 7

@@ -243,3 +243,15 @@ def test_the_authority_key_is_0600_and_never_replaced(auth: Authority) -> None:
     auth.key_file.chmod(0o644)
     with pytest.raises(DvpnError, match="mode 0600"):
         auth.public()
+
+
+def test_wg_quick_files_for_a_laptop_carry_no_private_key(auth: Authority) -> None:
+    from dvpnd.overlay.wgquick import render_wg_quick
+
+    r = roster()
+    files = render_wg_quick(r, r.members[0], key(), "hub.example.org:51820", IPv4Network("10.89.0.0/24"))
+    t, o = files["dvpn-transit.conf"], files["dvpn.conf"]
+    assert "Address = 10.89.0.11/24" in t and "AllowedIPs = 10.89.0.0/24" in t and "PersistentKeepalive = 25" in t
+    assert "Address = 10.88.0.11/24" in o and "MTU = 1340" in o and "ListenPort = 51821" in o
+    assert o.count("[Peer]") == 2 and "Endpoint = 10.89.0.12:51821" in o and "AllowedIPs = 10.88.0.13/32" in o
+    assert "PersistentKeepalive" not in o and "PrivateKey" not in t + o

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dvpnd.cli.common import BadInput, request
-from dvpnd.config.model import DEFAULT_NETWORK
+from dvpnd.config.model import DEFAULT_NETWORK, DEFAULT_TRANSIT_NETWORK
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
 from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError, parse_payload, render_payload
@@ -75,6 +75,12 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("file", nargs="?", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_roster_show)
+    p = with_dir(ros.add_parser("wg-quick", help="the two wg-quick files for a member without dvpnd (a laptop)"))
+    p.add_argument("name")
+    p.add_argument("--hub-key", required=True, help="the hub's public key (dvpnctl pubkey on the hub)")
+    p.add_argument("--hub-endpoint", required=True, help="host:port of the hub")
+    p.add_argument("--transit-network", type=IPv4Network, default=IPv4Network(DEFAULT_TRANSIT_NETWORK))
+    p.set_defaults(func=cmd_roster_wg_quick)
     p = ros.add_parser("publish", help="on a node (the hub): take a signed roster file; spokes fetch it from the hub")
     from dvpnd.cli.common import config_arg
 
@@ -213,6 +219,17 @@ def cmd_roster_show(args: argparse.Namespace) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(roster.expires))}")
     for m in roster.members:
         print(f"  {m.name:<16} {str(m.address):<15} transit {m.transit_key}  overlay {m.overlay_key}")
+    return 0
+
+
+def cmd_roster_wg_quick(args: argparse.Namespace) -> int:
+    from dvpnd.overlay.wgquick import render_wg_quick
+
+    auth = Authority(args.dir)
+    roster, me = _existing(auth, args.name)
+    _key(args.hub_key, "--hub-key")
+    for name, text in render_wg_quick(roster, me, args.hub_key, args.hub_endpoint, args.transit_network).items():
+        print(f"### /etc/wireguard/{name}\n{text}")
     return 0
 
 

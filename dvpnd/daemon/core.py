@@ -46,6 +46,11 @@ SNAPSHOT_INTERVAL = 1.0
 ROTATION_POLL = 0.1
 
 
+def own_address(c: Config) -> str:
+    """The address the node has: a confidential hub has none in the overlay, only its transit one."""
+    return str(c.hub_transit_address) if c.confidential and c.is_hub else str(c.address)
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: Config, clock: Callable[[], float] = time.time):
         self.config_path = config_path
@@ -71,7 +76,7 @@ class Daemon:
     def _empty_snapshot(self) -> Snapshot:
         c = self.config
         return Snapshot(taken=time.time(), node=c.name, role=c.role, interface=c.wireguard.interface,
-                        overlay_ip=str(c.address), backend=c.wireguard.backend, interface_up=False)
+                        overlay_ip=own_address(c), backend=c.wireguard.backend, interface_up=False)
 
     # --- reconcile ---------------------------------------------------------------------------
 
@@ -232,7 +237,7 @@ class Daemon:
         peers = self._peer_views(device)
         return Snapshot(
             taken=time.time(), node=c.name, role=c.role, interface=c.wireguard.interface,
-            overlay_ip=str(c.address), backend=backend.name if backend else c.wireguard.backend,
+            overlay_ip=own_address(c), backend=backend.name if backend else c.wireguard.backend,
             interface_up=bool(lnk and lnk.up and device is not None),
             peers=peers, mode=c.overlay.mode,
             roster=self.rosters.view(self.reconciler.membership.problem) if self.rosters else None,
