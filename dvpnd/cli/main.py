@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = lab.add_parser("up", help="build (or repair) the lab and show it working")
     p.add_argument("--spokes", type=int, default=3)
     p.add_argument("--backend", choices=("auto", "kernel", "userspace"), default="auto")
-    p.add_argument("--mode", choices=("confidential", "routed"), default="confidential",
-                   help="confidential: end-to-end between spokes, the hub a blind relay (default); "
-                        "routed: the seed's hub-terminated design")
+    p.add_argument("--mode", choices=("confidential", "routed"),
+                   help="confidential: end-to-end between spokes, the hub a blind relay (the default for a "
+                        "new lab); routed: the seed's hub-terminated design. A running lab keeps its mode")
     p.add_argument("--postgres", action="store_true",
                    help="PostgreSQL 15 on the spokes: spoke-a primary, the others streaming replicas")
     p.set_defaults(func=cmd_lab_up)

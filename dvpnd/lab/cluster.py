@@ -232,13 +232,15 @@ def authority() -> Authority:
 
 
 def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
-       postgres: bool = False, mode: str = "confidential") -> list[Node]:
+       postgres: bool = False, mode: str | None = None) -> list[Node]:
     """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
     if os.geteuid() != 0:
         raise DvpnError("the lab needs root (network namespaces, mounts, nftables)")
     if not 1 <= spokes <= MAX_SPOKES:
         raise DvpnError(f"--spokes must be between 1 and {MAX_SPOKES}")
     existing = load_lab()
+    if mode is None:  # a running lab keeps its mode (a repair); a new one is confidential
+        mode = str(existing[1].get("mode", "routed")) if existing is not None else "confidential"
     if existing is not None:
         nodes, meta = existing
         if (len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend
