@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -55,12 +56,22 @@ class Capture:
             L.run(node, "ping", "-c", "1", "-W", "1", "127.0.0.1", check=False)
 
     def stop(self) -> bytes:
-        time.sleep(0.5)
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=10)
-        data = self.path.read_bytes()
-        self.path.unlink()
+        if self.proc.poll() is None:
+            time.sleep(0.5)
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.communicate(timeout=10)
+        data = self.path.read_bytes() if self.path.exists() else b""
+        self.path.unlink(missing_ok=True)
         return data
+
+
+@pytest.fixture
+def captures() -> Iterator[list[Capture]]:
+    """Every capture a test starts is stopped, whatever the test's outcome."""
+    started: list[Capture] = []
+    yield started
+    for c in started:
+        c.stop()
 
 
 def send_marker(L: Lab, src: str, dst: str, dst_ip: str, marker: str) -> dict[str, str]:
@@ -72,9 +83,10 @@ def send_marker(L: Lab, src: str, dst: str, dst_ip: str, marker: str) -> dict[st
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def marker_through_hub(L: Lab) -> tuple[dict[str, str], bytes, str]:
+def marker_through_hub(L: Lab, captures: list[Capture]) -> tuple[dict[str, str], bytes, str]:
     marker = "dvpn-marker-" + secrets.token_hex(8)
     cap = Capture(L, "hub", "marker")
+    captures.append(cap)
     got = send_marker(L, "spoke-a", "spoke-b", L.ip("spoke-b"), marker)
     return got, cap.stop(), marker
 
@@ -109,8 +121,8 @@ def test_the_largest_unfragmented_ping_passes_with_df_set(C: Lab) -> None:
     assert r.returncode != 0 and "message too long" in (r.stdout + r.stderr).lower()
 
 
-def test_the_hub_captures_only_ciphertext(C: Lab) -> None:
-    got, pcap, marker = marker_through_hub(C)
+def test_the_hub_captures_only_ciphertext(C: Lab, captures: list[Capture]) -> None:
+    got, pcap, marker = marker_through_hub(C, captures)
     assert got == {"tcp": marker, "udp": marker}, got  # it did cross the hub
     # the capture holds the overlay's packets between the transit addresses 10.89.0.11 and .12
     assert bytes([10, 89, 0, 11]) in pcap and bytes([10, 89, 0, 12]) in pcap
@@ -271,14 +283,16 @@ def test_a_removed_spoke_reaches_no_one_and_a_replay_does_not_bring_it_back(C: L
     C.wait("spoke-c back", lambda: C.ping("spoke-c", C.ip("spoke-a"), count=1), timeout=10)
 
 
-def test_a_dead_overlay_leaks_nothing_in_clear(C: Lab) -> None:
+def test_a_dead_overlay_leaks_nothing_in_clear(C: Lab, captures: list[Capture]) -> None:
     """wireguard-go of spoke-a's wg0 killed while it sends: nothing leaves, in clear or at all,
     towards the overlay's addresses (the fail-closed rule), until dvpnd brings wg0 back."""
     pid = C.wg_go_pid("spoke-a")
     assert pid
     marker = "dvpn-marker-" + secrets.token_hex(8)
     cap_a = Capture(C, "spoke-a", "dead-a")
+    captures.append(cap_a)
     cap_h = Capture(C, "hub", "dead-h")
+    captures.append(cap_h)
     # dvpnd stopped first (it leaves the data plane as it is), so that it does not bring wg0 back
     # in the middle of the test: the window in which it has not noticed yet, made long
     lab.stop_daemon(C.nodes["spoke-a"])
@@ -298,8 +312,8 @@ def test_a_dead_overlay_leaks_nothing_in_clear(C: Lab) -> None:
     C.wait("wg0 back on spoke-a", lambda: C.ping("spoke-a", C.ip("spoke-b"), count=1), timeout=30)
 
 
-def test_the_same_marker_test_finds_plaintext_in_routed_mode(L: Lab) -> None:
+def test_the_same_marker_test_finds_plaintext_in_routed_mode(L: Lab, captures: list[Capture]) -> None:
     """The marker test can fail: through a routed hub the marker is in the hub's capture."""
-    got, pcap, marker = marker_through_hub(L)
+    got, pcap, marker = marker_through_hub(L, captures)
     assert got == {"tcp": marker, "udp": marker}
     assert marker.encode() in pcap
