@@ -14,7 +14,6 @@ import re
 import statistics
 import time
 import tracemalloc
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -78,9 +77,8 @@ def roster_propagation(L: Lab, repeat: int) -> list[float]:
         current = auth.current()
         assert current is not None
         name = f"bench-{i}"
-        now = int(time.time())
-        auth.publish(replace(current, serial=current.serial + 1, issued=now, members=current.members + (
-            Member(name, IPv4Address(f"10.88.0.{200 + i}"), encode_key(public_key(generate_private_key())), k),)))
+        auth.amend(current.members + (
+            Member(name, IPv4Address(f"10.88.0.{200 + i}"), encode_key(public_key(generate_private_key())), k),), 3600)
         t0 = time.monotonic()
         lab.publish(L.nodes["hub"], auth.roster_file)
         spokes = [n for n in L.nodes if n.startswith("spoke-")]
@@ -92,8 +90,7 @@ def roster_propagation(L: Lab, repeat: int) -> list[float]:
     # the bench's members (no machine behind them) out again
     current = auth.current()
     assert current is not None
-    auth.publish(replace(current, serial=current.serial + 1, issued=int(time.time()),
-                         members=tuple(m for m in current.members if not m.name.startswith("bench-"))))
+    auth.amend(tuple(m for m in current.members if not m.name.startswith("bench-")), 3600)
     lab.publish(L.nodes["hub"], auth.roster_file)
     return times
 

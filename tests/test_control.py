@@ -54,6 +54,13 @@ class FakeCommands:
     async def down(self) -> Outcome:
         return Outcome(True)
 
+    async def roster_publish(self, path: str) -> Outcome:
+        PUBLISHED.append(path)
+        return Outcome(True, data={"serial": 1})
+
+
+PUBLISHED: list[str] = []
+
 
 def start(path: Path) -> Any:
     return control.start(SimpleNamespace(), FakeCommands(), path)
@@ -147,3 +154,13 @@ def test_commands_answer_through_their_outcome(sock_path: Path) -> None:
         {"ok": False, "problems": ["backups are not enabled"], "bad_input": True},
         {"ok": False, "problems": ["no key"], "bad_input": False},
     ]
+
+
+def test_roster_publish_takes_only_an_absolute_file_path(sock_path: Path) -> None:
+    PUBLISHED.clear()
+    bad = [b'{"cmd": "roster-publish"}\n', b'{"cmd": "roster-publish", "file": "roster.json"}\n',
+           b'{"cmd": "roster-publish", "file": ["/x"]}\n', b'{"cmd": "roster-publish", "file": 7}\n']
+    replies = serve(sock_path, bad + [b'{"cmd": "roster-publish", "file": "/srv/roster.json"}\n'])
+    for reply in replies[:-1]:
+        assert reply["ok"] is False and reply["bad_input"] and "absolute path" in reply["problems"][0]
+    assert replies[-1]["ok"] and PUBLISHED == ["/srv/roster.json"]

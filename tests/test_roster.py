@@ -255,3 +255,47 @@ def test_wg_quick_files_for_a_laptop_carry_no_private_key(auth: Authority) -> No
     assert "Address = 10.88.0.11/24" in o and "MTU = 1340" in o and "ListenPort = 51821" in o
     assert o.count("[Peer]") == 2 and "Endpoint = 10.89.0.12:51821" in o and "AllowedIPs = 10.88.0.13/32" in o
     assert "PersistentKeepalive" not in o and "PrivateKey" not in t + o
+
+
+def test_publishing_a_bad_file_changes_nothing(tmp_path: Path, auth: Authority) -> None:
+    """`dvpnctl roster publish` through the daemon: missing, a directory, a FIFO (no wait for a
+    writer), oversized, garbage, another authority's; each refused as bad input, nothing adopted."""
+    import asyncio
+    import os
+
+    from dvpnd.daemon.core import Daemon
+
+    cfg = _config(tmp_path, auth)
+    d = Daemon(cfg, load_config(cfg), clock=lambda: time.time())
+    adopted: list[int] = []
+
+    async def no_reconcile() -> None:
+        adopted.append(1)
+
+    d.roster_adopted = no_reconcile  # type: ignore[method-assign]
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_bytes(b" " * (5 << 20))
+    (tmp_path / "junk").write_bytes(b"{not json")
+    other = Authority(tmp_path / "other")
+    other.init()
+    (tmp_path / "other.json").write_bytes(other.sign(roster()))
+    for name in ("missing", "", "fifo", "big", "junk", "other.json"):
+        out = asyncio.run(asyncio.wait_for(d.roster_publish(str(tmp_path / name)), 10))
+        assert not out.ok and out.bad_input and out.problems, (name, out)
+    assert not adopted and d.rosters is not None and d.rosters.roster is None
+    assert not (tmp_path / "state" / "roster.json").exists()
+    good = roster()
+    good = replace(good, members=(replace(good.members[0], address=IPv4Address("10.88.0.11")),) + good.members[1:])
+    (tmp_path / "good.json").write_bytes(auth.sign(good))
+    out = asyncio.run(d.roster_publish(str(tmp_path / "good.json")))
+    assert out.ok and out.data["serial"] == 1 and adopted == [1]
+
+
+def test_amend_refuses_a_bad_roster_without_signing_it(auth: Authority) -> None:
+    first = auth.amend((member(1),), 3600, NET)
+    assert first.serial == 1 and auth.current() == first
+    before = auth.roster_file.read_bytes()
+    with pytest.raises(RosterError, match="also"):
+        auth.amend(first.members + (replace(member(2), address=first.members[0].address),), 3600)
+    assert auth.roster_file.read_bytes() == before
+    assert auth.amend(first.members + (member(2),), 3600).serial == 2

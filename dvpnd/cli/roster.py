@@ -20,7 +20,7 @@ from dvpnd.cli.common import BadInput, request
 from dvpnd.config.model import DEFAULT_NETWORK, DEFAULT_TRANSIT_NETWORK
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
-from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError, parse_payload, render_payload
+from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError
 from dvpnd.util.fsutil import read_regular
 from dvpnd.wireguard.keytext import decode_key
 
@@ -110,17 +110,11 @@ def _key(text: str, what: str) -> str:
     return text.strip()
 
 
-def _sign(auth: Authority, old: Roster | None, members: tuple[Member, ...], network: IPv4Network,
-          valid: int) -> Roster:
-    now = int(time.time())
-    new = Roster(network=network, serial=(old.serial + 1) if old else 1, issued=now, expires=now + valid,
-                 members=members)
-    try:  # the same checks every node makes, before anything is signed
-        parse_payload(render_payload(new), "the new roster")
+def _sign(auth: Authority, members: tuple[Member, ...], valid: int, network: IPv4Network | None = None) -> Roster:
+    try:
+        return auth.amend(members, valid, network)
     except RosterError as e:
         raise BadInput(str(e)) from None
-    auth.publish(new)
-    return new
 
 
 def _published(auth: Authority, roster: Roster, what: str) -> None:
@@ -147,7 +141,7 @@ def cmd_roster_add(args: argparse.Namespace) -> int:
             raise BadInput(f"no free address left in {network}")
     member = Member(name=args.name, address=address, transit_key=_key(args.transit_key, "--transit-key"),
                     overlay_key=_key(args.overlay_key, "--overlay-key"))
-    new = _sign(auth, old, members + (member,), network, args.valid)
+    new = _sign(auth, members + (member,), args.valid, network)
     _published(auth, new, f"added {member.name} at {member.address}")
     print(f"\n# the spoke's join settings (its dvpnd.yaml):\noverlay:\n  mode: confidential\n"
           f"  network: {network}\n  address: {member.address}\n  authority: {auth.public()}\n"
@@ -168,7 +162,7 @@ def _existing(auth: Authority, name: str) -> tuple[Roster, Member]:
 def cmd_roster_remove(args: argparse.Namespace) -> int:
     auth = Authority(args.dir)
     old, m = _existing(auth, args.name)
-    new = _sign(auth, old, tuple(x for x in old.members if x.name != m.name), old.network, args.valid)
+    new = _sign(auth, tuple(x for x in old.members if x.name != m.name), args.valid)
     _published(auth, new, f"removed {m.name} ({m.address})")
     return 0
 
@@ -180,7 +174,7 @@ def cmd_roster_rotate(args: argparse.Namespace) -> int:
         raise BadInput("give --transit-key, --overlay-key or both (the spoke's new public keys)")
     changed = replace(m, transit_key=_key(args.transit_key, "--transit-key") if args.transit_key else m.transit_key,
                       overlay_key=_key(args.overlay_key, "--overlay-key") if args.overlay_key else m.overlay_key)
-    new = _sign(auth, old, tuple(changed if x.name == m.name else x for x in old.members), old.network, args.valid)
+    new = _sign(auth, tuple(changed if x.name == m.name else x for x in old.members), args.valid)
     _published(auth, new, f"new keys for {m.name}")
     return 0
 
@@ -190,7 +184,7 @@ def cmd_roster_renew(args: argparse.Namespace) -> int:
     old = auth.current()
     if old is None:
         raise BadInput(f"{auth.roster_file}: no roster yet")
-    new = _sign(auth, old, old.members, old.network, args.valid)
+    new = _sign(auth, old.members, args.valid)
     _published(auth, new, "renewed")
     return 0
 

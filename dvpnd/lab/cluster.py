@@ -20,7 +20,6 @@ import signal
 import string
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from dvpnd.errors import DvpnError
 from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in, wait_until
 from dvpnd.roster.authority import Authority
-from dvpnd.roster.model import Member, Roster
+from dvpnd.roster.model import Member
 from dvpnd.serve import control
 from dvpnd.util.fsutil import write_yaml
 from dvpnd.util.procutil import wait_exit
@@ -320,10 +319,7 @@ def admit(spoke: Node) -> bool:
     overlay = pubkey(spoke, "--overlay")
     assert spoke.overlay_ip is not None
     member = Member(name=spoke.name, address=IPv4Address(spoke.overlay_ip), transit_key=transit, overlay_key=overlay)
-    now = int(time.time())
-    auth.publish(Roster(network=IPv4Network(LAB_NETWORK), serial=(current.serial + 1) if current else 1,
-                        issued=now, expires=now + 30 * 86400,
-                        members=(current.members if current else ()) + (member,)))
+    auth.amend((current.members if current else ()) + (member,), 30 * 86400, IPv4Network(LAB_NETWORK))
     return True
 
 

@@ -11,7 +11,9 @@ import base64
 import binascii
 import os
 import stat
+import time
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +25,7 @@ from dvpnd.errors import DvpnError
 from dvpnd.roster.model import (
     SIGNING_CONTEXT,
     Document,
+    Member,
     Roster,
     RosterError,
     parse_payload,
@@ -146,3 +149,19 @@ class Authority:
         doc = self.sign(roster)
         write_atomic(self.roster_file, doc, mode=0o644)
         return doc
+
+    def amend(self, members: tuple[Member, ...], valid: int, network: IPv4Network | None = None,
+              now: int | None = None) -> Roster:
+        """The next roster: these members, the next serial, issued now, valid for `valid` seconds;
+        checked as every node will check it (RosterError), then signed and kept as the current one.
+        `network` is needed only for the first roster."""
+        old = self.current()
+        now = int(time.time()) if now is None else now
+        net = old.network if old is not None else network
+        if net is None:
+            raise DvpnError(f"{self.roster_file}: no roster yet, and no network given for the first one")
+        new = Roster(network=net, serial=(old.serial + 1) if old else 1, issued=now, expires=now + valid,
+                     members=members)
+        parse_payload(render_payload(new), "the new roster")
+        self.publish(new)
+        return new
