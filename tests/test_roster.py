@@ -299,3 +299,52 @@ def test_amend_refuses_a_bad_roster_without_signing_it(auth: Authority) -> None:
         auth.amend(first.members + (replace(member(2), address=first.members[0].address),), 3600)
     assert auth.roster_file.read_bytes() == before
     assert auth.amend(first.members + (member(2),), 3600).serial == 2
+
+
+def test_dvpnctl_publish_hands_dvpnd_a_copy_it_can_read(tmp_path: Path, auth: Authority,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """dvpnd's unit hides /root, /home and /tmp from it: `dvpnctl roster publish ~/roster.json`
+    reads the file itself and hands dvpnd a copy in dvpnd's state directory, removed afterwards;
+    the daemon's complaints name the operator's file, not the copy."""
+    import argparse
+    import socket
+    import threading
+
+    from dvpnd.cli.common import BadInput
+    from dvpnd.cli.roster import cmd_roster_publish
+
+    cfg = _config(tmp_path, auth)
+    cfg.write_text(cfg.read_text() + f"control: {{socket: {tmp_path}/ctl.sock}}\n")
+    (tmp_path / "state").mkdir()
+    doc = auth.sign(roster())
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "roster.json").write_bytes(doc)
+    seen: list[tuple[str, bytes]] = []
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(tmp_path / "ctl.sock"))
+    srv.listen(2)
+
+    def serve(answers: list[dict[str, object]]) -> None:
+        for answer in answers:
+            conn, _ = srv.accept()
+            with conn:
+                req = json.loads(conn.makefile("rb").readline())
+                seen.append((req["file"], Path(req["file"]).read_bytes()))
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    bad = {"ok": False, "bad_input": True, "problems": [f"{tmp_path}/state/roster.offered: bad signature"]}
+    t = threading.Thread(target=serve, args=([{"ok": True, "serial": 1, "members": 3, "adopted": True}, bad],))
+    t.start()
+    args = argparse.Namespace(config=cfg, file=tmp_path / "home" / "roster.json")
+    try:
+        assert cmd_roster_publish(args) == 0
+        assert cmd_roster_publish(args) == 2
+        assert f"dvpnctl: {tmp_path}/home/roster.json: bad signature" in capsys.readouterr().err
+    finally:
+        t.join(10)
+        srv.close()
+    assert [s for s, _ in seen] == [f"{tmp_path}/state/roster.offered"] * 2 and seen[0][1] == doc
+    assert not (tmp_path / "state" / "roster.offered").exists()
+    for missing in (tmp_path / "nothing.json", tmp_path):
+        with pytest.raises(BadInput, match=str(missing)):
+            cmd_roster_publish(argparse.Namespace(config=cfg, file=missing))

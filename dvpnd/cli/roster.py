@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dvpnd.cli.common import BadInput, request
+from dvpnd.cli.common import BadInput
 from dvpnd.config.model import DEFAULT_NETWORK, DEFAULT_TRANSIT_NETWORK
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
@@ -228,10 +228,28 @@ def cmd_roster_wg_quick(args: argparse.Namespace) -> int:
 
 
 def cmd_roster_publish(args: argparse.Namespace) -> int:
-    reply = request(args, "roster-publish", file=str(args.file.resolve()))
+    from dvpnd.cli.common import load
+    from dvpnd.serve import control
+    from dvpnd.util.fsutil import UnsafeFile, write_atomic
+
+    config = load(args.config)
+    # Read here, with the caller's view of the files: dvpnd's unit hides /home, /root and /tmp
+    # (ProtectHome, PrivateTmp), so the file goes to dvpnd as a copy in its own state directory.
+    try:
+        text = read_regular(args.file, 4 << 20, follow_links=True)
+    except UnsafeFile as e:
+        raise BadInput(str(e)) from None
+    if text is None:
+        raise BadInput(f"{args.file}: no such file")
+    staged = config.state_dir / "roster.offered"
+    write_atomic(staged, text.encode(), mode=0o600)
+    try:
+        reply = control.request(config.control_socket, "roster-publish", file=str(staged))
+    finally:
+        staged.unlink(missing_ok=True)
     if not reply.get("ok"):
         for p in reply.get("problems", []):
-            print(f"dvpnctl: {p}", file=sys.stderr)
+            print(f"dvpnctl: {str(p).replace(str(staged), str(args.file))}", file=sys.stderr)
         return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
     print(f"roster serial {reply['serial']} in force ({reply['members']} members)"
           + ("" if reply.get("adopted") else "; it already was"))
