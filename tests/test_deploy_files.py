@@ -62,6 +62,9 @@ def test_dstack_example_passes_dvpnds_check_and_leaves_dstack_alone() -> None:
     assert c.role == "spoke" and 9182 in c.firewall.public_udp_ports
     assert {"dstack-wg0", "docker0"} <= set(c.firewall.trusted_interfaces)
     assert str(c.postgres.password_file) == "/run/dvpn/pg-replication.password"
+    # what new installs use: the confidential overlay, never fed an older roster than it joined with
+    assert c.confidential and c.overlay.min_serial >= 1 and c.overlay.authority
+    assert not {"wg0", "wgt0", "wg*"} & set(c.firewall.trusted_interfaces)
 
 
 def test_cloud_init_runs_provision_hub_and_scripts_parse() -> None:

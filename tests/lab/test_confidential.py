@@ -11,10 +11,14 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -30,6 +34,7 @@ from tests.lab.conftest import PROBE, Lab
 
 pytestmark = pytest.mark.root
 PORT = 7777
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def _key() -> tuple[str, str]:
@@ -83,12 +88,47 @@ def send_marker(L: Lab, src: str, dst: str, dst_ip: str, marker: str) -> dict[st
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+@contextmanager
+def throwaway_postgres(L: Lab, node: str) -> Iterator[None]:
+    """A PostgreSQL 15 server of its own in `node`'s namespace, on its overlay address, without
+    TLS (as replication inside the overlay runs): a real server speaking the real protocol."""
+    d = Path(tempfile.mkdtemp(prefix="dvpn-marker-pg.", dir="/var/tmp"))
+    shutil.chown(d, "postgres", "postgres")
+    proc = None
+    try:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(d / "data"),
+                        "-A", "trust", "-U", "postgres", "--no-sync"], check=True, capture_output=True, timeout=120)
+        with open(d / "data" / "pg_hba.conf", "a") as f:
+            f.write("host all all 10.88.0.0/24 trust\n")
+        proc = L.popen(node, "runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(d / "data"),
+                       "-c", f"listen_addresses={L.ip(node)}", "-c", f"unix_socket_directories={d}",
+                       "-c", "fsync=off", "-c", "ssl=off", "-c", "log_min_messages=fatal")
+        L.wait(f"PostgreSQL on {node}", lambda: L.run(node, str(PG_BIN / "pg_isready"), "-q", "-h", L.ip(node),
+                                                       check=False).returncode == 0, timeout=30)
+        yield
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)  # a fast shutdown
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def marker_through_hub(L: Lab, captures: list[Capture]) -> tuple[dict[str, str], bytes, str]:
+    """spoke-a sends a marker to spoke-b over a plain TCP and UDP socket, and as a query and its
+    answer over the PostgreSQL protocol, while the hub captures every packet on every interface."""
     marker = "dvpn-marker-" + secrets.token_hex(8)
-    cap = Capture(L, "hub", "marker")
-    captures.append(cap)
-    got = send_marker(L, "spoke-a", "spoke-b", L.ip("spoke-b"), marker)
-    return got, cap.stop(), marker
+    with throwaway_postgres(L, "spoke-b"):
+        cap = Capture(L, "hub", "marker")
+        captures.append(cap)
+        got = send_marker(L, "spoke-a", "spoke-b", L.ip("spoke-b"), marker)
+        dsn = f"host={L.ip('spoke-b')} user=postgres dbname=postgres sslmode=disable application_name={marker}"
+        r = L.run("spoke-a", "psql", "-XAt", dsn, "-c", f"SELECT 'pg:' || '{marker}', current_setting('application_name')")
+        got["postgres"] = r.stdout.strip()
+        return got, cap.stop(), marker
 
 
 def test_every_pair_talks_and_the_hub_holds_no_overlay_key(C: Lab) -> None:
@@ -123,7 +163,7 @@ def test_the_largest_unfragmented_ping_passes_with_df_set(C: Lab) -> None:
 
 def test_the_hub_captures_only_ciphertext(C: Lab, captures: list[Capture]) -> None:
     got, pcap, marker = marker_through_hub(C, captures)
-    assert got == {"tcp": marker, "udp": marker}, got  # it did cross the hub
+    assert got == {"tcp": marker, "udp": marker, "postgres": f"pg:{marker}|{marker}"}, got  # it did cross the hub
     # the capture holds the overlay's packets between the transit addresses 10.89.0.11 and .12
     assert bytes([10, 89, 0, 11]) in pcap and bytes([10, 89, 0, 12]) in pcap
     assert marker.encode() not in pcap
@@ -315,5 +355,6 @@ def test_a_dead_overlay_leaks_nothing_in_clear(C: Lab, captures: list[Capture]) 
 def test_the_same_marker_test_finds_plaintext_in_routed_mode(L: Lab, captures: list[Capture]) -> None:
     """The marker test can fail: through a routed hub the marker is in the hub's capture."""
     got, pcap, marker = marker_through_hub(L, captures)
-    assert got == {"tcp": marker, "udp": marker}
+    assert got == {"tcp": marker, "udp": marker, "postgres": f"pg:{marker}|{marker}"}, got
     assert marker.encode() in pcap
+    assert f"pg:' || '{marker}".encode() in pcap  # the PostgreSQL query, as the client sent it
