@@ -58,6 +58,7 @@ class Daemon:
         self.clock = clock  # wall time for the roster's expiry; tests move it
         self.reconciler = Reconciler(config)
         self.rosters = RosterKeeper(config, clock) if config.confidential else None
+        self._roster_event = asyncio.Event()  # set (and replaced) when the roster in force changes
         self.lock = asyncio.Lock()
         self.ready = False
         self.reconcile_error: str | None = None
@@ -331,7 +332,15 @@ class Daemon:
     async def roster_adopted(self) -> None:
         assert self.rosters is not None
         self.reconciler.roster = self.rosters.roster
+        self._wake_roster_waiters()
         await self.reconcile(f"roster serial {self.rosters.roster.serial if self.rosters.roster else '?'}")
+
+    def _wake_roster_waiters(self) -> None:
+        event, self._roster_event = self._roster_event, asyncio.Event()
+        event.set()
+
+    def roster_changed(self) -> asyncio.Event:
+        return self._roster_event
 
     def roster_document(self) -> tuple[bytes, str] | None:
         if self.rosters is None or self.rosters.document is None or self.rosters.etag is None:
@@ -435,6 +444,7 @@ class Daemon:
             await self.stopping.wait()
         finally:
             self.notifier.stopping()
+            self._wake_roster_waiters()  # the spokes' held requests are answered, not cut
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

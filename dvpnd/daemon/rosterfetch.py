@@ -1,8 +1,12 @@
 """A confidential spoke asks the hub for the roster, over the transit (the hub's transit address,
-TCP `overlay.port`), every `overlay.roster_poll` seconds. The hub is not trusted: what it
+TCP `overlay.port`). The request is a long poll: `If-None-Match` names the roster it has and
+`?wait=HOLD` lets the hub hold the answer until a newer one arrives (at once) or HOLD seconds
+pass (a 304), so a change reaches every spoke within moments while an idle spoke costs the hub a
+few packets per hold. A hub that answers at once anyway (an older dvpnd) is asked again after
+`overlay.roster_poll` seconds, as is one that cannot be reached. The hub is not trusted: what it
 serves goes through the keeper like anything else, and a hub that answers nothing, garbage or
-an old roster leaves the last verified roster in force. `If-None-Match` makes an unchanged
-roster a 304, so a refused document is judged (and counted) once, not once a second."""
+an old roster leaves the last verified roster in force; a refused document is judged (and
+counted) once, not at every poll."""
 
 from __future__ import annotations
 
@@ -16,12 +20,16 @@ from dvpnd.daemon.rosterkeeper import RosterKeeper, etag_of
 from dvpnd.roster.model import MAX_DOCUMENT_BYTES, RosterError
 
 log = logging.getLogger("dvpnd.roster")
-TIMEOUT = 5.0
+TIMEOUT = 5.0  # to connect, and for an answer beyond the hold
+HOLD = 300.0  # the long poll (the hub caps it at its ROSTER_HOLD_MAX)
 
 
-async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None) -> tuple[int, bytes, str | None]:
+async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
+                     hold: float = 0.0) -> tuple[int, bytes, str | None]:
     headers = {"If-None-Match": etag} if etag else {}
-    async with session.get(url, headers=headers, allow_redirects=False) as resp:
+    params = {"wait": f"{hold:g}"} if etag and hold else {}
+    timeout = aiohttp.ClientTimeout(total=hold + TIMEOUT, connect=TIMEOUT)
+    async with session.get(url, headers=headers, params=params, allow_redirects=False, timeout=timeout) as resp:
         if resp.status != 200:
             return resp.status, b"", None
         body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
@@ -29,14 +37,15 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None)
 
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,
-                     adopted: Callable[[], Awaitable[object]]) -> None:
+                     adopted: Callable[[], Awaitable[object]], hold: float = HOLD) -> None:
     seen: str | None = keeper.etag  # the last document judged, adopted or not
     failing: str | None = None
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
         while not stopping.is_set():
+            started = loop.time()
             try:
-                status, body, _ = await fetch_once(session, url, seen)
+                status, body, _ = await fetch_once(session, url, seen, hold)
                 problem = None if status in (200, 304) else f"HTTP {status}"
                 if status == 200:
                     seen = etag_of(body)
@@ -54,7 +63,15 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                 else:
                     log.info("fetching the roster from %s again", url)
                 failing = problem
+            # a held answer (or a new roster) comes back at once; anything quicker waits a while
+            pause = 0.0 if was_held(problem, loop.time() - started, hold) else interval
             try:
-                await asyncio.wait_for(stopping.wait(), timeout=interval)
+                await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
                 pass
+
+
+def was_held(problem: str | None, took: float, hold: float) -> bool:
+    """Whether the next request may go at once: the last one was answered, and the hub held it
+    (most of the hold) rather than answering at once."""
+    return problem is None and hold > 0 and took >= min(hold / 2, hold - 1)

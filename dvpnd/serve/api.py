@@ -4,6 +4,7 @@ it: a read-only `View` that publishes one `Published` value, built in one place,
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +57,11 @@ class View(Protocol):
 
     def roster_document(self) -> tuple[bytes, str] | None:
         """The verified roster document in force and its ETag (confidential mode), or None."""
+        ...
+
+    def roster_changed(self) -> asyncio.Event:
+        """An event set when the roster in force is replaced (or dvpnd stops); taken before
+        reading the document, it wakes a request that holds on to an unchanged roster."""
         ...
 
 

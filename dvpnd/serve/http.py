@@ -133,9 +133,30 @@ def make_app(view: View, table: ConnectionTable) -> web.Application:
     return app
 
 
+# How long the hub holds a spoke's request for an unchanged roster (`?wait=`, at most this):
+# a change reaches every spoke at once, and an idle spoke costs the hub a few packets per hold
+# instead of a request a second.
+ROSTER_HOLD_MAX = 300.0
+
+
 async def roster(request: web.Request) -> web.Response:
+    """The roster in force. With `If-None-Match` naming it and `?wait=S`, the answer waits up to
+    S seconds for a newer one (a long poll): 200 with it, or 304 when nothing changed."""
     view: View = request.app[VIEW_KEY]
+    try:
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), ROSTER_HOLD_MAX)
+    except ValueError:
+        return web.Response(status=400, text="wait: a number of seconds\n")
+    if wait != wait:  # NaN
+        return web.Response(status=400, text="wait: a number of seconds\n")
+    changed = view.roster_changed()  # before reading: a change from here on sets it
     got = view.roster_document()
+    if wait and (got is None or request.headers.get("If-None-Match") == got[1]):
+        try:
+            await asyncio.wait_for(changed.wait(), timeout=wait)
+        except TimeoutError:
+            pass
+        got = view.roster_document()
     if got is None:
         return web.Response(status=404, text="no roster yet\n")
     document, etag = got
@@ -170,7 +191,7 @@ def _freebind_socket(address: str, port: int) -> socket.socket:
 async def start_roster(view: View, address: str, port: int) -> Server:
     """The hub's roster service, on its transit address only (the firewall admits transit
     sources only, too); spokes poll it, so the caps are per spoke."""
-    table = ConnectionTable(Limits(max_connections=4096, max_per_source=4))
+    table = ConnectionTable(Limits(max_connections=4096, max_per_source=4, response_timeout=ROSTER_HOLD_MAX + 10))
     served = await _serve(make_roster_app(view, table), table, "roster service", address, port, freebind=True)
     return Server([served[0]] if served else [], [served[1]] if served else [])
 

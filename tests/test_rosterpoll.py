@@ -1,0 +1,159 @@
+"""The roster's long poll: the hub holds a spoke's request for an unchanged roster until a newer
+one arrives or the hold ends; the spoke asks again at once after a held answer and waits
+`roster_poll` after a quick one (an older hub), never spinning. Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from dvpnd.daemon import rosterfetch
+from dvpnd.serve import http
+from dvpnd.serve.guard import ConnectionTable, Limits
+
+
+class View:
+    """The hub's side: a document in force and the event that says it changed."""
+
+    def __init__(self, doc: bytes | None) -> None:
+        self.doc = doc
+        self.event = asyncio.Event()
+
+    def roster_document(self) -> tuple[bytes, str] | None:
+        return None if self.doc is None else (self.doc, rosterfetch.etag_of(self.doc))
+
+    def roster_changed(self) -> asyncio.Event:
+        return self.event
+
+    def publish(self, doc: bytes) -> None:
+        self.doc = doc
+        event, self.event = self.event, asyncio.Event()
+        event.set()
+
+
+async def _server(view: View) -> TestServer:
+    server = TestServer(http.make_roster_app(view, ConnectionTable(Limits())))  # type: ignore[arg-type]
+    await server.start_server()
+    return server
+
+
+async def _get(server: TestServer, etag: str | None, query: str = "") -> tuple[int, bytes, float]:
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession() as s:
+        headers = {"If-None-Match": etag} if etag else {}
+        async with s.get(server.make_url("/roster" + query), headers=headers) as r:
+            return r.status, await r.read(), time.monotonic() - t0
+
+
+def test_an_unchanged_roster_is_held_and_a_new_one_answers_at_once() -> None:
+    async def main() -> None:
+        view = View(b'{"v": 1}')
+        server = await _server(view)
+        etag = rosterfetch.etag_of(b'{"v": 1}')
+        try:
+            status, _, took = await _get(server, etag)  # no wait asked: at once
+            assert status == 304 and took < 1
+            status, _, took = await _get(server, etag, "?wait=1.5")  # held, then "nothing new"
+            assert status == 304 and took >= 1.4
+            status, body, _ = await _get(server, "another", "?wait=30")  # not what it has: at once
+            assert status == 200 and body == b'{"v": 1}'
+            held = asyncio.create_task(_get(server, etag, "?wait=30"))
+            await asyncio.sleep(0.3)
+            assert not held.done()
+            view.publish(b'{"v": 2}')
+            status, body, took = await asyncio.wait_for(held, 5)
+            assert status == 200 and body == b'{"v": 2}' and took < 5
+            for bad in ("?wait=x", "?wait=nan", "?wait="):
+                assert (await _get(server, etag, bad))[0] == 400
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_the_hold_is_capped_by_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "ROSTER_HOLD_MAX", 0.5)
+
+    async def main() -> None:
+        view = View(b"{}")
+        server = await _server(view)
+        try:
+            status, _, took = await _get(server, rosterfetch.etag_of(b"{}"), "?wait=1e9")
+            assert status == 304 and 0.4 <= took < 5
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+class Keeper:
+    """The spoke's side, as fetch_loop sees it: whatever it is offered, it adopts."""
+
+    def __init__(self) -> None:
+        self.etag: str | None = None
+        self.roster: Any = None
+        self.offered: list[bytes] = []
+
+    def offer(self, body: bytes, origin: str) -> bool:
+        self.offered.append(body)
+        self.etag = rosterfetch.etag_of(body)
+        return True
+
+
+def _loop_against(app: Any, seconds: float, act: Any = None, hold: float = 30.0) -> tuple[Keeper, int]:
+    """Run fetch_loop against `app` for `seconds`; `act(view)` runs after a moment."""
+    async def main() -> tuple[Keeper, int]:
+        server = TestServer(app)
+        await server.start_server()
+        keeper, stopping = Keeper(), asyncio.Event()
+        adopted: list[int] = []
+
+        async def on_adopted() -> None:
+            adopted.append(1)
+
+        task = asyncio.create_task(rosterfetch.fetch_loop(
+            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=hold))  # type: ignore[arg-type]
+        try:
+            if act is not None:
+                await asyncio.sleep(0.5)
+                act()
+            await asyncio.sleep(seconds)
+        finally:
+            stopping.set()
+            task.cancel()  # as the daemon stops its tasks: a held request ends with it
+            await asyncio.gather(task, return_exceptions=True)
+            await server.close()
+        return keeper, len(adopted)
+
+    return asyncio.run(main())
+
+
+def test_a_new_roster_reaches_a_waiting_spoke_at_once() -> None:
+    view = View(b'{"v": 1}')
+    app = http.make_roster_app(view, ConnectionTable(Limits()))  # type: ignore[arg-type]
+    keeper, adopted = _loop_against(app, 0.5, lambda: view.publish(b'{"v": 2}'))
+    assert keeper.offered == [b'{"v": 1}', b'{"v": 2}'] and adopted == 2
+
+
+def test_a_hub_that_answers_at_once_is_not_asked_in_a_tight_loop() -> None:
+    """An older hub ignores ?wait= and answers 304 at once: the spoke asks every roster_poll."""
+    from aiohttp import web
+
+    hits: list[float] = []
+
+    async def quick(request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        if request.headers.get("If-None-Match") == rosterfetch.etag_of(b"{}"):
+            return web.Response(status=304)
+        return web.Response(body=b"{}")
+
+    app = web.Application()
+    app.router.add_get("/roster", quick)
+    keeper, _ = _loop_against(app, 1.5)
+    assert keeper.offered == [b"{}"]
+    assert 3 <= len(hits) <= 10, hits  # every 0.25 s over about 2 s, not thousands
