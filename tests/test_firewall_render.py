@@ -71,7 +71,7 @@ def test_hub_policy(tmp_path: Path) -> None:
 def FAIL_CLOSED(addr: str, plen: int, ifname: str) -> list[Any]:
     return [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
                        "right": {"prefix": {"addr": addr, "len": plen}}}},
-            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": ifname}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": [ifname, "lo"]}}},
             ruleset.COUNTER, ruleset.DROP]
 
 

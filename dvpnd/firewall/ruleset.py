@@ -157,9 +157,10 @@ def render_ruleset(config: Config) -> Json:
 def _fail_closed(net: Any, ifname: str) -> Json:
     """Traffic for the overlay (or transit) prefix leaves by its interface or not at all: with the
     interface gone (wireguard-go killed), the route goes with it and the packet would otherwise
-    take the default route, in clear."""
-    return _rule("output", _match(_payload("ip", "daddr"), _prefix(net)), _match(_meta("oifname"), ifname, "!="),
-                 COUNTER, DROP, comment="fail closed")
+    take the default route, in clear. The node's own address is reached over lo, which stays
+    open (an application talking to its own overlay address)."""
+    return _rule("output", _match(_payload("ip", "daddr"), _prefix(net)),
+                 _match(_meta("oifname"), {"set": [ifname, "lo"]}, "!="), COUNTER, DROP, comment="fail closed")
 
 
 def _hub_confidential(config: Config, iif_wg: Json, oif_wg: Json) -> list[Json]:

@@ -38,12 +38,18 @@ PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
 WG_RUN = Path("/run/wireguard")
 HUB_PUBLIC = "192.0.2.10"
 OUTSIDE_PUBLIC = "203.0.113.10"
-MAX_SPOKES = 12
+MAX_SPOKES = 24  # spokes beyond the 15th sit beside the hub (192.0.2.0/24): the bench's 20
 LAB_NETWORK = "10.88.0.0/24"
 
 
 def spoke_name(i: int) -> str:
     return f"spoke-{string.ascii_lowercase[i]}"
+
+
+def spoke_public(i: int) -> str:
+    """Spoke i's public address, each on a /28 of its own: 198.51.100.18, .34, ... for the first
+    15, then 192.0.2.18, .34, ... (the hub's own /28 is 192.0.2.0/28)."""
+    return f"198.51.100.{16 * (i + 1) + 2}" if i < 15 else f"192.0.2.{16 * (i - 14) + 2}"
 
 
 def plan(spokes: int, backend: str) -> list[Node]:
@@ -57,7 +63,7 @@ def plan(spokes: int, backend: str) -> list[Node]:
     for i in range(spokes):
         name = spoke_name(i)
         d = LAB_DIR / name
-        pub = f"198.51.100.{16 * (i + 1) + 2}"
+        pub = spoke_public(i)
         nodes.append(Node(name, "spoke", PREFIX + name, pub, f"10.88.0.{11 + i}",
                           f"http://{pub}:8000/status", str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
     return nodes
@@ -70,10 +76,10 @@ def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
         if n.role == "outside":
             out.append((n, "203.0.113.1/24", f"{n.public_ip}/24"))
         elif n.role == "hub":
-            out.append((n, "192.0.2.1/24", f"{n.public_ip}/24"))
+            out.append((n, "192.0.2.1/28", f"{n.public_ip}/28"))
         elif n.role == "spoke":
-            last = int(n.public_ip.rsplit(".", 1)[1])
-            out.append((n, f"198.51.100.{last - 1}/28", f"{n.public_ip}/28"))
+            first3, last = n.public_ip.rsplit(".", 1)
+            out.append((n, f"{first3}.{int(last) - 1}/28", f"{n.public_ip}/28"))
     return out
 
 

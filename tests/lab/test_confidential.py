@@ -91,7 +91,8 @@ def send_marker(L: Lab, src: str, dst: str, dst_ip: str, marker: str) -> dict[st
 @contextmanager
 def throwaway_postgres(L: Lab, node: str) -> Iterator[None]:
     """A PostgreSQL 15 server of its own in `node`'s namespace, on its overlay address, without
-    TLS (as replication inside the overlay runs): a real server speaking the real protocol."""
+    TLS (as replication inside the overlay runs): a real server speaking the real protocol. It is
+    ready when `node` itself reaches it there (over lo: the fail-closed rule lets that pass)."""
     d = Path(tempfile.mkdtemp(prefix="dvpn-marker-pg.", dir="/var/tmp"))
     shutil.chown(d, "postgres", "postgres")
     proc = None
@@ -100,7 +101,10 @@ def throwaway_postgres(L: Lab, node: str) -> Iterator[None]:
                         "-A", "trust", "-U", "postgres", "--no-sync"], check=True, capture_output=True, timeout=120)
         with open(d / "data" / "pg_hba.conf", "a") as f:
             f.write("host all all 10.88.0.0/24 trust\n")
-        proc = L.popen(node, "runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(d / "data"),
+        # setpriv execs: the PID is the server's own, which a SIGINT stops (runuser would stay
+        # between, and leave the server running with the test's pipes)
+        proc = L.popen(node, "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
+                       str(PG_BIN / "postgres"), "-D", str(d / "data"),
                        "-c", f"listen_addresses={L.ip(node)}", "-c", f"unix_socket_directories={d}",
                        "-c", "fsync=off", "-c", "ssl=off", "-c", "log_min_messages=fatal")
         L.wait(f"PostgreSQL on {node}", lambda: L.run(node, str(PG_BIN / "pg_isready"), "-q", "-h", L.ip(node),
@@ -344,7 +348,7 @@ def test_a_dead_overlay_leaks_nothing_in_clear(C: Lab, captures: list[Capture]) 
     a, h = cap_a.stop(), cap_h.stop()
     assert marker.encode() not in a and marker.encode() not in h
     chain = C.run("spoke-a", "nft", "list", "chain", "inet", "dvpn", "output").stdout
-    m = re.search(r"ip daddr 10\.88\.0\.0/24 oifname != \"wg0\" counter packets (\d+)", chain)
+    m = re.search(r"ip daddr 10\.88\.0\.0/24 oifname != \{ \"lo\", \"wg0\" \} counter packets (\d+)", chain)
     assert m and int(m.group(1)) > 0, chain  # the default route was there; the rule stopped them
     # dvpnd brings the overlay back
     lab.start_daemon(C.nodes["spoke-a"])
