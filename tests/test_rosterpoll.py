@@ -157,3 +157,26 @@ def test_a_hub_that_answers_at_once_is_not_asked_in_a_tight_loop() -> None:
     keeper, _ = _loop_against(app, 1.5)
     assert keeper.offered == [b"{}"]
     assert 3 <= len(hits) <= 10, hits  # every 0.25 s over about 2 s, not thousands
+
+
+def test_a_hostile_hub_sending_garbage_at_once_is_not_asked_in_a_tight_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub that answers every request at once with a new document the spoke refuses: the spoke
+    asks every roster_poll, not as fast as the hub can answer."""
+    from aiohttp import web
+
+    from dvpnd.roster.model import RosterError
+
+    hits: list[float] = []
+
+    async def garbage(request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        return web.Response(body=b'{"junk": %d}' % len(hits))
+
+    def refuse(self: Keeper, body: bytes, origin: str) -> bool:
+        raise RosterError("malformed", f"{origin}: not a roster")
+
+    monkeypatch.setattr(Keeper, "offer", refuse)
+    app = web.Application()
+    app.router.add_get("/roster", garbage)
+    _loop_against(app, 1.5)
+    assert 3 <= len(hits) <= 10, hits

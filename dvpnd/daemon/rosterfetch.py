@@ -44,6 +44,7 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         while not stopping.is_set():
             started = loop.time()
+            took_new = False
             try:
                 status, body, _ = await fetch_once(session, url, seen, hold)
                 problem = None if status in (200, 304) else f"HTTP {status}"
@@ -51,6 +52,7 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                     seen = etag_of(body)
                     try:
                         if keeper.offer(body, f"the roster from {url}"):
+                            took_new = True
                             await adopted()
                     except RosterError:
                         pass  # counted and logged by the keeper; the last good roster stays
@@ -63,8 +65,10 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                 else:
                     log.info("fetching the roster from %s again", url)
                 failing = problem
-            # a held answer (or a new roster) comes back at once; anything quicker waits a while
-            pause = 0.0 if was_held(problem, loop.time() - started, hold) else interval
+            # after a held answer or a roster it took, the next request goes at once (the hub holds
+            # it); after anything else (an error, a refused or an unchanged document answered at
+            # once: an older or a hostile hub) it waits roster_poll
+            pause = 0.0 if took_new or was_held(problem, loop.time() - started, hold) else interval
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
