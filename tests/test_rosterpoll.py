@@ -180,3 +180,48 @@ def test_a_hostile_hub_sending_garbage_at_once_is_not_asked_in_a_tight_loop(monk
     app.router.add_get("/roster", garbage)
     _loop_against(app, 1.5)
     assert 3 <= len(hits) <= 10, hits
+
+
+def test_a_roster_arriving_in_pieces_is_read_whole_and_an_endless_one_is_cut() -> None:
+    """A document larger than one segment arrives in several reads: the spoke takes all of it (a
+    20-member roster was once cut at the first read and refused as malformed); a hub that never
+    stops sending is cut one byte past the limit."""
+    from aiohttp import web
+
+    from dvpnd.roster.model import MAX_DOCUMENT_BYTES
+
+    doc = b'{"members": "' + b"m" * 200_000 + b'"}'
+
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for i in range(0, len(doc), 1400):
+            await resp.write(doc[i:i + 1400])
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(MAX_DOCUMENT_BYTES // 65536 + 4):
+            await resp.write(b"x" * 65536)
+        await resp.write_eof()
+        return resp
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/pieces", in_pieces)
+        app.router.add_get("/endless", endless)
+        server = TestServer(app)
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as s:
+                status, body, _ = await rosterfetch.fetch_once(s, str(server.make_url("/pieces")), None)
+                assert status == 200 and body == doc
+                status, body, _ = await rosterfetch.fetch_once(s, str(server.make_url("/endless")), None)
+                assert status == 200 and len(body) == MAX_DOCUMENT_BYTES + 1
+        finally:
+            await server.close()
+
+    asyncio.run(main())

@@ -32,8 +32,14 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
     async with session.get(url, headers=headers, params=params, allow_redirects=False, timeout=timeout) as resp:
         if resp.status != 200:
             return resp.status, b"", None
-        body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
-        return 200, body, resp.headers.get("ETag")
+        # the whole body, however it arrives (one read returns only what is there so far), and
+        # never more than one byte past the limit, which the keeper then refuses as too large
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk[: MAX_DOCUMENT_BYTES + 1 - len(body)]
+            if len(body) > MAX_DOCUMENT_BYTES:
+                break
+        return 200, bytes(body), resp.headers.get("ETag")
 
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,
