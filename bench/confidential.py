@@ -69,9 +69,8 @@ def throughput_and_rtt(L: Lab, quick: bool, rounds: int, secs: int) -> tuple[lis
 
 def roster_propagation(L: Lab, repeat: int) -> list[float]:
     """`roster add` of a new member signed and published on the hub, until every spoke's wg0 has it."""
-    from dvpnd.util.unixsock import unix_request
     from dvpnd.wireguard.keys import encode_key, generate_private_key, public_key
-    from dvpnd.wireguard.uapi import b64_to_hex
+    from dvpnd.wireguard.uapi import b64_to_hex, uapi_request
 
     auth = lab.authority()
     times = []
@@ -93,8 +92,7 @@ def roster_propagation(L: Lab, repeat: int) -> list[float]:
         waiting = set(sockets)
         while waiting:
             for sock in list(waiting):
-                reply = unix_request(sock, b"get=1\n\n", lambda t: b"errno=" in t and t.endswith(b"\n\n"), 5)
-                if want.encode() in reply:
+                if want in uapi_request("wg0", "get=1\n\n", path=sock):
                     waiting.discard(sock)
             if time.monotonic() - t0 > 30:
                 raise RuntimeError("a roster change did not reach every spoke within 30 s")

@@ -312,6 +312,7 @@ def test_dvpnctl_publish_hands_dvpnd_a_copy_it_can_read(tmp_path: Path, auth: Au
 
     from dvpnd.cli.common import BadInput
     from dvpnd.cli.roster import cmd_roster_publish
+    from dvpnd.errors import DvpnError
 
     cfg = _config(tmp_path, auth)
     cfg.write_text(cfg.read_text() + f"control: {{socket: {tmp_path}/ctl.sock}}\n")
@@ -330,9 +331,9 @@ def test_dvpnctl_publish_hands_dvpnd_a_copy_it_can_read(tmp_path: Path, auth: Au
             with conn:
                 req = json.loads(conn.makefile("rb").readline())
                 seen.append((req["file"], Path(req["file"]).read_bytes()))
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+                conn.sendall(json.dumps(answer).replace("{file}", req["file"]).encode() + b"\n")
 
-    bad = {"ok": False, "bad_input": True, "problems": [f"{tmp_path}/state/roster.offered: bad signature"]}
+    bad = {"ok": False, "bad_input": True, "problems": ["{file}: bad signature"]}  # as dvpnd names the copy
     t = threading.Thread(target=serve, args=([{"ok": True, "serial": 1, "members": 3, "adopted": True}, bad],))
     t.start()
     args = argparse.Namespace(config=cfg, file=tmp_path / "home" / "roster.json")
@@ -343,8 +344,12 @@ def test_dvpnctl_publish_hands_dvpnd_a_copy_it_can_read(tmp_path: Path, auth: Au
     finally:
         t.join(10)
         srv.close()
-    assert [s for s, _ in seen] == [f"{tmp_path}/state/roster.offered"] * 2 and seen[0][1] == doc
-    assert not (tmp_path / "state" / "roster.offered").exists()
+    assert all(Path(s).parent == tmp_path / "state" and Path(s).name.startswith("roster.offered.") for s, _ in seen)
+    assert len(seen) == 2 and seen[0][1] == doc and seen[0][0] != seen[1][0]
+    assert not list((tmp_path / "state").iterdir())  # every copy removed
     for missing in (tmp_path / "nothing.json", tmp_path):
         with pytest.raises(BadInput, match=str(missing)):
             cmd_roster_publish(argparse.Namespace(config=cfg, file=missing))
+    (tmp_path / "state").rmdir()  # dvpnd never ran with this config: said, nothing written
+    with pytest.raises(DvpnError, match=f"{tmp_path}/state: cannot hand dvpnd the roster"):
+        cmd_roster_publish(args)

@@ -228,9 +228,12 @@ def cmd_roster_wg_quick(args: argparse.Namespace) -> int:
 
 
 def cmd_roster_publish(args: argparse.Namespace) -> int:
+    import tempfile
+
     from dvpnd.cli.common import load
+    from dvpnd.errors import DvpnError
     from dvpnd.serve import control
-    from dvpnd.util.fsutil import UnsafeFile, write_atomic
+    from dvpnd.util.fsutil import UnsafeFile
 
     config = load(args.config)
     # Read here, with the caller's view of the files: dvpnd's unit hides /home, /root and /tmp
@@ -241,8 +244,15 @@ def cmd_roster_publish(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
     if text is None:
         raise BadInput(f"{args.file}: no such file")
-    staged = config.state_dir / "roster.offered"
-    write_atomic(staged, text.encode(), mode=0o600)
+    # a name of its own (two publishes at once do not remove each other's copy), 0600 (mkstemp)
+    try:
+        fd, name = tempfile.mkstemp(prefix="roster.offered.", dir=config.state_dir)
+    except OSError as e:
+        raise DvpnError(f"{config.state_dir}: cannot hand dvpnd the roster there ({e.strerror}); "
+                        "is dvpnd running with this config?") from None
+    staged = Path(name)
+    with open(fd, "wb") as f:
+        f.write(text.encode())
     try:
         reply = control.request(config.control_socket, "roster-publish", file=str(staged))
     finally:

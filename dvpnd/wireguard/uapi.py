@@ -134,9 +134,10 @@ def socket_path(ifname: str) -> Path:
     return SOCKET_DIR / f"{ifname}.sock"
 
 
-def uapi_request(ifname: str, request: str, timeout: float = 5.0) -> str:
-    """Send one request and return the whole reply (up to and including errno=N)."""
-    path = socket_path(ifname)
+def uapi_request(ifname: str, request: str, timeout: float = 5.0, path: Path | None = None) -> str:
+    """Send one request and return the whole reply (up to and including errno=N); `path`, when
+    the socket is not in SOCKET_DIR (another lab node's, read from outside it)."""
+    path = path or socket_path(ifname)
     try:
         # The reply ends with "errno=N\n\n".
         reply = unix_request(path, request.encode("ascii"), lambda tail: b"errno=" in tail and tail.endswith(b"\n\n"),
