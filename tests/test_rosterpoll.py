@@ -105,7 +105,8 @@ class Keeper:
         return True
 
 
-def _loop_against(app: Any, seconds: float, act: Any = None, hold: float = 30.0) -> tuple[Keeper, int]:
+def _loop_against(app: Any, seconds: float, act: Any = None, hold: float = 30.0,
+                  member: bool = True) -> tuple[Keeper, int]:
     """Run fetch_loop against `app` for `seconds`; `act(view)` runs after a moment."""
     async def main() -> tuple[Keeper, int]:
         server = TestServer(app)
@@ -117,7 +118,8 @@ def _loop_against(app: Any, seconds: float, act: Any = None, hold: float = 30.0)
             adopted.append(1)
 
         task = asyncio.create_task(rosterfetch.fetch_loop(
-            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=hold))  # type: ignore[arg-type]
+            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=hold,  # type: ignore[arg-type]
+            member=lambda: member))
         try:
             if act is not None:
                 await asyncio.sleep(0.5)
@@ -138,6 +140,28 @@ def test_a_new_roster_reaches_a_waiting_spoke_at_once() -> None:
     app = http.make_roster_app(view, ConnectionTable(Limits()))  # type: ignore[arg-type]
     keeper, adopted = _loop_against(app, 0.5, lambda: view.publish(b'{"v": 2}'))
     assert keeper.offered == [b'{"v": 1}', b'{"v": 2}'] and adopted == 2
+
+
+def test_a_spoke_outside_the_roster_asks_without_a_hold() -> None:
+    """Removed from the roster, a spoke's transit peer goes from the hub: a held request would hang
+    on a dead connection for the whole hold, and its re-admission would wait as long. It asks
+    every roster_poll instead, without ?wait=."""
+    from aiohttp import web
+
+    waits: list[str | None] = []
+    view = View(b'{"v": 1}')
+    held = http.make_roster_app(view, ConnectionTable(Limits()))  # type: ignore[arg-type]
+
+    async def spy(request: web.Request) -> web.StreamResponse:
+        waits.append(request.query.get("wait"))
+        return await http.roster(request)
+
+    app = web.Application()
+    app[http.VIEW_KEY] = held[http.VIEW_KEY]
+    app.router.add_get("/roster", spy)
+    keeper, _ = _loop_against(app, 1.5, member=False)
+    assert keeper.offered == [b'{"v": 1}']
+    assert 3 <= len(waits) <= 10 and set(waits) == {None}, waits
 
 
 def test_a_hub_that_answers_at_once_is_not_asked_in_a_tight_loop() -> None:

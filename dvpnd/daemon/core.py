@@ -434,7 +434,8 @@ class Daemon:
         if c.confidential and not c.is_hub and self.rosters is not None:
             url = f"http://{c.hub_transit_address}:{c.overlay.port}/roster"
             tasks.append(asyncio.create_task(
-                fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted),
+                fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted,
+                           member=lambda: self.reconciler.membership.member is not None),
                 name="roster"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))

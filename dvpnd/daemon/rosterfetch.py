@@ -3,10 +3,12 @@ TCP `overlay.port`). The request is a long poll: `If-None-Match` names the roste
 `?wait=HOLD` lets the hub hold the answer until a newer one arrives (at once) or HOLD seconds
 pass (a 304), so a change reaches every spoke within moments while an idle spoke costs the hub a
 few packets per hold. A hub that answers at once anyway (an older dvpnd) is asked again after
-`overlay.roster_poll` seconds, as is one that cannot be reached. The hub is not trusted: what it
-serves goes through the keeper like anything else, and a hub that answers nothing, garbage or
-an old roster leaves the last verified roster in force; a refused document is judged (and
-counted) once, not at every poll."""
+`overlay.roster_poll` seconds, as is one that cannot be reached. A spoke that is not in the roster
+in force asks without a hold: the hub drops its transit peer, so a held request would hang on a
+dead connection until the hold ends, and the roster that lets it back in would wait as long.
+The hub is not trusted: what it serves goes through the keeper like anything else, and a hub
+that answers nothing, garbage or an old roster leaves the last verified roster in force; a
+refused document is judged (and counted) once, not at every poll."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
 
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,
-                     adopted: Callable[[], Awaitable[object]], hold: float = HOLD) -> None:
+                     adopted: Callable[[], Awaitable[object]], hold: float = HOLD,
+                     member: Callable[[], bool] = lambda: True) -> None:
     seen: str | None = keeper.etag  # the last document judged, adopted or not
     failing: str | None = None
     loop = asyncio.get_running_loop()
@@ -51,8 +54,9 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
         while not stopping.is_set():
             started = loop.time()
             took_new = False
+            asked = hold if member() else 0.0
             try:
-                status, body, _ = await fetch_once(session, url, seen, hold)
+                status, body, _ = await fetch_once(session, url, seen, asked)
                 problem = None if status in (200, 304) else f"HTTP {status}"
                 if status == 200:
                     seen = etag_of(body)
@@ -74,7 +78,7 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
             # after a held answer or a roster it took, the next request goes at once (the hub holds
             # it); after anything else (an error, a refused or an unchanged document answered at
             # once: an older or a hostile hub) it waits roster_poll
-            pause = 0.0 if took_new or was_held(problem, loop.time() - started, hold) else interval
+            pause = 0.0 if took_new or was_held(problem, loop.time() - started, asked) else interval
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
