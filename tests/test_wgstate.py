@@ -317,10 +317,11 @@ def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     r = EndpointResolver()
-    assert r.endpoint(c, None, now=1000.0) == "192.0.2.10:51820"
-    assert r.endpoint(c, 1000.0, now=1100.0) == "192.0.2.10:51820"  # handshakes fresh: no lookup
+    assert c.hub is not None
+    assert r.endpoint(c.hub.endpoint, None, now=1000.0) == "192.0.2.10:51820"
+    assert r.endpoint(c.hub.endpoint, 1000.0, now=1100.0) == "192.0.2.10:51820"  # handshakes fresh: no lookup
     assert len(calls) == 1
-    assert r.endpoint(c, 1000.0, now=1200.0) == "192.0.2.99:51820"  # quiet for 200 s: look up again
+    assert r.endpoint(c.hub.endpoint, 1000.0, now=1200.0) == "192.0.2.99:51820"  # quiet for 200 s: look up again
     assert len(calls) == 2
 
 

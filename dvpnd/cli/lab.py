@@ -14,9 +14,10 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from dvpnd.lab import report
 
     t0 = time.monotonic()
-    nodes = lab.up(spokes=args.spokes, backend=args.backend, postgres=args.postgres, mode=args.mode)
+    nodes = lab.up(spokes=args.spokes, backend=args.backend, postgres=args.postgres, mode=args.mode, hubs=args.hubs)
     mode = (lab.load_lab() or ([], {}))[1].get("mode", "?")
-    print(f"lab up in {time.monotonic() - t0:.1f}s ({args.spokes} spokes, {mode}, {args.backend} backend"
+    hubs = f", {args.hubs} hubs" if args.hubs > 1 else ""
+    print(f"lab up in {time.monotonic() - t0:.1f}s ({args.spokes} spokes{hubs}, {mode}, {args.backend} backend"
           f"{', PostgreSQL' if args.postgres else ''})\n")
     print(report.format_status(report.status()))
     print("\nspoke to spoke through the hub (overlay ping):")

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "new lab); routed: the seed's hub-terminated design. A running lab keeps its mode")
     p.add_argument("--postgres", action="store_true",
                    help="PostgreSQL 15 on the spokes: spoke-a primary, the others streaming replicas")
+    p.add_argument("--hubs", type=int, choices=(1, 2), default=1,
+                   help="2: a second hub (hub-b); every spoke keeps a tunnel to both and fails over "
+                        "(confidential mode)")
     p.set_defaults(func=cmd_lab_up)
     p = lab.add_parser("status", help="list the lab's nodes")
     p.add_argument("--json", action="store_true")

@@ -49,6 +49,7 @@ from dvpnd.config.model import (
     ListenConfig,
     OverlayConfig,
     PeerSpec,
+    ProbeConfig,
     WireGuardConfig,
 )
 from dvpnd.config.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
@@ -64,8 +65,8 @@ OVERLAY_KEYS = {"network", "hub_address", "address", "mode", "authority", "min_s
                 "transit_interface", "port", "mtu", "private_key_file", "roster_poll"}
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
-    "overlay", "wireguard", "hub", "peers", "peers_dir", "firewall", "status", "metrics",
-    "control", "public_endpoint", "postgres", "backup",
+    "overlay", "wireguard", "hub", "hubs", "peers", "peers_dir", "firewall", "status", "metrics",
+    "control", "public_endpoint", "postgres", "backup", "probe",
 }
 
 
@@ -136,6 +137,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
 
     # hub (spokes) / peers (hub)
     hub: HubSpec | None = None
+    more_hubs: tuple[HubSpec, ...] = ()
     public_endpoint: Endpoint | None = None
     peers: list[PeerSpec] = []
     peers_dir = Path(r.get(top, ("peers_dir",), str, default="peers.d"))
@@ -160,7 +162,16 @@ def _build(src: Source, problems: list[str]) -> Config | None:
             r.error(("public_endpoint",), "only the hub has a public_endpoint (spokes name hub.endpoint)")
         if "peers" in top:
             r.error(("peers",), "only the hub lists peers (this node has role: spoke)")
-        hub = _hub(r, top)
+        if "hubs" in top:
+            hubs = _hubs(r, top, overlay, network)
+            hub, more_hubs = (hubs[0], tuple(hubs[1:])) if hubs else (None, ())
+        else:
+            hub = _hub(r, top)
+    if is_hub and "hubs" in top:
+        r.error(("hubs",), "only a spoke names hubs (this node has role: hub)")
+    if "probe" in top and (is_hub or not more_hubs):
+        r.error(("probe",), "is for a spoke with more than one hub")
+    probe = _probe(r, top) if more_hubs else ProbeConfig()
 
     pg = postgres_section(r, top, is_hub, name, network, address)
     backup = backup_section(r, top, pg, state_dir)
@@ -184,6 +195,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
         public_endpoint=public_endpoint, postgres=pg, backup=backup, overlay=overlay,
+        more_hubs=more_hubs, probe=probe,
     )
 
 
@@ -280,6 +292,86 @@ def _hub(r: Reader, top: dict[str, Any]) -> HubSpec | None:
     if key is None or endpoint is None:
         return None
     return HubSpec(public_key=key, endpoint=endpoint)
+
+
+def _hubs(r: Reader, top: dict[str, Any], overlay: OverlayConfig, network: IPv4Network | None) -> list[HubSpec]:
+    """`hubs:`, a spoke's hubs in order of preference. More than one only in confidential mode:
+    in routed mode a spoke takes overlay packets only from the hub holding the overlay's allowed
+    IPs, so spokes on different hubs could not talk to each other."""
+    if "hub" in top:
+        r.error(("hubs",), "give either hub (one) or hubs (a list), not both")
+        return []
+    items = top.get("hubs")
+    if not isinstance(items, list) or not items:
+        r.error(("hubs",), "must be a list of hubs (name, public_key, endpoint, transit_network), "
+                           "preferred first")
+        return []
+    if len(items) > 1 and not overlay.confidential:
+        r.error(("hubs",), f"{len(items)} hubs: more than one hub needs overlay.mode: confidential (in "
+                           "routed mode each spoke takes overlay packets only from the hub that holds the "
+                           "overlay's addresses, so spokes on different hubs could not reach each other)")
+        return []
+    out: list[HubSpec] = []
+    nets: list[IPv4Network] = []
+    for i, item in enumerate(items):
+        kp: KeyPath = ("hubs", i)
+        if not isinstance(item, dict):
+            r.error(kp, "must be a mapping with name, public_key, endpoint, transit_network")
+            continue
+        h = r.section({i: item}, kp, {"name", "public_key", "endpoint", "transit_network"})
+        if "transit_network" in h and not overlay.confidential:
+            r.error(kp + ("transit_network",), "is for overlay.mode: confidential")
+        name = r.get(h, kp + ("name",), str, default="hub" if i == 0 else f"hub{i + 1}", check=check_name)
+        key = r.get(h, kp + ("public_key",), str, check=check_key)
+        ep_text = r.get(h, kp + ("endpoint",), str)
+        endpoint = None
+        if ep_text is not None:
+            try:
+                endpoint = parse_endpoint(ep_text)
+            except ValueError as e:
+                r.error(kp + ("endpoint",), f"'{ep_text}' {e}")
+        tnet: IPv4Network | None = None
+        if "transit_network" in h:
+            text = r.get(h, kp + ("transit_network",), str)
+            try:
+                tnet = IPv4Network(str(text), strict=True)
+            except ValueError as e:
+                r.error(kp + ("transit_network",), f"'{text}' is not an IPv4 network: {e}")
+        elif i > 0:
+            r.error(kp + ("transit_network",), "is required for every hub after the first (each hub has a "
+                                              "transit network of its own; the hub's overlay.transit_network)")
+        net = tnet or overlay.transit_network
+        if tnet is not None:
+            if not any(tnet.subnet_of(b) for b in PRIVATE_BLOCKS):
+                r.error(kp + ("transit_network",), f"{tnet} is not a private range")
+            elif network is not None and (tnet.overlaps(network) or tnet.prefixlen != network.prefixlen):
+                r.error(kp + ("transit_network",), f"{tnet} must be as large as the overlay {network} and "
+                                                  "apart from it")
+        clash = next((j for j, other in enumerate(nets) if other.overlaps(net)), None)
+        if clash is not None:
+            r.error(kp + ("transit_network",), f"{net} overlaps hubs[{clash}]'s transit network: each hub "
+                                              "needs its own")
+        nets.append(net)
+        if key is not None and any(o.public_key == key for o in out):
+            r.error(kp + ("public_key",), "another hub in the list has this key")
+        if any(o.name == name for o in out):
+            r.error(kp + ("name",), f"another hub in the list is called {name}")
+        if key is not None and endpoint is not None and name is not None:
+            out.append(HubSpec(public_key=key, endpoint=endpoint, name=name, transit_network=tnet))
+    return out
+
+
+def _probe(r: Reader, top: dict[str, Any]) -> ProbeConfig:
+    p = r.section(top, ("probe",), {"interval", "window", "holddown"})
+    interval = float(r.get(p, ("probe", "interval"), (int, float), default=0.2,
+                           check=lambda v: None if 0.05 <= v <= 10 else "must be between 0.05 and 10 seconds"))
+    window = float(r.get(p, ("probe", "window"), (int, float), default=1.0,
+                         check=lambda v: None if 0.1 <= v <= 60 else "must be between 0.1 and 60 seconds"))
+    if window < 2 * interval:
+        r.error(("probe", "window"), f"{window:g}s must be at least two probe intervals ({2 * interval:g}s)")
+    holddown = float(r.get(p, ("probe", "holddown"), (int, float), default=10.0,
+                           check=lambda v: None if 0 <= v <= 3600 else "must be between 0 and 3600 seconds"))
+    return ProbeConfig(interval=interval, window=window, holddown=holddown)
 
 
 PEER_KEYS = {"name", "public_key", "address", "next_public_key"}

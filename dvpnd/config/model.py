@@ -56,10 +56,13 @@ class PeerSpec:
 
 @dataclass(frozen=True)
 class HubSpec:
-    """The hub as a spoke knows it."""
+    """A hub as a spoke knows it. With several (confidential mode), each has a transit network
+    of its own, and the order of `hubs:` is the order of preference."""
 
     public_key: str
     endpoint: Endpoint
+    name: str = "hub"
+    transit_network: IPv4Network | None = None  # None: overlay.transit_network
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,16 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """Spokes with more than one hub: how each hub's forwarding is judged, end to end (an ICMP echo
+    to another member's transit address behind that hub, which the hub must forward)."""
+
+    interval: float = 0.2  # seconds between two probes through one hub
+    window: float = 1.0  # a hub is down when no probe through it was answered for this long
+    holddown: float = 10.0  # a hub back up is used again after it has been up this long
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     enabled: bool
     address: str
@@ -172,6 +185,28 @@ class Config:
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    more_hubs: tuple[HubSpec, ...] = ()  # spokes, confidential mode: the hubs after `hub`, in order
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    @property
+    def hubs(self) -> tuple[HubSpec, ...]:
+        """Every hub a spoke uses, preferred first."""
+        return ((self.hub,) if self.hub is not None else ()) + self.more_hubs
+
+    def hub_transit_network(self, hub: HubSpec) -> IPv4Network:
+        return hub.transit_network or self.overlay.transit_network
+
+    def transit_address_via(self, hub: HubSpec, address: IPv4Address) -> IPv4Address:
+        """A member's transit address behind `hub`: the same host number in that hub's network."""
+        offset = int(address) - int(self.network.network_address)
+        return self.hub_transit_network(hub).network_address + offset
+
+    @property
+    def transit_networks(self) -> tuple[IPv4Network, ...]:
+        """Every transit network this node is on (a hub: its own; a spoke: one per hub)."""
+        if self.is_hub or not self.hubs:
+            return (self.overlay.transit_network,)
+        return tuple(self.hub_transit_network(h) for h in self.hubs)
 
     @property
     def is_hub(self) -> bool:

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from dvpnd import netif
@@ -30,6 +31,8 @@ from dvpnd.daemon.rosterkeeper import RosterKeeper
 from dvpnd.daemon.status import PeerView, Snapshot, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
+from dvpnd.overlay.health import HubJudge, Prober
+from dvpnd.overlay.plan import HubChoice
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.roster.model import RosterError
@@ -73,6 +76,10 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
+        self.hub_judge: HubJudge | None = None
+        if config.confidential and not config.is_hub and config.more_hubs:
+            self.hub_judge = HubJudge([(h.public_key, h.name) for h in config.hubs], config.probe, time.monotonic())
+            self.reconciler.hub_choice = self.hub_judge.judge(time.monotonic())[0]
 
     def _empty_snapshot(self) -> Snapshot:
         c = self.config
@@ -131,6 +138,7 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
+                "hubs/probe": bool(new.more_hubs or old.more_hubs) and (new.hubs, new.probe) != (old.hubs, old.probe),
                 "overlay.mode/authority/transit_interface/private_key_file": (
                     new.overlay.mode, new.overlay.authority, new.overlay.transit_interface,
                     new.overlay.private_key_file) != (old.overlay.mode, old.overlay.authority,
@@ -247,6 +255,8 @@ class Daemon:
             extra=self.counters().as_dict(),
             postgres=self.db.view if self.db else None,
             backup=self.db.status if self.db and c.backup.enabled else None,
+            hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
+            failovers=self.hub_judge.failovers if self.hub_judge else 0,
         )
 
     def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
@@ -260,11 +270,11 @@ class Daemon:
             return peer_views(c, device, names) if device is not None else ()
         out: tuple[PeerView, ...] = ()
         tb = self.reconciler.transit_backend
-        if tb is not None and c.hub is not None:
+        if tb is not None and c.hubs:
             try:
                 transit = tb.read()
-                out = peer_views(c, transit, {c.hub.public_key: ("hub", str(c.hub_transit_address))},
-                                 interface=c.overlay.transit_interface)
+                out = peer_views(c, transit, {h.public_key: (h.name, str(c.transit_address_via(h, c.hub_address)))
+                                              for h in c.hubs}, interface=c.overlay.transit_interface)
             except DvpnError as e:
                 log.debug("snapshot: %s", e)
         if device is not None:
@@ -318,11 +328,17 @@ class Daemon:
             text = await asyncio.to_thread(read_regular, Path(path), 4 << 20, True)
             if text is None:
                 return Outcome(False, (f"{path}: no such file",), bad_input=True)
-            adopted = self.rosters.offer(text.encode(), path)
-        except RosterError as e:
-            return Outcome(False, (str(e),), bad_input=True, data={"reason": e.reason})
         except DvpnError as e:
             return Outcome(False, (str(e),), bad_input=True)
+        return await self.roster_offer(text.encode(), path)
+
+    async def roster_offer(self, document: bytes, origin: str) -> Outcome:
+        if self.rosters is None:
+            return Outcome(False, ("overlay.mode is not confidential: no roster here",), bad_input=True)
+        try:
+            adopted = self.rosters.offer(document, origin)
+        except RosterError as e:
+            return Outcome(False, (str(e),), bad_input=True, data={"reason": e.reason})
         if adopted:
             await self.roster_adopted()
         r = self.rosters.roster
@@ -334,6 +350,29 @@ class Daemon:
         self.reconciler.roster = self.rosters.roster
         self._wake_roster_waiters()
         await self.reconcile(f"roster serial {self.rosters.roster.serial if self.rosters.roster else '?'}")
+
+    def _probe_targets(self) -> list[dict[str, IPv4Address]]:
+        """The other members' transit addresses behind each hub (what the hub probes ask)."""
+        c = self.config
+        roster = self.rosters.roster if self.rosters else None
+        me = self.reconciler.overlay_public_key
+        return [{h.public_key: c.transit_address_via(h, m.address) for h in c.hubs}
+                for m in (roster.members if roster else ()) if m.overlay_key != me]
+
+    def _hub_changed(self, choice: HubChoice) -> None:
+        current = self.reconciler.hub_choice
+        if current is not None and current.moved and not choice.moved and current.active == choice.active:
+            choice = replace(choice, moved=True)  # the move is not done yet
+        self.reconciler.hub_choice = choice
+        asyncio.ensure_future(self._move_overlay(choice))
+
+    async def _move_overlay(self, choice: HubChoice) -> None:
+        judge = self.hub_judge
+        assert judge is not None
+        ok = await self.reconcile(judge.reason)
+        if ok and self.reconciler.hub_choice is choice:
+            # moved once; from now on WireGuard's roaming may keep any hub that works
+            self.reconciler.hub_choice = replace(choice, moved=False)
 
     def _wake_roster_waiters(self) -> None:
         event, self._roster_event = self._roster_event, asyncio.Event()
@@ -432,11 +471,18 @@ class Daemon:
         tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
                  asyncio.create_task(self.snapshot_loop(), name="snapshot")]
         if c.confidential and not c.is_hub and self.rosters is not None:
-            url = f"http://{c.hub_transit_address}:{c.overlay.port}/roster"
-            tasks.append(asyncio.create_task(
-                fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted,
-                           member=lambda: self.reconciler.membership.member is not None),
-                name="roster"))
+            # every hub is asked (any may have the newest roster; the keeper takes the highest
+            # serial), and a hub found behind is handed the roster in force
+            for h in c.hubs:
+                url = f"http://{c.transit_address_via(h, c.hub_address)}:{c.overlay.port}/roster"
+                tasks.append(asyncio.create_task(
+                    fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted,
+                               member=lambda: self.reconciler.membership.member is not None,
+                               share=bool(c.more_hubs)),
+                    name=f"roster {h.name}"))
+        if self.hub_judge is not None:
+            prober = Prober(self.hub_judge, self._probe_targets, self._hub_changed)
+            tasks.append(asyncio.create_task(prober.run(self.stopping), name="hub probes"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))
             if self.config.backup.enabled:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvpnd import netif as link
-from dvpnd.config.model import Config
+from dvpnd.config.model import Config, Endpoint, HubSpec
 from dvpnd.errors import BackendError
 from dvpnd.firewall import nft
 from dvpnd.overlay import plan
@@ -51,9 +51,7 @@ class EndpointResolver:
     resolved_at: float = 0.0
     host: str | None = None
 
-    def endpoint(self, config: Config, last_handshake: float | None, now: float) -> str | None:
-        assert config.hub is not None
-        ep = config.hub.endpoint
+    def endpoint(self, ep: Endpoint, last_handshake: float | None, now: float) -> str | None:
         if ep.is_literal:
             return str(ep)
         quiet = last_handshake is None or now - last_handshake > RERESOLVE_AFTER
@@ -113,6 +111,7 @@ class Reconciler:
     private_key: str | None = field(default=None, repr=False)
     public_key: str | None = None
     resolver: EndpointResolver = field(default_factory=EndpointResolver)
+    more_resolvers: dict[str, EndpointResolver] = field(default_factory=dict)  # the hubs after the first
     firewall_state: nft.FirewallState = field(default_factory=nft.FirewallState)
     passes: int = 0
     device_writes: int = 0
@@ -123,6 +122,7 @@ class Reconciler:
     overlay_public_key: str | None = None
     roster: Roster | None = None
     membership: plan.Membership = field(default_factory=lambda: plan.Membership(None, "not reconciled yet"))
+    hub_choice: plan.HubChoice | None = None  # more than one hub: which carry the overlay now
 
     def __post_init__(self) -> None:
         if self.endpoint_memory.path is None:
@@ -192,12 +192,14 @@ class Reconciler:
             log.info("%s: %s", ifname, changes.summary())
         return actual, changes, bool(link_changes)
 
-    def _hub_endpoint(self, device: DeviceState, now: float | None) -> str:
-        config = self.config
-        assert config.hub is not None
-        hub_peer = device.peers.get(config.hub.public_key)
-        return self.resolver.endpoint(config, hub_peer.last_handshake if hub_peer else None,
-                                      time.time() if now is None else now) or ""
+    def _hub_endpoint(self, device: DeviceState, now: float | None, hub: HubSpec | None = None) -> str:
+        hub = hub or self.config.hub
+        assert hub is not None
+        resolver = self.resolver if hub == self.config.hub else self.more_resolvers.setdefault(
+            hub.public_key, EndpointResolver())
+        hub_peer = device.peers.get(hub.public_key)
+        return resolver.endpoint(hub.endpoint, hub_peer.last_handshake if hub_peer else None,
+                                 time.time() if now is None else now) or ""
 
     def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
         """Bring everything in line with the config; raises BackendError on failure."""
@@ -240,11 +242,12 @@ class Reconciler:
             assert okey is not None and self.overlay_public_key is not None
             transit, _, tl = self._sync(
                 self.ensure_transit_backend(), plan.transit_link(config),
-                lambda a: plan.render_spoke_transit(config, key, self._hub_endpoint(a, now) or None))
+                lambda a: plan.render_spoke_transit(
+                    config, key, {h.public_key: self._hub_endpoint(a, now, h) or None for h in config.hubs}))
             self.membership = plan.own_membership(config, self.roster, self.overlay_public_key)
             actual, changes, link_changed = self._sync(
                 backend, plan.overlay_link(config),
-                lambda _a: plan.render_overlay(config, okey, self.roster, self.membership))
+                lambda _a: plan.render_overlay(config, okey, self.roster, self.membership, self.hub_choice))
             link_changed = link_changed or tl
         self.passes += 1
         return ReconcileResult(device=actual, wg_changes=changes, link_changed=link_changed,

@@ -6,6 +6,9 @@ few packets per hold. A hub that answers at once anyway (an older dvpnd) is aske
 `overlay.roster_poll` seconds, as is one that cannot be reached. A spoke that is not in the roster
 in force asks without a hold: the hub drops its transit peer, so a held request would hang on a
 dead connection until the hold ends, and the roster that lets it back in would wait as long.
+With several hubs a spoke asks each of them, and hands a hub found behind (one that was down
+when the operator published) the roster in force, which that hub verifies like any other: the
+roster reaches every hub without the hubs trusting, or even reaching, each other.
 The hub is not trusted: what it serves goes through the keeper like anything else, and a hub
 that answers nothing, garbage or an old roster leaves the last verified roster in force; a
 refused document is judged (and counted) once, not at every poll."""
@@ -46,9 +49,10 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,
                      adopted: Callable[[], Awaitable[object]], hold: float = HOLD,
-                     member: Callable[[], bool] = lambda: True) -> None:
+                     member: Callable[[], bool] = lambda: True, share: bool = False) -> None:
     seen: str | None = keeper.etag  # the last document judged, adopted or not
     failing: str | None = None
+    shared: tuple[str | None, str | None] | None = None
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         while not stopping.is_set():
@@ -58,14 +62,20 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
             try:
                 status, body, _ = await fetch_once(session, url, seen, asked)
                 problem = None if status in (200, 304) else f"HTTP {status}"
+                behind = status == 404
                 if status == 200:
                     seen = etag_of(body)
                     try:
                         if keeper.offer(body, f"the roster from {url}"):
                             took_new = True
                             await adopted()
-                    except RosterError:
-                        pass  # counted and logged by the keeper; the last good roster stays
+                    except RosterError as e:
+                        behind = e.reason == "older"  # counted and logged; the last good roster stays
+                if share and behind and keeper.document is not None and shared != (seen, keeper.etag):
+                    # a hub that was down when the roster changed: hand it ours (it verifies it
+                    # like any other), once per roster it has and roster we have
+                    shared = (seen, keeper.etag)
+                    await share_once(session, url, keeper.document)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 problem = str(e) or type(e).__name__
             if problem != failing:
@@ -83,6 +93,17 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
                 pass
+
+
+async def share_once(session: aiohttp.ClientSession, url: str, document: bytes) -> None:
+    try:
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with session.post(url, data=document, headers={"Content-Type": "application/json"},
+                                allow_redirects=False, timeout=timeout) as resp:
+            text = (await resp.text())[:200].strip()
+            log.info("handed the roster in force to %s: HTTP %d %s", url, resp.status, text)
+    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+        log.info("cannot hand the roster to %s: %s", url, str(e) or type(e).__name__)
 
 
 def was_held(problem: str | None, took: float, hold: float) -> bool:

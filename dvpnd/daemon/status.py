@@ -66,6 +66,19 @@ class RosterView:
 
 
 @dataclass(frozen=True)
+class HubView:
+    """One of a spoke's hubs (more than one hub): whether probes through it are answered."""
+
+    name: str
+    public_key: str
+    up: bool
+    in_use: bool
+    probes: int
+    answers: int
+    last_answer_age: float | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     taken: float  # time.time() of the reading
     node: str
@@ -85,6 +98,8 @@ class Snapshot:
     backup: BackupStatus | None = None
     mode: str = "routed"
     roster: RosterView | None = None  # confidential mode
+    hubs: tuple[HubView, ...] = ()  # a spoke with more than one hub
+    failovers: int = 0
 
     def wg_peers(self) -> tuple[PeerView, ...]:
         """The peers of the node's own interface (on a confidential spoke: the other spokes)."""
@@ -113,6 +128,7 @@ class Snapshot:
                 out.append(f"roster serial {r.serial} expired (still in force; ask the operator to renew it)")
             if r.membership_problem and self.role == "spoke":
                 out.append(f"not a member: {r.membership_problem}")
+        out += [f"hub {h.name}: no answer through it for {h.last_answer_age}s" for h in self.hubs if not h.up]
         pgv = self.postgres
         if pgv is not None:
             if not pgv.up:
@@ -164,6 +180,9 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
     extra: dict[str, Any] = {"mode": snap.mode}
     if snap.roster is not None:
         extra["roster_serial"] = snap.roster.serial
+    if snap.hubs:
+        extra["hubs_up"] = sum(1 for h in snap.hubs if h.up)
+        extra["hub_in_use"] = next((h.name for h in snap.hubs if h.in_use), None)
     return {
         "node": snap.node,
         "overlay_ip": snap.overlay_ip,
@@ -258,5 +277,7 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         ],
         "mode": snap.mode,
         "roster": _detail_roster(snap, now),
+        "hubs": [asdict(h) for h in snap.hubs],
+        "failovers": snap.failovers,
         **_detail_db(snap, now),
     }

@@ -149,8 +149,8 @@ def render_ruleset(config: Config) -> Json:
         if config.confidential:
             tif = config.overlay.transit_interface
             cmds += [_rule("forward", _match(_meta("iifname"), tif), COUNTER, DROP),
-                     _rule("forward", _match(_meta("oifname"), tif), COUNTER, DROP),
-                     _fail_closed(config.overlay.transit_network, tif)]
+                     _rule("forward", _match(_meta("oifname"), tif), COUNTER, DROP)]
+            cmds += [_fail_closed(net, tif) for net in config.transit_networks]
     return {"nftables": cmds}
 
 
@@ -176,6 +176,10 @@ def _hub_confidential(config: Config, iif_wg: Json, oif_wg: Json) -> list[Json]:
         _rule("forward", iif_wg, oif_wg, from_transit, _match(_payload("ip", "daddr"), transit),
               _match(_payload("udp", "sport"), ov.port), _match(_payload("udp", "dport"), ov.port), ACCEPT,
               comment="overlay WireGuard between spokes (ciphertext)"),
+        _rule("forward", iif_wg, oif_wg, from_transit, _match(_payload("ip", "daddr"), transit),
+              _match(_payload("icmp", "type"), {"set": ["echo-request", "echo-reply"]}, "=="),
+              _match(_payload("ip", "length"), 128, "<="), ACCEPT,
+              comment="spokes' probes of this hub's forwarding (small echoes)"),
         _rule("forward", iif_wg, COUNTER, DROP),
         _rule("forward", oif_wg, COUNTER, DROP),
         _rule("forward", _match(_payload("ip", "daddr"), transit), COUNTER, DROP),
@@ -191,13 +195,26 @@ def _spoke_transit_input(config: Config) -> list[Json]:
     requests, nothing else: an application bound to 0.0.0.0 does not answer the hub there."""
     ov = config.overlay
     iif_t = _match(_meta("iifname"), ov.transit_interface)
-    return [
-        _rule("input", iif_t, _match(_payload("ip", "saddr"), _prefix(ov.transit_network)),
-              _match(_payload("udp", "dport"), ov.port), ACCEPT, comment="overlay WireGuard"),
-        _rule("input", iif_t, _match(_payload("ip", "saddr"), str(config.hub_transit_address)),
+    nets = [_prefix(n) for n in config.transit_networks]
+    from_transit = _match(_payload("ip", "saddr"), nets[0] if len(nets) == 1 else {"set": nets})
+    hub_addrs = sorted(str(config.transit_address_via(h, config.hub_address)) for h in config.hubs) or [
+        str(config.hub_transit_address)]
+    out = [
+        _rule("input", iif_t, from_transit, _match(_payload("udp", "dport"), ov.port), ACCEPT,
+              comment="overlay WireGuard"),
+        _rule("input", iif_t, _match(_payload("ip", "saddr"), hub_addrs[0] if len(hub_addrs) == 1 else
+                                     {"set": hub_addrs}),
               _match(_payload("tcp", "sport"), ov.port), ESTABLISHED, ACCEPT, comment="the roster's answers"),
-        _rule("input", iif_t, COUNTER, DROP, comment="nothing else on the transit"),
     ]
+    if config.more_hubs:
+        out += [
+            _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-request"),
+                  {"limit": {"rate": 200, "per": "second", "burst": 50}}, ACCEPT,
+                  comment="other spokes' probes of the hubs"),
+            _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-reply"), ESTABLISHED,
+                  ACCEPT, comment="answers to this spoke's probes"),
+        ]
+    return out + [_rule("input", iif_t, COUNTER, DROP, comment="nothing else on the transit")]
 
 
 def count_rules(batch: Json) -> int:

@@ -37,6 +37,8 @@ from dvpnd.wireguard.uapi import socket_peer_pid
 PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
 WG_RUN = Path("/run/wireguard")
 HUB_PUBLIC = "192.0.2.10"
+HUB_B_PUBLIC = "192.0.2.242"  # the second hub (--hubs 2), on a /28 of its own
+HUB_B_TRANSIT = "10.90.0.0/24"
 OUTSIDE_PUBLIC = "203.0.113.10"
 MAX_SPOKES = 24  # spokes beyond the 15th sit beside the hub (192.0.2.0/24): the bench's 20
 LAB_NETWORK = "10.88.0.0/24"
@@ -52,7 +54,7 @@ def spoke_public(i: int) -> str:
     return f"198.51.100.{16 * (i + 1) + 2}" if i < 15 else f"192.0.2.{16 * (i - 14) + 2}"
 
 
-def plan(spokes: int, backend: str) -> list[Node]:
+def plan(spokes: int, backend: str, hubs: int = 1) -> list[Node]:
     """The lab's nodes and addresses (pure)."""
     nodes = [Node("router", "router", PREFIX + "router", "", None, None, None, None, str(LAB_DIR / "router")),
              Node("outside", "outside", PREFIX + "outside", OUTSIDE_PUBLIC, None, None, None, None,
@@ -60,6 +62,10 @@ def plan(spokes: int, backend: str) -> list[Node]:
     d = LAB_DIR / "hub"
     nodes.append(Node("hub", "hub", PREFIX + "hub", HUB_PUBLIC, "10.88.0.1", "http://127.0.0.1:8000/status",
                       str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
+    if hubs > 1:
+        d = LAB_DIR / "hub-b"
+        nodes.append(Node("hub-b", "hub", PREFIX + "hub-b", HUB_B_PUBLIC, "10.88.0.1", "http://127.0.0.1:8000/status",
+                          str(d / "state"), str(d / "dvpnd.yaml"), str(d)))
     for i in range(spokes):
         name = spoke_name(i)
         d = LAB_DIR / name
@@ -75,8 +81,11 @@ def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
     for n in nodes:
         if n.role == "outside":
             out.append((n, "203.0.113.1/24", f"{n.public_ip}/24"))
-        elif n.role == "hub":
+        elif n.role == "hub" and n.public_ip == HUB_PUBLIC:
             out.append((n, "192.0.2.1/28", f"{n.public_ip}/28"))
+        elif n.role == "hub":
+            first3, last = n.public_ip.rsplit(".", 1)
+            out.append((n, f"{first3}.{int(last) - 1}/28", f"{n.public_ip}/28"))
         elif n.role == "spoke":
             first3, last = n.public_ip.rsplit(".", 1)
             out.append((n, f"{first3}.{int(last) - 1}/28", f"{n.public_ip}/28"))
@@ -93,8 +102,9 @@ def pg_paths(node: Node) -> dict[str, str]:
 
 
 def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False,
-                       authority: str | None = None) -> dict[str, Any]:
-    """A node's dvpnd.yaml in the lab (pure); with `authority`, in confidential mode."""
+                       authority: str | None = None, hub_b_key: str | None = None) -> dict[str, Any]:
+    """A node's dvpnd.yaml in the lab (pure); with `authority`, in confidential mode; with
+    `hub_b_key`, the spokes use two hubs."""
     assert node.state_dir is not None
     cfg: dict[str, Any] = {
         "role": node.role,
@@ -110,10 +120,19 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
     if authority is not None:
         cfg["overlay"].update({"mode": "confidential", "authority": authority})
     if node.role == "hub":
-        cfg["public_endpoint"] = f"{HUB_PUBLIC}:51820"
+        cfg["public_endpoint"] = f"{node.public_ip}:51820"
+        if node.public_ip == HUB_B_PUBLIC:
+            cfg["overlay"]["transit_network"] = HUB_B_TRANSIT
     if node.role == "spoke":
         cfg["overlay"]["address"] = node.overlay_ip
-        cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
+        if hub_b_key is None:
+            cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
+        else:
+            cfg["hubs"] = [{"name": "hub", "public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"},
+                           {"name": "hub-b", "public_key": hub_b_key, "endpoint": f"{HUB_B_PUBLIC}:51820",
+                            "transit_network": HUB_B_TRANSIT}]
+            # the lab's hold-down is short so that the tests see a failback in seconds
+            cfg["probe"] = {"interval": 0.2, "window": 1.0, "holddown": 3}
         if postgres:
             paths = pg_paths(node)
             cfg["postgres"] = {"primary": PRIMARY_OVERLAY, "data_dir": paths["data_dir"],
@@ -237,7 +256,7 @@ def authority() -> Authority:
 
 
 def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
-       postgres: bool = False, mode: str | None = None) -> list[Node]:
+       postgres: bool = False, mode: str | None = None, hubs: int = 1) -> list[Node]:
     """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
     if os.geteuid() != 0:
         raise DvpnError("the lab needs root (network namespaces, mounts, nftables)")
@@ -249,16 +268,21 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     if existing is not None:
         nodes, meta = existing
         if (len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend
-                or bool(meta.get("postgres")) != postgres or meta.get("mode", "routed") != mode):
+                or bool(meta.get("postgres")) != postgres or meta.get("mode", "routed") != mode
+                or int(meta.get("hubs", 1)) != hubs):
             raise DvpnError(
                 f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}, {meta.get('mode', 'routed')}"
                 f"{', postgres' if meta.get('postgres') else ''}) is up; "
                 "run 'dvpnctl lab down' first to change its shape")
     else:
-        nodes, meta = plan(spokes, backend), {"spokes": spokes, "backend": backend, "postgres": postgres,
-                                              "mode": mode, "created_wg_run": not WG_RUN.exists()}
+        nodes, meta = plan(spokes, backend, hubs), {"spokes": spokes, "backend": backend, "postgres": postgres,
+                                                    "mode": mode, "hubs": hubs,
+                                                    "created_wg_run": not WG_RUN.exists()}
     if mode not in MODES:
         raise DvpnError(f"--mode must be one of {', '.join(MODES)}")
+    if hubs not in (1, 2) or (hubs == 2 and mode != "confidential"):
+        raise DvpnError("--hubs is 1, or 2 in confidential mode (in routed mode spokes on different hubs "
+                        "could not reach each other)")
     confidential = mode == "confidential"
     LAB_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The database servers run as the postgres user, which must reach its directories.
@@ -274,21 +298,26 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     if confidential:
         auth = authority()
         auth_pub = auth.public() if auth.key_file.exists() else auth.init()
-    hub = next(n for n in nodes if n.role == "hub")
-    assert hub.config is not None
-    if not Path(hub.config).exists():
-        write_yaml(Path(hub.config), render_node_config(hub, backend, None, authority=auth_pub))
-    (Path(hub.dir) / "peers.d").mkdir(exist_ok=True)
-    if not pid_alive(read_pid(hub)):
-        start_daemon(hub)
-    wait_ready(hub)
+    all_hubs = [n for n in nodes if n.role == "hub"]
+    hub = all_hubs[0]
+    for h in all_hubs:
+        assert h.config is not None
+        if not Path(h.config).exists():
+            write_yaml(Path(h.config), render_node_config(h, backend, None, authority=auth_pub))
+        (Path(h.dir) / "peers.d").mkdir(exist_ok=True)
+        if not pid_alive(read_pid(h)):
+            start_daemon(h)
+    for h in all_hubs:
+        wait_ready(h)
     hub_key = pubkey(hub)
+    hub_b_key = pubkey(all_hubs[1]) if len(all_hubs) > 1 else None
 
     added = False
     for s in (n for n in nodes if n.role == "spoke"):
         assert s.config is not None
         if not Path(s.config).exists():
-            write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres, authority=auth_pub))
+            write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres, authority=auth_pub,
+                                                          hub_b_key=hub_b_key))
         if not pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
@@ -301,7 +330,8 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
             write_yaml(peer_file, {"name": s.name, "public_key": pubkey(s), "address": s.overlay_ip})
             added = True
     if added and confidential:
-        publish(hub, authority().roster_file)
+        for h in all_hubs:
+            publish(h, authority().roster_file)
     elif added:
         reply = control.request(Path(hub.dir) / "control.sock", "reload")
         if not reply.get("ok"):

@@ -18,11 +18,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dvpnd.config.model import Config
+from dvpnd.config.model import Config, HubSpec
 from dvpnd.linkstate import LinkState
 from dvpnd.overlay.paths import PeerPaths
 from dvpnd.roster.model import Member, Roster
 from dvpnd.wireguard.device import DesiredDevice, DesiredPeer
+
+
+@dataclass(frozen=True)
+class HubChoice:
+    """A spoke with several hubs: the hub its overlay goes through (`active`), the hubs whose
+    paths may stay where WireGuard's roaming put them (`usable`), and whether this is the first
+    pass after a change of hub (`moved`: every peer is put on the active hub's path)."""
+
+    active: str  # a hub's public key
+    usable: frozenset[str]
+    moved: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,15 @@ def own_membership(config: Config, roster: Roster | None, overlay_key: str) -> M
 
 
 def transit_link(config: Config) -> LinkState:
-    """The hub's wg0 or a spoke's transit device: its transit address, the outer MTU."""
-    addr = config.transit_address(config.address)
-    return LinkState(up=True, mtu=config.wireguard.mtu,
-                     addresses=frozenset({f"{addr}/{config.overlay.transit_network.prefixlen}"}))
+    """The hub's wg0 or a spoke's transit device: its transit address (a spoke: one per hub), the
+    outer MTU."""
+    if config.is_hub or not config.hubs:
+        addr = config.transit_address(config.address)
+        return LinkState(up=True, mtu=config.wireguard.mtu,
+                         addresses=frozenset({f"{addr}/{config.overlay.transit_network.prefixlen}"}))
+    return LinkState(up=True, mtu=config.wireguard.mtu, addresses=frozenset(
+        f"{config.transit_address_via(h, config.address)}/{config.hub_transit_network(h).prefixlen}"
+        for h in config.hubs))
 
 
 def overlay_link(config: Config) -> LinkState:
@@ -70,24 +86,51 @@ def render_hub_transit(config: Config, private_key: str, roster: Roster | None,
     return DesiredDevice(private_key=private_key, listen_port=config.wireguard.listen_port, peers=peers)
 
 
-def render_spoke_transit(config: Config, private_key: str, hub_endpoint: str | None) -> DesiredDevice:
-    assert config.hub is not None
-    hub = DesiredPeer(public_key=config.hub.public_key, name="hub",
-                      allowed_ips=frozenset({str(config.overlay.transit_network)}),
-                      endpoint=hub_endpoint, persistent_keepalive=config.wireguard.persistent_keepalive)
-    return DesiredDevice(private_key=private_key, listen_port=config.wireguard.listen_port,
-                         peers={hub.public_key: hub})
+def render_spoke_transit(config: Config, private_key: str, endpoints: Mapping[str, str | None]) -> DesiredDevice:
+    """A spoke's transit device: every hub (by key, its resolved endpoint in `endpoints`), each for
+    its own transit network. With several hubs each keeps a live tunnel, so a failover needs no
+    handshake with anything new."""
+    peers: dict[str, DesiredPeer] = {}
+    for h in config.hubs:
+        peers[h.public_key] = DesiredPeer(public_key=h.public_key, name=h.name,
+                                          allowed_ips=frozenset({str(config.hub_transit_network(h))}),
+                                          endpoint=endpoints.get(h.public_key),
+                                          persistent_keepalive=config.wireguard.persistent_keepalive)
+    return DesiredDevice(private_key=private_key, listen_port=config.wireguard.listen_port, peers=peers)
 
 
-def render_overlay(config: Config, private_key: str, roster: Roster | None, membership: Membership) -> DesiredDevice:
+def hub_order(config: Config, choice: HubChoice | None) -> tuple[HubSpec, ...]:
+    """The hubs in the order their paths are offered: the active one first, then the usable ones,
+    then the rest, each group in the config's order of preference."""
+    hubs = config.hubs
+    if choice is None:
+        return hubs
+    return tuple(sorted(hubs, key=lambda h: (h.public_key != choice.active, h.public_key not in choice.usable)))
+
+
+def peer_paths(config: Config, member: Member, choice: HubChoice | None) -> PeerPaths:
+    """`member`'s overlay endpoints, one per hub (its transit address behind each)."""
+    port = config.overlay.port
+    if not config.more_hubs:
+        return PeerPaths((f"{config.transit_address(member.address)}:{port}",))
+    order = hub_order(config, choice)
+    endpoints = tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order)
+    if choice is None:
+        return PeerPaths(endpoints)
+    keep = frozenset(endpoints[:1]) if choice.moved else frozenset(
+        e for h, e in zip(order, endpoints, strict=True) if h.public_key in choice.usable)
+    return PeerPaths(endpoints, keep)
+
+
+def render_overlay(config: Config, private_key: str, roster: Roster | None, membership: Membership,
+                   choice: HubChoice | None = None) -> DesiredDevice:
     """A spoke's overlay device: every other member, if this node is one itself."""
     peers: dict[str, DesiredPeer] = {}
     if roster is not None and membership.member is not None:
         for m in roster.members:
             if m.overlay_key == membership.member.overlay_key:
                 continue
-            path = f"{config.transit_address(m.address)}:{config.overlay.port}"
             peers[m.overlay_key] = DesiredPeer(public_key=m.overlay_key, name=m.name,
                                                allowed_ips=frozenset({f"{m.address}/32"}),
-                                               persistent_keepalive=0, paths=PeerPaths((path,)))
+                                               persistent_keepalive=0, paths=peer_paths(config, m, choice))
     return DesiredDevice(private_key=private_key, listen_port=config.overlay.port, peers=peers)

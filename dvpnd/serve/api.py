@@ -64,6 +64,11 @@ class View(Protocol):
         reading the document, it wakes a request that holds on to an unchanged roster."""
         ...
 
+    async def roster_offer(self, document: bytes, origin: str) -> Outcome:
+        """A roster document handed over by a spoke (a hub that was down when it changed):
+        verified and judged like any other; refused ones change nothing."""
+        ...
+
 
 class Commands(Protocol):
     async def reload(self) -> Outcome: ...

@@ -165,10 +165,43 @@ async def roster(request: web.Request) -> web.Response:
     return web.Response(body=document, content_type="application/json", headers={"ETag": etag})
 
 
+OFFER_EVERY = 1.0  # seconds between two offers from one source
+_last_offer: dict[str, float] = {}
+
+
+async def roster_offer(request: web.Request) -> web.Response:
+    """A spoke hands this hub the roster in force (this hub was down when it changed). Anything
+    from the transit is only offered to the keeper, which verifies it against the authority key:
+    nobody can make the hub adopt what the authority did not sign. One offer a second per source,
+    so a member cannot fill the log."""
+    from dvpnd.roster.model import MAX_DOCUMENT_BYTES
+
+    view: View = request.app[VIEW_KEY]
+    source = request.remote or "?"
+    now = asyncio.get_running_loop().time()
+    if now - _last_offer.get(source, -1e9) < OFFER_EVERY:
+        return web.Response(status=429, text="one roster offer a second\n")
+    if len(_last_offer) > 4096:
+        _last_offer.clear()
+    _last_offer[source] = now
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk[: MAX_DOCUMENT_BYTES + 1 - len(body)]
+        if len(body) > MAX_DOCUMENT_BYTES:
+            break
+    if len(body) > MAX_DOCUMENT_BYTES:
+        return web.Response(status=413, text="larger than a roster may be\n")
+    outcome = await view.roster_offer(bytes(body), f"a roster offered by {source}")
+    if not outcome.ok:
+        return web.Response(status=400, text=f"refused: {outcome.data.get('reason', 'bad input')}\n")
+    return web.Response(text=f"serial {outcome.data['serial']} in force\n")
+
+
 def make_roster_app(view: View, table: ConnectionTable) -> web.Application:
     app = _application(table)
     app[VIEW_KEY] = view
     app.router.add_get("/roster", roster)
+    app.router.add_post("/roster", roster_offer)
     return app
 
 

@@ -55,6 +55,16 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
     yield CounterMetricFamily("dvpnd_firewall_applies", "Times the nftables table was applied",
                               value=counters.firewall_applies)
     yield GaugeMetricFamily("dvpnd_firewall_rules", "Rules in the dvpn table", value=counters.firewall_rules)
+    if snap.hubs:
+        hub_up = GaugeMetricFamily("dvpnd_hub_up", "1 while probes through the hub are answered", labels=["hub"])
+        in_use = GaugeMetricFamily("dvpnd_hub_in_use", "1 for the hub the overlay goes through", labels=["hub"])
+        for h in snap.hubs:
+            hub_up.add_metric([h.name], int(h.up))
+            in_use.add_metric([h.name], int(h.in_use))
+        yield hub_up
+        yield in_use
+        yield CounterMetricFamily("dvpnd_hub_failovers", "Times the overlay moved to another hub",
+                                  value=snap.failovers)
     yield GaugeMetricFamily("dvpnd_interface_up", "1 if the WireGuard interface is up", value=int(snap.interface_up))
     yield GaugeMetricFamily("dvpnd_ready", "1 once the first reconcile is done", value=int(snap.ready))
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",

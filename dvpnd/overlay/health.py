@@ -1,0 +1,226 @@
+"""A spoke's judgement of its hubs, end to end (more than one hub, confidential mode).
+
+A hub whose forwarding is broken keeps its own tunnel alive, so its handshakes prove nothing.
+The spoke therefore sends each hub, every `probe.interval`, a small ICMP echo to another
+member's transit address behind that hub: only a hub that forwards gets an answer back (the
+other spoke's kernel answers; no daemon needs to run there). Each round asks the same member
+through every hub, taking turns among the members that answered lately, so one dead spoke
+does not make a hub look dead.
+
+`HubJudge` is pure: answers in, a `HubChoice` out. A hub is up while some probe through it was
+answered within `probe.window`; the overlay goes through the first hub in the config's order
+that is up and has been up for `probe.holddown` (a hub that comes back is not used again at
+once: no flapping), else through the first hub that is up at all, else it stays where it is
+(nothing answers through any hub: a lone spoke, or the whole overlay down). `Prober` is the
+thin part that sends and receives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from dvpnd.config.model import ProbeConfig
+from dvpnd.daemon.status import HubView
+from dvpnd.overlay.plan import HubChoice
+
+log = logging.getLogger("dvpnd.hubs")
+
+
+@dataclass
+class HubHealth:
+    key: str
+    name: str
+    last_answer: float | None
+    up_since: float | None
+    probes: int = 0
+    answers: int = 0
+
+    def up(self, now: float, window: float) -> bool:
+        return self.last_answer is not None and now - self.last_answer <= window
+
+
+@dataclass
+class HubJudge:
+    hubs: Sequence[tuple[str, str]]  # (public key, name), preferred first
+    probe: ProbeConfig
+    started: float
+    state: dict[str, HubHealth] = field(default_factory=dict)
+    active: str | None = None
+    failovers: int = 0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        # every hub starts up, as of the start, without a hold-down: the first is used until
+        # the probes say otherwise
+        for key, name in self.hubs:
+            self.state[key] = HubHealth(key, name, self.started, self.started - self.probe.holddown)
+        self.active = self.hubs[0][0] if self.hubs else None
+
+    def sent(self, key: str) -> None:
+        self.state[key].probes += 1
+
+    def answered(self, key: str, now: float) -> None:
+        h = self.state[key]
+        h.answers += 1
+        if not h.up(now, self.probe.window):
+            h.up_since = now
+        h.last_answer = now
+
+    def eligible(self, h: HubHealth, now: float) -> bool:
+        return h.up(now, self.probe.window) and h.up_since is not None and now - h.up_since >= self.probe.holddown
+
+    def judge(self, now: float) -> tuple[HubChoice | None, bool]:
+        """The choice now, and whether the active hub changed (the caller moves the overlay)."""
+        if self.active is None:
+            return None, False
+        order = [self.state[k] for k, _ in self.hubs]
+        up = [h for h in order if h.up(now, self.probe.window)]
+        for h in order:  # a hub that went down starts its hold-down again when it comes back
+            if not h.up(now, self.probe.window):
+                h.up_since = None
+        pick = next((h for h in up if self.eligible(h, now)), None) or (up[0] if up else None)
+        changed = False
+        if pick is not None and pick.key != self.active:
+            was = self.state[self.active]
+            if was.up(now, self.probe.window):
+                self.reason = f"{pick.name} is up again (for {now - (pick.up_since or now):.0f}s): back to it"
+            else:
+                self.reason = (f"no answer through {was.name} for {now - (was.last_answer or now):.1f}s: "
+                               f"moving to {pick.name}")
+            self.active = pick.key
+            self.failovers += 1
+            changed = True
+        return HubChoice(active=self.active, usable=frozenset(h.key for h in up) or frozenset({self.active}),
+                         moved=changed), changed
+
+    def view(self, now: float) -> tuple[HubView, ...]:
+        out = []
+        for key, _ in self.hubs:
+            h = self.state[key]
+            out.append(HubView(name=h.name, public_key=key, up=h.up(now, self.probe.window), in_use=key == self.active,
+                               probes=h.probes, answers=h.answers,
+                               last_answer_age=None if h.last_answer is None else round(now - h.last_answer, 1)))
+        return tuple(out)
+
+
+# --- the thin part: ICMP echo over a raw socket (CAP_NET_RAW, which dvpnd's unit grants) ----
+
+ECHO_REQUEST, ECHO_REPLY = 8, 0
+PAYLOAD = b"dvpn-probe"
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def render_echo(ident: int, seq: int) -> bytes:
+    head = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ECHO_REQUEST, 0, _checksum(head + PAYLOAD), ident, seq) + PAYLOAD
+
+
+def parse_reply(packet: bytes) -> tuple[int, int] | None:
+    """(identifier, sequence) of an echo reply in a raw IPv4 packet, or None."""
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    icmp = packet[ihl:ihl + 8]
+    if len(icmp) < 8 or icmp[0] != ECHO_REPLY or icmp[1] != 0:
+        return None
+    _, _, _, ident, seq = struct.unpack("!BBHHH", icmp)
+    return ident, seq
+
+
+class Prober:
+    """Sends a probe through every hub each interval and feeds the answers to the judge."""
+
+    def __init__(self, judge: HubJudge, targets: Callable[[], list[dict[str, IPv4Address]]],
+                 changed: Callable[[HubChoice], object], clock: Callable[[], float] = time.monotonic) -> None:
+        # targets(): per other member, its transit address behind each hub (hub key -> address)
+        self.judge = judge
+        self.targets = targets
+        self.changed = changed
+        self.clock = clock
+        self.ident = int.from_bytes(os.urandom(2), "big")
+        self.seq = 0
+        self.pending: dict[int, tuple[str, str]] = {}  # seq -> (hub key, target)
+        self.alive: dict[str, float] = {}  # target (any hub's address of it) -> last answer
+        self.turn = 0
+        self.last_usable: frozenset[str] | None = None
+
+    def _next_target(self, now: float) -> dict[str, IPv4Address] | None:
+        members = self.targets()
+        if not members:
+            return None
+        recent = [m for m in members if any(now - self.alive.get(str(a), -1e9) <= 5 * self.judge.probe.window
+                                            for a in m.values())]
+        pool = recent or members
+        self.turn += 1
+        return pool[self.turn % len(pool)]
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._receive, sock)
+        try:
+            while not stopping.is_set():
+                now = self.clock()
+                target = self._next_target(now)
+                for key, _ in self.judge.hubs:
+                    addr = target.get(key) if target else None
+                    if addr is None:
+                        continue
+                    self.seq = (self.seq + 1) & 0xFFFF
+                    self.pending[self.seq] = (key, str(addr))
+                    self.judge.sent(key)
+                    try:
+                        sock.sendto(render_echo(self.ident, self.seq), (str(addr), 0))
+                    except OSError:
+                        pass  # no route through this hub right now: no answer, which says so
+                if len(self.pending) > 4096:
+                    for s in list(self.pending)[:2048]:
+                        del self.pending[s]
+                choice, moved = self.judge.judge(now)
+                if moved:
+                    log.warning("overlay: %s", self.judge.reason)
+                if choice is not None and (moved or choice.usable != self.last_usable):
+                    # a hub down (or back) also changes which roamed paths may stay
+                    self.last_usable = choice.usable
+                    self.changed(choice)
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=self.judge.probe.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _receive(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                packet = sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            got = parse_reply(packet)
+            if got is None or got[0] != self.ident:
+                continue
+            hit = self.pending.pop(got[1], None)
+            if hit is None:
+                continue
+            now = self.clock()
+            self.judge.answered(hit[0], now)
+            self.alive[hit[1]] = now
