@@ -359,6 +359,12 @@ class Daemon:
         return [{h.public_key: c.transit_address_via(h, m.address) for h in c.hubs}
                 for m in (roster.members if roster else ()) if m.overlay_key != me]
 
+    def _hub_alive(self, key: str) -> Callable[[], bool]:
+        judge = self.hub_judge
+        if judge is None:
+            return lambda: True
+        return lambda: judge.state[key].up(time.monotonic(), judge.probe.window)
+
     def _hub_changed(self, choice: HubChoice) -> None:
         current = self.reconciler.hub_choice
         if current is not None and current.moved and not choice.moved and current.active == choice.active:
@@ -478,7 +484,7 @@ class Daemon:
                 tasks.append(asyncio.create_task(
                     fetch_loop(self.rosters, url, c.overlay.roster_poll, self.stopping, self.roster_adopted,
                                member=lambda: self.reconciler.membership.member is not None,
-                               share=bool(c.more_hubs)),
+                               share=bool(c.more_hubs), alive=self._hub_alive(h.public_key)),
                     name=f"roster {h.name}"))
         if self.hub_judge is not None:
             prober = Prober(self.hub_judge, self._probe_targets, self._hub_changed)

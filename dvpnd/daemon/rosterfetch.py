@@ -7,7 +7,8 @@ few packets per hold. A hub that answers at once anyway (an older dvpnd) is aske
 in force asks without a hold: the hub drops its transit peer, so a held request would hang on a
 dead connection until the hold ends, and the roster that lets it back in would wait as long.
 With several hubs a spoke asks each of them, and hands a hub found behind (one that was down
-when the operator published) the roster in force, which that hub verifies like any other: the
+when the operator published) the roster in force; a request to a hub the probes find dead is
+given up at once, which that hub verifies like any other: the
 roster reaches every hub without the hubs trusting, or even reaching, each other.
 The hub is not trusted: what it serves goes through the keeper like anything else, and a hub
 that answers nothing, garbage or an old roster leaves the last verified roster in force; a
@@ -49,10 +50,12 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,
                      adopted: Callable[[], Awaitable[object]], hold: float = HOLD,
-                     member: Callable[[], bool] = lambda: True, share: bool = False) -> None:
+                     member: Callable[[], bool] = lambda: True, share: bool = False,
+                     alive: Callable[[], bool] = lambda: True) -> None:
     seen: str | None = keeper.etag  # the last document judged, adopted or not
     failing: str | None = None
     shared: tuple[str | None, str | None] | None = None
+    seen_bad = False
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         while not stopping.is_set():
@@ -60,17 +63,24 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
             took_new = False
             asked = hold if member() else 0.0
             try:
-                status, body, _ = await fetch_once(session, url, seen, asked)
+                # with several hubs, ask with the roster this spoke has, so that a hub behind it
+                # answers (and is handed ours) rather than holding on to its own
+                ask = keeper.etag if share and keeper.etag else seen
+                status, body, _ = await _unless_dead(fetch_once(session, url, ask, asked), alive)
                 problem = None if status in (200, 304) else f"HTTP {status}"
                 behind = status == 404
                 if status == 200:
-                    seen = etag_of(body)
-                    try:
-                        if keeper.offer(body, f"the roster from {url}"):
-                            took_new = True
-                            await adopted()
-                    except RosterError as e:
-                        behind = e.reason == "older"  # counted and logged; the last good roster stays
+                    tag = etag_of(body)
+                    if tag != seen:  # a document judged once is not offered (nor counted) again
+                        seen, seen_bad = tag, False
+                        try:
+                            if keeper.offer(body, f"the roster from {url}"):
+                                took_new = True
+                                await adopted()
+                        except RosterError as e:
+                            seen_bad = e.reason != "older"  # counted and logged; ours stays
+                    # a hub serving a genuine roster other than ours has an older one
+                    behind = tag != keeper.etag and not seen_bad
                 if share and behind and keeper.document is not None and shared != (seen, keeper.etag):
                     # a hub that was down when the roster changed: hand it ours (it verifies it
                     # like any other), once per roster it has and roster we have
@@ -93,6 +103,25 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
                 pass
+
+
+async def _unless_dead(request: Awaitable[tuple[int, bytes, str | None]],
+                       alive: Callable[[], bool]) -> tuple[int, bytes, str | None]:
+    """The request's answer, or TimeoutError as soon as `alive()` says the hub is down (probes
+    through it go unanswered): a held request to a hub that died hangs on a dead connection, and
+    the hub's return would otherwise go unnoticed until the hold ends."""
+    task = asyncio.ensure_future(request)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if done:
+                return task.result()
+            if not alive():
+                raise TimeoutError("the hub does not answer probes")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def share_once(session: aiohttp.ClientSession, url: str, document: bytes) -> None:

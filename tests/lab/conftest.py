@@ -158,13 +158,14 @@ def the_lab() -> Iterator[None]:
         lab.down()
 
 
-def ensure_lab(postgres: bool, mode: str = "routed") -> Lab:
+def ensure_lab(postgres: bool, mode: str = "routed", hubs: int = 1) -> Lab:
     """The lab, checked healthy (every daemon running, every peer up), in the shape asked for."""
     existing = lab.load_lab()
     if existing is not None and (bool(existing[1].get("postgres")) != postgres
-                                 or existing[1].get("mode", "routed") != mode):
+                                 or existing[1].get("mode", "routed") != mode
+                                 or int(existing[1].get("hubs", 1)) != hubs):
         lab.down()
-    return Lab(lab.up(spokes=3, backend="auto", postgres=postgres, mode=mode))
+    return Lab(lab.up(spokes=3, backend="auto", postgres=postgres, mode=mode, hubs=hubs))
 
 
 @pytest.fixture
@@ -176,6 +177,12 @@ def L(the_lab: None) -> Lab:
 def C(the_lab: None) -> Lab:
     """The lab in confidential mode (the default of `dvpnctl lab up`)."""
     return ensure_lab(postgres=False, mode="confidential")
+
+
+@pytest.fixture
+def H(the_lab: None) -> Lab:
+    """The confidential lab with two hubs (hub, preferred, and hub-b)."""
+    return ensure_lab(postgres=False, mode="confidential", hubs=2)
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@
                                                  of a header block that never ends; for at most S
                                                  seconds: {"pipelined": B, "half_sent": B2,
                                                  "closed_by_server": M, "refused": R}
+  probe.py echo PORT SECONDS                  -> "ready", then echoes one TCP connection back
+  probe.py stream HOST PORT SECONDS           -> one TCP connection, 1 KB every 10 ms, each read
+                                                 back: {"sent": B, "echoed": B, "error": E,
+                                                 "longest_wait": S}
 """
 
 from __future__ import annotations
@@ -232,6 +236,40 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "flood":
         return flood(argv)
+    if cmd == "echo":
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", int(argv[1])))
+        srv.listen(1)
+        srv.settimeout(float(argv[2]))
+        print("ready", flush=True)
+        conn, _ = srv.accept()
+        conn.settimeout(float(argv[2]))
+        while data := conn.recv(65536):
+            conn.sendall(data)
+        return 0
+    if cmd == "stream":
+        host, port, seconds = argv[1], int(argv[2]), float(argv[3])
+        c = socket.create_connection((host, port), timeout=5)
+        c.settimeout(30)
+        sent = echoed = 0
+        longest = 0.0
+        error = None
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                c.sendall(b"x" * 1024)
+                sent += 1024
+                while echoed < sent:
+                    echoed += len(c.recv(65536) or b"") or -10**9
+                longest = max(longest, time.monotonic() - t0)
+                time.sleep(0.01)
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+        c.close()
+        print(json.dumps({"sent": sent, "echoed": echoed, "error": error, "longest_wait": round(longest, 3)}))
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
 

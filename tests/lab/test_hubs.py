@@ -1,0 +1,148 @@
+"""Two hubs in the lab (confidential mode): a hub killed hard, brought back, behind on the roster,
+and both down at once, each with traffic running, as a user sees it.
+
+"Killed hard" is what a dead droplet looks like from the spokes: its namespace's link down, its
+dvpnd and wireguard-go killed with SIGKILL; it comes back from its state directory, as after a
+reboot. The packet loss of each failover is printed (pytest -s shows it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dvpnd.lab import cluster as lab
+from dvpnd.util.procutil import wait_exit
+from tests.lab.conftest import PROBE, Lab, Pinger
+
+pytestmark = pytest.mark.root
+ECHO_PORT = 7778
+
+
+def kill_hub(H: Lab, name: str) -> None:
+    node = H.nodes[name]
+    H.run(name, "ip", "link", "set", "eth0", "down")
+    for pid in [lab.read_pid(node), *lab.wg_go_pids(node)]:
+        if pid and lab.pid_alive(pid):
+            wait_exit(pid, 5, (signal.SIGKILL,))
+
+
+def revive_hub(H: Lab, name: str) -> None:
+    node = H.nodes[name]
+    H.run(name, "ip", "link", "set", "eth0", "up")
+    H.run(name, "ip", "route", "replace", "default", "via", lab._links([node])[0][1].split("/")[0])
+    if not lab.pid_alive(lab.read_pid(node)):
+        lab.start_daemon(node)
+    lab.wait_ready(node)
+
+
+def hub_in_use(H: Lab, spoke: str) -> str | None:
+    return next((h["name"] for h in H.status(spoke).get("hubs", []) if h["in_use"]), None)
+
+
+@pytest.fixture
+def both_hubs_back(H: Lab) -> Iterator[Lab]:
+    """Whatever a test does to the hubs, the next test starts with both up and in use as preferred."""
+    try:
+        yield H
+    finally:
+        for name in ("hub", "hub-b"):
+            revive_hub(H, name)
+        H.wait("every spoke back on hub", lambda: all(hub_in_use(H, s) == "hub"
+                                                      for s in ("spoke-a", "spoke-b", "spoke-c")), timeout=30)
+
+
+def test_two_hubs_every_spoke_probes_both_and_uses_the_first(H: Lab) -> None:
+    for s in ("spoke-a", "spoke-b", "spoke-c"):
+        st = H.status(s)
+        assert [(h["name"], h["up"], h["in_use"]) for h in st["hubs"]] == [("hub", True, True), ("hub-b", True, False)]
+        assert {p["name"] for p in st["peers"]} >= {"hub", "hub-b"}
+    # both hubs hold the roster; the overlay goes through the first one
+    assert H.status("hub")["roster"]["serial"] == H.status("hub-b")["roster"]["serial"]
+    peers = H.wg_peers("spoke-a")
+    assert any(p.get("endpoint", "").startswith("10.89.0.") for p in peers.values())
+    metrics = H.run("spoke-a", "curl", "-s", "http://127.0.0.1:9586/metrics").stdout
+    assert 'dvpnd_hub_up{hub="hub-b"} 1.0' in metrics and 'dvpnd_hub_in_use{hub="hub"} 1.0' in metrics
+
+
+def test_a_hub_killed_hard_moves_traffic_to_the_other_and_back_without_loss(both_hubs_back: Lab) -> None:
+    H = both_hubs_back
+    echo = H.popen("spoke-b", sys.executable, PROBE, "echo", str(ECHO_PORT), "60")
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    stream = H.popen("spoke-a", sys.executable, PROBE, "stream", H.ip("spoke-b"), str(ECHO_PORT), "22")
+    ping = Pinger(H, "spoke-a", H.ip("spoke-b"), seconds=8, hz=100)
+    time.sleep(2)
+    kill_hub(H, "hub")
+    sent, got = ping.result()
+    lost = sent - got
+    print(f"\nhub killed: {lost} of {sent} pings lost at 100 Hz ({lost / 100:.2f} s)")
+    assert lost <= 300, (sent, got)  # the issue's bound: 3 s; the goal 1 s
+    for s in ("spoke-a", "spoke-b", "spoke-c"):
+        assert hub_in_use(H, s) == "hub-b"
+        assert H.status(s)["failovers"] >= 1
+    assert "hub hub: no answer" in " ".join(H.status("spoke-a")["problems"])
+
+    # back from its state directory: the spokes return to it after the hold-down, losing nothing
+    ping = Pinger(H, "spoke-a", H.ip("spoke-b"), seconds=8, hz=100)
+    revive_hub(H, "hub")
+    H.wait("spoke-a back on hub", lambda: hub_in_use(H, "spoke-a") == "hub", timeout=20)
+    sent, got = ping.result()
+    print(f"hub back: {sent - got} of {sent} pings lost")
+    assert got == sent, (sent, got)
+    out, err = stream.communicate(timeout=60)
+    r = json.loads(out)
+    print(f"TCP stream across both moves: {r}")
+    assert r["error"] is None and r["echoed"] == r["sent"] > 0, (r, err)
+    echo.kill()
+    echo.communicate(timeout=10)
+
+
+def test_both_hubs_down_then_one_back(both_hubs_back: Lab) -> None:
+    H = both_hubs_back
+    kill_hub(H, "hub")
+    kill_hub(H, "hub-b")
+    assert not H.ping("spoke-a", H.ip("spoke-b"), count=2)
+    revive_hub(H, "hub-b")
+    t0 = time.monotonic()
+    H.wait("spoke-a to reach spoke-b through hub-b", lambda: H.ping("spoke-a", H.ip("spoke-b"), count=1),
+           timeout=15, step=0.1)
+    print(f"\nboth hubs down, hub-b back: traffic again {time.monotonic() - t0:.1f}s after it was ready")
+    assert hub_in_use(H, "spoke-a") == "hub-b"
+
+
+def test_a_roster_change_while_a_hub_is_down_reaches_it_when_it_returns(both_hubs_back: Lab) -> None:
+    """The operator removes spoke-c while hub-b is down and publishes on hub only. hub-b comes
+    back with the old roster (spoke-c's transit peer still on it): spoke-c reaches no one through
+    it, and the spokes hand hub-b the new roster within seconds."""
+    H = both_hubs_back
+    auth = lab.authority()
+    old = auth.current()
+    assert old is not None
+    c = old.member("spoke-c")
+    assert c is not None
+    kill_hub(H, "hub-b")
+    try:
+        H.dvpnctl("outside", "roster", "remove", "spoke-c", "--dir", str(auth.dir))
+        lab.publish(H.nodes["hub"], auth.roster_file)
+        new_serial = H.status("hub")["roster"]["serial"]
+        H.wait("spoke-a to drop spoke-c", lambda: c.overlay_key not in H.wg_peers("spoke-a"), timeout=10)
+        revive_hub(H, "hub-b")
+        assert not H.ping("spoke-c", H.ip("spoke-a"), count=2)
+        H.wait("hub-b to get the new roster from the spokes",
+               lambda: H.status("hub-b")["roster"]["serial"] == new_serial, timeout=15)
+        H.wait("hub-b to drop spoke-c", lambda: c.transit_key not in H.wg_peers("hub-b"), timeout=10)
+        # and spoke-c still reaches no one, whichever hub it tries
+        kill_hub(H, "hub")
+        assert not H.ping("spoke-c", H.ip("spoke-a"), count=2)
+        assert H.ping("spoke-a", H.ip("spoke-b"), count=3)  # through hub-b, for the members
+    finally:
+        revive_hub(H, "hub")
+        H.dvpnctl("outside", "roster", "add", "spoke-c", "--dir", str(auth.dir), "--address", H.ip("spoke-c"),
+                  "--transit-key", c.transit_key, "--overlay-key", c.overlay_key)
+        for name in ("hub", "hub-b"):
+            lab.publish(H.nodes[name], auth.roster_file)
+        H.wait("spoke-c back", lambda: H.ping("spoke-c", H.ip("spoke-a"), count=1), timeout=30)

@@ -1,0 +1,125 @@
+"""More than one hub, the pure parts: the config, the judge of the hubs' health, the paths the
+selector offers, and the probe's wire format."""
+
+from __future__ import annotations
+
+import base64
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from dvpnd.config.load import load_config
+from dvpnd.config.model import ProbeConfig
+from dvpnd.errors import ConfigError
+from dvpnd.overlay import plan
+from dvpnd.overlay.health import HubJudge, parse_reply, render_echo
+from dvpnd.roster.model import Member
+from tests.test_config import K1, K2, K3
+
+AUTH = base64.b64encode(bytes(range(32))).decode()
+TWO = f"""\
+role: spoke
+name: spoke-a
+overlay: {{address: 10.88.0.11, mode: confidential, authority: "{AUTH}"}}
+hubs:
+  - {{name: hub, public_key: "{K1}", endpoint: "192.0.2.10:51820"}}
+  - {{name: hub-b, public_key: "{K2}", endpoint: "192.0.2.242:51820", transit_network: 10.90.0.0/24}}
+"""
+
+
+def _problems(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    return "\n".join(e.value.problems)
+
+
+def test_two_hubs_load_in_order_with_a_transit_network_each(tmp_path: Path) -> None:
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(TWO)
+    c = load_config(p)
+    assert [h.name for h in c.hubs] == ["hub", "hub-b"]
+    assert [str(n) for n in c.transit_networks] == ["10.89.0.0/24", "10.90.0.0/24"]
+    assert str(c.transit_address_via(c.hubs[1], c.address)) == "10.90.0.11"
+    assert plan.transit_link(c).addresses == frozenset({"10.89.0.11/24", "10.90.0.11/24"})
+
+
+def test_two_hubs_are_refused_in_routed_mode_and_each_needs_its_own_network(tmp_path: Path) -> None:
+    routed = TWO.replace(', mode: confidential, authority: "' + AUTH + '"', "").replace(
+        ", transit_network: 10.90.0.0/24", "")
+    assert "more than one hub needs overlay.mode: confidential" in _problems(tmp_path, routed)
+    assert "hubs[1].transit_network: is required" in _problems(
+        tmp_path, TWO.replace(", transit_network: 10.90.0.0/24", ""))
+    assert "overlaps hubs[0]'s transit network" in _problems(tmp_path, TWO.replace("10.90.0.0/24", "10.89.0.0/24"))
+    assert "another hub in the list has this key" in _problems(tmp_path, TWO.replace(K2, K1))
+    assert "either hub (one) or hubs" in _problems(
+        tmp_path, TWO + f"hub: {{public_key: \"{K3}\", endpoint: \"192.0.2.1:51820\"}}\n")
+    assert "probe.window" in _problems(tmp_path, TWO + "probe: {interval: 1, window: 1}\n")
+
+
+PROBE = ProbeConfig(interval=0.2, window=1.0, holddown=10.0)
+
+
+def test_the_judge_fails_over_at_once_and_back_only_after_the_hold_down() -> None:
+    j = HubJudge([("A", "hub"), ("B", "hub-b")], PROBE, started=100.0)
+    choice, moved = j.judge(100.0)
+    assert choice is not None and choice.active == "A" and not moved
+    for t in (100.2, 100.4, 100.6, 100.8, 101.0, 101.2):  # only B answers
+        j.answered("B", t)
+    choice, moved = j.judge(101.3)
+    assert choice is not None and choice.active == "B" and moved and choice.usable == frozenset({"B"})
+    assert "no answer through hub" in j.reason and j.failovers == 1
+    # A answers again: usable at once (paths roamed there may stay), used again after the hold-down
+    for t in range(1, 120):
+        j.answered("A", 101.3 + t * 0.1)
+        j.answered("B", 101.3 + t * 0.1)
+        choice, moved = j.judge(101.3 + t * 0.1)
+        assert choice is not None
+        if t * 0.1 < PROBE.holddown - 0.05:
+            assert choice.active == "B" and "A" in choice.usable and not moved
+    assert choice.active == "A" and j.failovers == 2
+
+
+def test_the_judge_stays_put_when_nothing_answers() -> None:
+    """A lone spoke, or the whole overlay down: no hub is better than another; no flapping."""
+    j = HubJudge([("A", "hub"), ("B", "hub-b")], PROBE, started=0.0)
+    for t in range(1, 50):
+        choice, moved = j.judge(t * 0.5)
+        assert choice is not None and choice.active == "A" and not moved
+
+
+def _member(n: int) -> Member:
+    return Member(name=f"spoke-{n}", address=IPv4Address(f"10.88.0.{n}"), transit_key=K1, overlay_key=K2)
+
+
+def test_paths_keep_a_roamed_endpoint_through_a_working_hub_and_leave_a_dead_one(tmp_path: Path) -> None:
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(TWO)
+    c = load_config(p)
+    m = _member(12)
+    via_a, via_b = "10.89.0.12:51821", "10.90.0.12:51821"
+    both = plan.HubChoice(active=K1, usable=frozenset({K1, K2}))
+    paths = plan.peer_paths(c, m, both)
+    assert paths.endpoints == (via_a, via_b)
+    assert paths.choose(via_b) is None  # the peer roamed through hub-b, which works: left alone
+    assert paths.choose(None) == via_a
+    a_dead = plan.HubChoice(active=K2, usable=frozenset({K2}))
+    assert plan.peer_paths(c, m, a_dead).choose(via_a) == via_b
+    # right after a change of hub, everyone is put on the new hub's path, once
+    moved = plan.HubChoice(active=K1, usable=frozenset({K1, K2}), moved=True)
+    assert plan.peer_paths(c, m, moved).choose(via_b) == via_a
+
+
+def test_the_probe_is_an_icmp_echo_with_a_valid_checksum() -> None:
+    echo = render_echo(0x1234, 7)
+    words = [int.from_bytes(echo[i:i + 2], "big") for i in range(0, len(echo), 2)]
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF and echo[0] == 8
+    reply = bytes([0x45]) + bytes(19) + bytes([0]) + echo[1:]
+    assert parse_reply(reply) == (0x1234, 7)
+    assert parse_reply(bytes([0x45]) + bytes(19) + echo) is None  # a request is not an answer
+    assert parse_reply(b"\x45") is None
