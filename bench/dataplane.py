@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Lab:
-    def __init__(self, mode: str = "routed", spokes: int = 3) -> None:
-        self.nodes = {n.name: n for n in lab.up(spokes=spokes, backend="auto", mode=mode)}
+    def __init__(self, mode: str = "routed", spokes: int = 3, hubs: int = 1) -> None:
+        self.nodes = {n.name: n for n in lab.up(spokes=spokes, backend="auto", mode=mode, hubs=hubs)}
 
     def run(self, node: str, *argv: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = dict(lab.node_env(self.nodes[node]), PYTHONPATH=str(ROOT))

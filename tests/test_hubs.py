@@ -123,3 +123,29 @@ def test_the_probe_is_an_icmp_echo_with_a_valid_checksum() -> None:
     assert parse_reply(reply) == (0x1234, 7)
     assert parse_reply(bytes([0x45]) + bytes(19) + echo) is None  # a request is not an answer
     assert parse_reply(b"\x45") is None
+
+
+def test_hub_add_and_remove_edit_a_spokes_config_and_refuse_what_the_loader_would(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dvpnd.cli.main import main
+
+    p = tmp_path / "dvpnd.yaml"
+    one = TWO.split("hubs:")[0] + f'hub: {{public_key: "{K1}", endpoint: "192.0.2.10:51820"}}\n'
+    p.write_text(one)
+    # a second hub without its transit network: refused by the loader, the file untouched
+    assert main(["hub", "add", "hub-b", "--public-key", K2, "--endpoint", "192.0.2.242:51820",
+                 "--config", str(p)]) == 2
+    assert p.read_text() == one
+    assert "transit_network: is required" in capsys.readouterr().err
+    assert main(["hub", "add", "hub-b", "--public-key", K2, "--endpoint", "192.0.2.242:51820",
+                 "--transit-network", "10.90.0.0/24", "--config", str(p)]) == 0
+    c = load_config(p)
+    assert [h.name for h in c.hubs] == ["hub", "hub-b"] and (tmp_path / "dvpnd.yaml.before-hub-edit").read_text() == one
+    assert main(["hub", "add", "hub-c", "--public-key", K2, "--endpoint", "192.0.2.3:51820",
+                 "--transit-network", "10.91.0.0/24", "--config", str(p)]) == 2  # the same key
+    # the first hub retired: hub-b, with its own transit network, is the one left
+    assert main(["hub", "remove", "hub", "--config", str(p)]) == 0
+    c = load_config(p)
+    assert [h.name for h in c.hubs] == ["hub-b"] and [str(n) for n in c.transit_networks] == ["10.90.0.0/24"]
+    assert plan.peer_paths(c, _member(12), None).endpoints == ("10.90.0.12:51821",)
+    assert main(["hub", "remove", "hub-b", "--config", str(p)]) == 2  # the only hub

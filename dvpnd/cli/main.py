@@ -32,7 +32,14 @@ from dvpnd.cli.node import (
     cmd_reload,
     cmd_status,
 )
-from dvpnd.cli.peers import cmd_rotate_key, cmd_spoke_add, cmd_spoke_remove, cmd_spoke_rotate
+from dvpnd.cli.peers import (
+    cmd_hub_add,
+    cmd_hub_remove,
+    cmd_rotate_key,
+    cmd_spoke_add,
+    cmd_spoke_remove,
+    cmd_spoke_rotate,
+)
 from dvpnd.cli.roster import add_arguments as add_roster_arguments
 from dvpnd.config.peers import RunbookInputError
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE, ConfigError, DvpnError
@@ -72,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(spoke, "rotate", cmd_spoke_rotate, "accept a spoke's new key alongside its old one")
     p.add_argument("name")
     p.add_argument("--pubkey", required=True, help="the new public key (printed by dvpnctl rotate-key)")
+    hubp = sub.add_parser("hub", help="runbooks on a spoke: its hubs (confidential mode)").add_subparsers(
+        dest="hub", required=True)
+    p = _command(hubp, "add", cmd_hub_add, "add a hub to this spoke's hubs (checked; then restart dvpnd)")
+    p.add_argument("name")
+    p.add_argument("--public-key", required=True, help="the hub's public key (provision-hub prints it)")
+    p.add_argument("--endpoint", required=True, help="HOST:PORT")
+    p.add_argument("--transit-network", help="the hub's overlay.transit_network (required after the first hub)")
+    p.add_argument("--first", action="store_true", help="make it the preferred hub")
+    p = _command(hubp, "remove", cmd_hub_remove, "remove a hub from this spoke's hubs (then restart dvpnd)")
+    p.add_argument("name")
     p = _command(sub, "rotate-key", cmd_rotate_key, "on a spoke: make a new key (then --commit once the hub has it)")
     p.add_argument("--commit", action="store_true", help="switch to the new key")
 

@@ -57,11 +57,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
     else:
         print(format_peer_table(st))
+        if hubs := format_hubs(st):
+            print(hubs)
         if db := format_db(st):
             print(db)
         for p in st.get("problems", []):
             print(f"problem: {p}")
     return 0
+
+
+def format_hubs(st: dict[str, Any]) -> str:
+    """A spoke's hubs (more than one): up or down by the probes, and the one in use."""
+    lines = []
+    for h in st.get("hubs") or []:
+        age = "-" if h["last_answer_age"] is None else f"{h['last_answer_age']}s ago"
+        lines.append(f"hub {h['name']:<12} {'up' if h['up'] else 'DOWN':<5} {'in use' if h['in_use'] else '':<7}"
+                     f"probes {h['answers']}/{h['probes']} answered, last {age}")
+    if lines:
+        lines.append(f"failovers: {st.get('failovers', 0)}")
+    return "\n".join(lines)
 
 
 def _simple(args: argparse.Namespace, cmd: str, done: str) -> int:

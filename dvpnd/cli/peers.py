@@ -150,3 +150,52 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     fsync_dir(old.parent)
     print("now using the new key (the old one is deleted)")
     return 0
+
+
+def _edit_hubs(args: argparse.Namespace, edit: Callable[[dict[str, Any]], dict[str, Any]], done: str) -> int:
+    """Edit the spoke's hubs: the new file is checked with the loader before it replaces the old
+    one (kept beside it); a restart uses it (a reload refuses a change of hubs)."""
+    import yaml
+
+    from dvpnd.config.hubedit import HubEditError
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
+    from dvpnd.util.fsutil import write_atomic
+
+    path: Path = args.config
+    old = path.read_bytes()
+    doc = yaml.safe_load(old)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: not a mapping")
+    try:
+        new = edit(doc)
+    except HubEditError as e:
+        raise BadInput(str(e)) from None
+    trial = path.with_name(f".{path.name}.hub-edit")
+    write_yaml(trial, new, mode=0o600)
+    try:
+        load_config(trial)
+    except ConfigError as e:
+        raise BadInput("the edited config would be refused, nothing changed:\n  "
+                       + "\n  ".join(p.replace(str(trial), str(path)) for p in e.problems)) from None
+    finally:
+        trial.unlink(missing_ok=True)
+    backup = path.with_name(path.name + ".before-hub-edit")
+    write_atomic(backup, old, mode=0o600)
+    write_yaml(path, new, mode=path.stat().st_mode & 0o777)
+    print(f"{done} in {path} (the previous file, with its comments: {backup})")
+    print("restart dvpnd to use it: systemctl restart dvpnd (a reload refuses a change of hubs)")
+    return 0
+
+
+def cmd_hub_add(args: argparse.Namespace) -> int:
+    from dvpnd.config.hubedit import add_hub
+
+    return _edit_hubs(args, lambda d: add_hub(d, args.name, args.public_key, args.endpoint, args.transit_network,
+                                              first=args.first), f"added hub {args.name}")
+
+
+def cmd_hub_remove(args: argparse.Namespace) -> int:
+    from dvpnd.config.hubedit import remove_hub
+
+    return _edit_hubs(args, lambda d: remove_hub(d, args.name), f"removed hub {args.name}")

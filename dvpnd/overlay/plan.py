@@ -112,7 +112,9 @@ def peer_paths(config: Config, member: Member, choice: HubChoice | None) -> Peer
     """`member`'s overlay endpoints, one per hub (its transit address behind each)."""
     port = config.overlay.port
     if not config.more_hubs:
-        return PeerPaths((f"{config.transit_address(member.address)}:{port}",))
+        addr = config.transit_address_via(config.hubs[0], member.address) if config.hubs else \
+            config.transit_address(member.address)
+        return PeerPaths((f"{addr}:{port}",))
     order = hub_order(config, choice)
     endpoints = tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order)
     if choice is None:

@@ -101,6 +101,32 @@ def test_a_hub_killed_hard_moves_traffic_to_the_other_and_back_without_loss(both
     echo.communicate(timeout=10)
 
 
+def test_a_hub_cut_off_from_one_spoke_moves_that_spoke_only(both_hubs_back: Lab) -> None:
+    """The router drops everything between hub and spoke-c: spoke-c moves to hub-b, spoke-a and
+    spoke-b stay on hub, and spoke-a <-> spoke-c still flows, through hub-b (spoke-a's endpoint
+    for spoke-c roams there and stays, since hub-b works for spoke-a too)."""
+    H = both_hubs_back
+    hub, c = H.public("hub"), H.public("spoke-c")
+    H.nft_file("router", f"""table inet labcut {{
+  chain fwd {{ type filter hook forward priority -10; policy accept;
+    ip saddr {c} ip daddr {hub} drop
+    ip saddr {hub} ip daddr {c} drop
+  }}
+}}""")
+    try:
+        H.wait("spoke-c on hub-b", lambda: hub_in_use(H, "spoke-c") == "hub-b", timeout=10)
+        time.sleep(2)
+        assert hub_in_use(H, "spoke-a") == "hub" and hub_in_use(H, "spoke-b") == "hub"
+        assert H.ping("spoke-a", H.ip("spoke-c"), count=5) and H.ping("spoke-c", H.ip("spoke-b"), count=5)
+        assert H.ping("spoke-a", H.ip("spoke-b"), count=3)
+        c_key = lab.pubkey(H.nodes["spoke-c"], "--overlay")
+        assert H.wg_peers("spoke-a")[c_key]["endpoint"].startswith("10.90.0."), H.wg_peers("spoke-a")[c_key]
+        b_key = lab.pubkey(H.nodes["spoke-b"], "--overlay")
+        assert H.wg_peers("spoke-a")[b_key]["endpoint"].startswith("10.89.0.")
+    finally:
+        H.run("router", "nft", "delete", "table", "inet", "labcut", check=False)
+
+
 def test_both_hubs_down_then_one_back(both_hubs_back: Lab) -> None:
     H = both_hubs_back
     kill_hub(H, "hub")
