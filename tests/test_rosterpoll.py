@@ -249,3 +249,100 @@ def test_a_roster_arriving_in_pieces_is_read_whole_and_an_endless_one_is_cut() -
             await server.close()
 
     asyncio.run(main())
+
+
+def test_a_hub_behind_is_handed_the_roster_once_and_not_judged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several hubs the spoke asks with the roster it has; a hub serving an older one answers
+    at once, its document is judged once (refused: older), and it is handed the spoke's roster
+    once, not at every poll."""
+    from aiohttp import web
+
+    from dvpnd.roster.model import RosterError
+
+    ours, theirs = b'{"v": 2}', b'{"v": 1}'
+    asked: list[str | None] = []
+    posted: list[bytes] = []
+
+    async def old_hub(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("If-None-Match"))
+        return web.Response(body=theirs)
+
+    async def take(request: web.Request) -> web.Response:
+        posted.append(await request.read())
+        return web.Response(status=400, text="refused: this hub is broken\n")
+
+    judged: list[bytes] = []
+
+    def offer(self: Keeper, body: bytes, origin: str) -> bool:
+        judged.append(body)
+        raise RosterError("older", f"{origin}: serial 1 is older than 2")
+
+    monkeypatch.setattr(Keeper, "offer", offer)
+    app = web.Application()
+    app.router.add_get("/roster", old_hub)
+    app.router.add_post("/roster", take)
+
+    async def main() -> None:
+        server = TestServer(app)
+        await server.start_server()
+        keeper, stopping = Keeper(), asyncio.Event()
+        keeper.etag, keeper.document = rosterfetch.etag_of(ours), ours  # type: ignore[attr-defined]
+
+        async def on_adopted() -> None:
+            pass
+
+        task = asyncio.create_task(rosterfetch.fetch_loop(
+            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=30,  # type: ignore[arg-type]
+            share=True))
+        await asyncio.sleep(1.5)
+        stopping.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+
+    asyncio.run(main())
+    assert 3 <= len(asked) <= 10 and set(asked) == {rosterfetch.etag_of(ours)}, asked
+    assert judged == [theirs]  # judged (and counted) once
+    assert posted == [ours]  # handed over once, though the hub kept its old one
+
+
+def test_the_hub_takes_an_offered_roster_only_through_the_keeper() -> None:
+    """POST /roster: anything offered goes to the keeper (which verifies it); refused ones are a
+    400 naming the reason, oversized ones a 413 without reading on, and one offer a second per
+    source."""
+    from dvpnd.roster.model import MAX_DOCUMENT_BYTES
+    from dvpnd.serve.api import Outcome
+
+    class Hub(View):
+        def __init__(self) -> None:
+            super().__init__(b'{"v": 1}')
+            self.offers: list[bytes] = []
+
+        async def roster_offer(self, document: bytes, origin: str) -> Outcome:
+            self.offers.append(document)
+            if document == b"good":
+                return Outcome(True, data={"serial": 7, "members": 3, "adopted": True})
+            return Outcome(False, ("no",), bad_input=True, data={"reason": "signature"})
+
+    async def main() -> None:
+        hub = Hub()
+        http._last_offer.clear()
+        server = await _server(hub)
+        try:
+            async with aiohttp.ClientSession() as s:
+                url = server.make_url("/roster")
+                async with s.post(url, data=b"good") as r:
+                    assert r.status == 200 and "serial 7" in await r.text()
+                async with s.post(url, data=b"again") as r:
+                    assert r.status == 429  # within the second
+                http._last_offer.clear()
+                async with s.post(url, data=b"forged") as r:
+                    assert r.status == 400 and "signature" in await r.text()
+                http._last_offer.clear()
+                async with s.post(url, data=b"x" * (MAX_DOCUMENT_BYTES + 10)) as r:
+                    assert r.status == 413
+        finally:
+            await server.close()
+        assert hub.offers == [b"good", b"forged"]
+
+    asyncio.run(main())
