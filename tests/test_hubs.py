@@ -4,6 +4,7 @@ selector offers, and the probe's wire format."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -110,6 +111,32 @@ def test_paths_keep_a_roamed_endpoint_through_a_working_hub_and_leave_a_dead_one
     # right after a change of hub, everyone is put on the new hub's path, once
     moved = plan.HubChoice(active=K1, usable=frozenset({K1, K2}), moved=True)
     assert plan.peer_paths(c, m, moved).choose(via_b) == via_a
+
+
+def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Path) -> None:
+    """hub works for this spoke but not for member 12 (the router drops hub <-> that member): the
+    judge marks that one path out after two unanswered probes, and the selector moves member 12
+    alone to hub-b, even though hub is active and a roamed endpoint there would otherwise stay."""
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(TWO)
+    c = load_config(p)
+    j = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    m12, m13 = _member(12), replace(_member(13), overlay_key=K3)
+    for t in (0.2, 0.4):
+        for member in (m12.overlay_key, m13.overlay_key):
+            for hub in (K1, K2):
+                j.sent(hub, member)
+        j.answered(K1, t, m13.overlay_key)
+        j.answered(K2, t, m13.overlay_key)
+        j.answered(K2, t, m12.overlay_key)  # 12 answers through hub-b only
+    choice, moved = j.judge(0.5)
+    assert choice is not None and choice.active == K1 and not moved and choice.bad == {(m12.overlay_key, K1)}
+    assert plan.peer_paths(c, m12, choice).choose("10.89.0.12:51821") == "10.90.0.12:51821"
+    assert plan.peer_paths(c, m13, choice).choose("10.89.0.13:51821") is None
+    j.answered(K1, 0.6, m12.overlay_key)  # the cut heals: its path through hub-b may stay (roaming)
+    choice, _ = j.judge(0.7)
+    assert choice is not None and not choice.bad
+    assert plan.peer_paths(c, m12, choice).choose("10.90.0.12:51821") is None
 
 
 def test_the_probe_is_an_icmp_echo_with_a_valid_checksum() -> None:

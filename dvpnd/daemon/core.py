@@ -351,12 +351,12 @@ class Daemon:
         self._wake_roster_waiters()
         await self.reconcile(f"roster serial {self.rosters.roster.serial if self.rosters.roster else '?'}")
 
-    def _probe_targets(self) -> list[dict[str, IPv4Address]]:
-        """The other members' transit addresses behind each hub (what the hub probes ask)."""
+    def _probe_targets(self) -> list[tuple[str, dict[str, IPv4Address]]]:
+        """The other members, each with its transit address behind each hub (what the probes ask)."""
         c = self.config
         roster = self.rosters.roster if self.rosters else None
         me = self.reconciler.overlay_public_key
-        return [{h.public_key: c.transit_address_via(h, m.address) for h in c.hubs}
+        return [(m.overlay_key, {h.public_key: c.transit_address_via(h, m.address) for h in c.hubs})
                 for m in (roster.members if roster else ()) if m.overlay_key != me]
 
     def _hub_alive(self, key: str) -> Callable[[], bool]:

@@ -5,7 +5,8 @@ The spoke therefore sends each hub, every `probe.interval`, a small ICMP echo to
 member's transit address behind that hub: only a hub that forwards gets an answer back (the
 other spoke's kernel answers; no daemon needs to run there). Each round asks the same member
 through every hub, taking turns among the members that answered lately, so one dead spoke
-does not make a hub look dead.
+does not make a hub look dead. A member that stops answering through one hub while others still
+do (a hub cut off from that member only) is reached through another hub: `HubChoice.bad`.
 
 `HubJudge` is pure: answers in, a `HubChoice` out. A hub is up while some probe through it was
 answered within `probe.window`; the overlay goes through the first hub in the config's order
@@ -31,6 +32,7 @@ from dvpnd.daemon.status import HubView
 from dvpnd.overlay.plan import HubChoice
 
 log = logging.getLogger("dvpnd.hubs")
+MISSES_BAD = 2  # probes to one member through one hub left unanswered in a row: that path is out
 
 
 @dataclass
@@ -55,6 +57,7 @@ class HubJudge:
     active: str | None = None
     failovers: int = 0
     reason: str = ""
+    misses: dict[tuple[str, str], int] = field(default_factory=dict)  # (member, hub) -> probes unanswered
 
     def __post_init__(self) -> None:
         # every hub starts up, as of the start, without a hold-down: the first is used until
@@ -63,12 +66,16 @@ class HubJudge:
             self.state[key] = HubHealth(key, name, self.started, self.started - self.probe.holddown)
         self.active = self.hubs[0][0] if self.hubs else None
 
-    def sent(self, key: str) -> None:
+    def sent(self, key: str, member: str | None = None) -> None:
         self.state[key].probes += 1
+        if member is not None:
+            self.misses[(member, key)] = self.misses.get((member, key), 0) + 1
 
-    def answered(self, key: str, now: float) -> None:
+    def answered(self, key: str, now: float, member: str | None = None) -> None:
         h = self.state[key]
         h.answers += 1
+        if member is not None:
+            self.misses[(member, key)] = 0
         if not h.up(now, self.probe.window):
             h.up_since = now
         h.last_answer = now
@@ -97,8 +104,14 @@ class HubJudge:
             self.active = pick.key
             self.failovers += 1
             changed = True
+        bad = frozenset(k for k, n in self.misses.items() if n >= MISSES_BAD)
         return HubChoice(active=self.active, usable=frozenset(h.key for h in up) or frozenset({self.active}),
-                         moved=changed), changed
+                         moved=changed, bad=bad), changed
+
+    def forget(self, members: set[str]) -> None:
+        """Drop what is known of members no longer in the roster."""
+        for k in [k for k in self.misses if k[0] not in members]:
+            del self.misses[k]
 
     def view(self, now: float) -> tuple[HubView, ...]:
         out = []
@@ -145,26 +158,28 @@ def parse_reply(packet: bytes) -> tuple[int, int] | None:
 class Prober:
     """Sends a probe through every hub each interval and feeds the answers to the judge."""
 
-    def __init__(self, judge: HubJudge, targets: Callable[[], list[dict[str, IPv4Address]]],
+    def __init__(self, judge: HubJudge, targets: Callable[[], list[tuple[str, dict[str, IPv4Address]]]],
                  changed: Callable[[HubChoice], object], clock: Callable[[], float] = time.monotonic) -> None:
-        # targets(): per other member, its transit address behind each hub (hub key -> address)
+        # targets(): per other member, its key and its transit address behind each hub
         self.judge = judge
         self.targets = targets
         self.changed = changed
         self.clock = clock
         self.ident = int.from_bytes(os.urandom(2), "big")
         self.seq = 0
-        self.pending: dict[int, tuple[str, str]] = {}  # seq -> (hub key, target)
-        self.alive: dict[str, float] = {}  # target (any hub's address of it) -> last answer
+        self.pending: dict[int, tuple[str, str]] = {}  # seq -> (hub key, member key)
+        self.alive: dict[str, float] = {}  # member key -> its last answer through any hub
+        self.last_bad: frozenset[tuple[str, str]] = frozenset()
         self.turn = 0
         self.last_usable: frozenset[str] | None = None
 
-    def _next_target(self, now: float) -> dict[str, IPv4Address] | None:
+    def _next_target(self, now: float) -> tuple[str, dict[str, IPv4Address]] | None:
         members = self.targets()
         if not members:
             return None
-        recent = [m for m in members if any(now - self.alive.get(str(a), -1e9) <= 5 * self.judge.probe.window
-                                            for a in m.values())]
+        if self.turn % 256 == 0:
+            self.judge.forget({m for m, _ in members})
+        recent = [m for m in members if now - self.alive.get(m[0], -1e9) <= 5 * self.judge.probe.window]
         pool = recent or members
         self.turn += 1
         return pool[self.turn % len(pool)]
@@ -179,12 +194,12 @@ class Prober:
                 now = self.clock()
                 target = self._next_target(now)
                 for key, _ in self.judge.hubs:
-                    addr = target.get(key) if target else None
-                    if addr is None:
+                    addr = target[1].get(key) if target else None
+                    if addr is None or target is None:
                         continue
                     self.seq = (self.seq + 1) & 0xFFFF
-                    self.pending[self.seq] = (key, str(addr))
-                    self.judge.sent(key)
+                    self.pending[self.seq] = (key, target[0])
+                    self.judge.sent(key, target[0])
                     try:
                         sock.sendto(render_echo(self.ident, self.seq), (str(addr), 0))
                     except OSError:
@@ -195,9 +210,10 @@ class Prober:
                 choice, moved = self.judge.judge(now)
                 if moved:
                     log.warning("overlay: %s", self.judge.reason)
-                if choice is not None and (moved or choice.usable != self.last_usable):
-                    # a hub down (or back) also changes which roamed paths may stay
-                    self.last_usable = choice.usable
+                if choice is not None and (moved or choice.usable != self.last_usable or choice.bad != self.last_bad):
+                    # a hub down (or back), or a member out of reach through one hub, also changes
+                    # which roamed paths may stay
+                    self.last_usable, self.last_bad = choice.usable, choice.bad
                     self.changed(choice)
                 try:
                     await asyncio.wait_for(stopping.wait(), timeout=self.judge.probe.interval)
@@ -222,5 +238,5 @@ class Prober:
             if hit is None:
                 continue
             now = self.clock()
-            self.judge.answered(hit[0], now)
+            self.judge.answered(hit[0], now, hit[1])
             self.alive[hit[1]] = now

@@ -34,6 +34,7 @@ class HubChoice:
     active: str  # a hub's public key
     usable: frozenset[str]
     moved: bool = False
+    bad: frozenset[tuple[str, str]] = frozenset()  # (member's overlay key, hub key): no answer that way
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,14 @@ def peer_paths(config: Config, member: Member, choice: HubChoice | None) -> Peer
             config.transit_address(member.address)
         return PeerPaths((f"{addr}:{port}",))
     order = hub_order(config, choice)
-    endpoints = tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order)
     if choice is None:
-        return PeerPaths(endpoints)
+        return PeerPaths(tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order))
+    # a hub this member does not answer through goes last (a hub cut off from it only)
+    cut = {h for m, h in choice.bad if m == member.overlay_key} if choice.bad else set()
+    order = tuple(sorted(order, key=lambda h: h.public_key in cut))
+    endpoints = tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order)
     keep = frozenset(endpoints[:1]) if choice.moved else frozenset(
-        e for h, e in zip(order, endpoints, strict=True) if h.public_key in choice.usable)
+        e for h, e in zip(order, endpoints, strict=True) if h.public_key in choice.usable and h.public_key not in cut)
     return PeerPaths(endpoints, keep)
 
 

@@ -108,7 +108,7 @@ def test_a_hub_cut_off_from_one_spoke_moves_that_spoke_only(both_hubs_back: Lab)
     H = both_hubs_back
     hub, c = H.public("hub"), H.public("spoke-c")
     H.nft_file("router", f"""table inet labcut {{
-  chain fwd {{ type filter hook forward priority -10; policy accept;
+  chain cut {{ type filter hook forward priority -10; policy accept;
     ip saddr {c} ip daddr {hub} drop
     ip saddr {hub} ip daddr {c} drop
   }}
