@@ -139,6 +139,31 @@ def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Pa
     assert plan.peer_paths(c, m12, choice).choose("10.90.0.12:51821") is None
 
 
+def test_with_every_path_out_the_device_is_left_as_it_is(tmp_path: Path) -> None:
+    """Found in the VM test: a spoke that has just listed two hubs, whose fellow spokes do not
+    answer its probes yet, had every path marked out; the selector then "changed" each peer to
+    the endpoint it already had, the read-back showed the same difference, and the reconcile
+    failed on every pass (dvpnd never became ready)."""
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(TWO)
+    c = load_config(p)
+    m = _member(12)
+    all_out = plan.HubChoice(active=K1, usable=frozenset({K1}), bad=frozenset({(m.overlay_key, K1),
+                                                                                (m.overlay_key, K2)}))
+    paths = plan.peer_paths(c, m, all_out)
+    assert paths.choose("10.89.0.12:51821") is None
+    assert paths.choose("10.90.0.12:51821") == "10.89.0.12:51821"
+
+
+def test_a_lone_spoke_keeps_its_hubs_up() -> None:
+    """Nobody to probe through the hubs: no evidence against them (not "down", not degraded)."""
+    j = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    j.no_targets(5.0)
+    choice, moved = j.judge(5.5)
+    assert choice is not None and choice.usable == {K1, K2} and not moved
+    assert all(h.up for h in j.view(5.5))
+
+
 def test_the_probe_is_an_icmp_echo_with_a_valid_checksum() -> None:
     echo = render_echo(0x1234, 7)
     words = [int.from_bytes(echo[i:i + 2], "big") for i in range(0, len(echo), 2)]

@@ -206,14 +206,14 @@ def _spoke_transit_input(config: Config) -> list[Json]:
                                      {"set": hub_addrs}),
               _match(_payload("tcp", "sport"), ov.port), ESTABLISHED, ACCEPT, comment="the roster's answers"),
     ]
-    if config.more_hubs:
-        out += [
-            _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-request"),
-                  {"limit": {"rate": 200, "per": "second", "burst": 50}}, ACCEPT,
-                  comment="other spokes' probes of the hubs"),
-            _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-reply"), ESTABLISHED,
-                  ACCEPT, comment="answers to this spoke's probes"),
-        ]
+    # every confidential spoke answers the probes of the spokes that use several hubs
+    out += [
+        _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-request"),
+              {"limit": {"rate": 200, "per": "second", "burst": 50}}, ACCEPT,
+              comment="other spokes' probes of the hubs"),
+        _rule("input", iif_t, from_transit, _match(_payload("icmp", "type"), "echo-reply"), ESTABLISHED,
+              ACCEPT, comment="answers to this spoke's probes"),
+    ]
     return out + [_rule("input", iif_t, COUNTER, DROP, comment="nothing else on the transit")]
 
 

@@ -80,6 +80,13 @@ class HubJudge:
             h.up_since = now
         h.last_answer = now
 
+    def no_targets(self, now: float) -> None:
+        """No other member to probe through the hubs (a lone spoke): no evidence against any hub."""
+        for h in self.state.values():
+            if not h.up(now, self.probe.window):
+                h.up_since = now
+            h.last_answer = now
+
     def eligible(self, h: HubHealth, now: float) -> bool:
         return h.up(now, self.probe.window) and h.up_since is not None and now - h.up_since >= self.probe.holddown
 
@@ -193,6 +200,8 @@ class Prober:
             while not stopping.is_set():
                 now = self.clock()
                 target = self._next_target(now)
+                if target is None:
+                    self.judge.no_targets(now)
                 for key, _ in self.judge.hubs:
                     addr = target[1].get(key) if target else None
                     if addr is None or target is None:

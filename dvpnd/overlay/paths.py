@@ -27,6 +27,6 @@ class PeerPaths:
     def choose(self, current: str | None) -> str | None:
         """The endpoint to write, or None to keep the device's."""
         keep = self.endpoints if self.keep is None else self.keep
-        if not self.endpoints or current in keep:
-            return None
+        if not self.endpoints or current in keep or current == self.endpoints[0]:
+            return None  # (nothing kept, and the device has the best there is already)
         return self.endpoints[0]
