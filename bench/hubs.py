@@ -68,9 +68,21 @@ def _lost(proc: object) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def both_on_hub(L: Lab) -> None:
+    """Wait until spoke-a and spoke-b reach each other through the preferred hub (after a
+    failback the second spoke follows a moment later), so that each round starts alike."""
+    def on_hub(src: str, dst: str) -> bool:
+        key = L.run(dst, sys.executable, "-m", "dvpnd.cli", "pubkey", "--overlay", "--config",
+                    str(L.nodes[dst].config)).stdout.strip()
+        return f"{key}\t10.89." in L.run(src, "wg", "show", "wg0", "endpoints").stdout
+
+    wait("spoke-a and spoke-b on hub", lambda: on_hub("spoke-a", "spoke-b") and on_hub("spoke-b", "spoke-a"), 30)
+
+
 def failover_round(L: Lab, seconds: float = 8) -> tuple[float, float, bool]:
     """One kill and one return of the preferred hub with pings at 100 Hz and a TCP stream:
     (seconds lost at the kill, seconds lost at the return, whether the stream survived)."""
+    both_on_hub(L)
     echo = L.popen("spoke-b", sys.executable, PROBE, "echo", "7779", "90")
     assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     stream = L.popen("spoke-a", sys.executable, PROBE, "stream", L.ip("spoke-b"), "7779", str(2 * seconds + 12))
@@ -95,6 +107,7 @@ def failover_round(L: Lab, seconds: float = 8) -> tuple[float, float, bool]:
 def plain_wireguard_round(L: Lab, seconds: float = 8) -> float:
     """The anchor: the spokes' dvpnd stopped (plain WireGuard, both hub peers, nobody switching)."""
     spokes = [n for n in L.nodes.values() if n.role == "spoke"]
+    both_on_hub(L)
     for n in spokes:
         lab.stop_daemon(n)
     try:

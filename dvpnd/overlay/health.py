@@ -133,6 +133,7 @@ class HubJudge:
 # --- the thin part: ICMP echo over a raw socket (CAP_NET_RAW, which dvpnd's unit grants) ----
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
+SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: the types set in the mask are not delivered
 PAYLOAD = b"dvpn-probe"
 
 
@@ -194,6 +195,9 @@ class Prober:
     async def run(self, stopping: asyncio.Event) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         sock.setblocking(False)
+        # a raw socket is handed a copy of every ICMP packet the node gets (the other spokes'
+        # probes too): let the kernel pass echo replies only
+        sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ECHO_REPLY) & 0xFFFFFFFF))
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self._receive, sock)
         try:
@@ -224,10 +228,7 @@ class Prober:
                     # which roamed paths may stay
                     self.last_usable, self.last_bad = choice.usable, choice.bad
                     self.changed(choice)
-                try:
-                    await asyncio.wait_for(stopping.wait(), timeout=self.judge.probe.interval)
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(self.judge.probe.interval)  # (stopping ends the task itself)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
