@@ -201,3 +201,19 @@ def test_hub_add_and_remove_edit_a_spokes_config_and_refuse_what_the_loader_woul
     assert [h.name for h in c.hubs] == ["hub-b"] and [str(n) for n in c.transit_networks] == ["10.90.0.0/24"]
     assert plan.peer_paths(c, _member(12), None).endpoints == ("10.90.0.12:51821",)
     assert main(["hub", "remove", "hub-b", "--config", str(p)]) == 2  # the only hub
+
+
+def test_a_roamed_endpoint_after_the_write_is_no_failed_write() -> None:
+    """Found by CI's VM run: at a failback the other end's packet arrived through the other hub
+    between the write and the read-back, WireGuard roamed the endpoint back, and the reconcile
+    was reported failed (the node degraded for a pass)."""
+    from dvpnd.overlay.paths import PeerPaths
+    from dvpnd.wireguard.device import DesiredDevice, DesiredPeer, DeviceChanges, PeerChange, settled
+
+    owned = DesiredPeer(public_key=K2, name="b", allowed_ips=frozenset({"10.88.0.12/32"}), persistent_keepalive=0,
+                        paths=PeerPaths(("10.89.0.12:51821", "10.90.0.12:51821")))
+    hub = DesiredPeer(public_key=K1, name="hub", allowed_ips=frozenset({"10.89.0.0/24"}), endpoint="192.0.2.10:51820")
+    desired = DesiredDevice(private_key=K3, listen_port=None, peers={K1: hub, K2: owned})
+    left = DeviceChanges(peers=(PeerChange(K2, endpoint="10.89.0.12:51821"), PeerChange(K1, endpoint="192.0.2.10:51820"),
+                                PeerChange(K2, allowed_ips=frozenset({"10.88.0.12/32"}))))
+    assert [c.public_key for c in settled(left, desired).peers] == [K1, K2]  # only the roamed endpoint goes

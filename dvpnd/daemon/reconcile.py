@@ -23,7 +23,14 @@ from dvpnd.overlay import plan
 from dvpnd.roster.model import Roster
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.wireguard.backends import Backend, select_backend
-from dvpnd.wireguard.device import DesiredDevice, DeviceChanges, DeviceState, diff_device, render_device
+from dvpnd.wireguard.device import (
+    DesiredDevice,
+    DeviceChanges,
+    DeviceState,
+    diff_device,
+    render_device,
+    settled,
+)
 from dvpnd.wireguard.keys import encode_key, load_or_create_private_key, public_key
 
 log = logging.getLogger("dvpnd.reconcile")
@@ -185,7 +192,7 @@ class Reconciler:
             backend.apply(changes)
             self.device_writes += 1
             actual = backend.read()
-            leftover = diff_device(desired, actual)
+            leftover = settled(diff_device(desired, actual), desired)
             if leftover:
                 raise BackendError(f"{ifname}: the device did not take the change "
                                    f"({leftover.summary()} still differ after writing)")

@@ -96,6 +96,18 @@ class DeviceChanges:
         return ", ".join(parts)
 
 
+def settled(changes: DeviceChanges, desired: DesiredDevice) -> DeviceChanges:
+    """What still differs after a write, less the endpoints of peers whose paths the selector
+    owns: WireGuard roams such an endpoint to wherever the peer's last packet came from, which
+    may happen between the write and the read-back (a failback, the other end still on the
+    other hub). The next pass chooses again; that is no failed write."""
+    def roamed(c: PeerChange) -> bool:
+        want = desired.peers.get(c.public_key)
+        return (want is not None and want.paths is not None and not c.create and not c.remove
+                and c.endpoint is not None and c.persistent_keepalive is None and c.allowed_ips is None)
+    return DeviceChanges(changes.private_key, changes.listen_port, tuple(c for c in changes.peers if not roamed(c)))
+
+
 def rotation_done(current: float | None, new: float | None) -> bool:
     """A rotating spoke uses its new key once that key has the newer handshake."""
     return new is not None and (current is None or new >= current)
