@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from dvpnd.daemon.rosterkeeper import RosterKeeper, etag_of
-from dvpnd.roster.model import MAX_DOCUMENT_BYTES, RosterError
+from dvpnd.roster.model import RosterError, read_capped
 
 log = logging.getLogger("dvpnd.roster")
 TIMEOUT = 5.0  # to connect, and for an answer beyond the hold
@@ -38,14 +38,8 @@ async def fetch_once(session: aiohttp.ClientSession, url: str, etag: str | None,
     async with session.get(url, headers=headers, params=params, allow_redirects=False, timeout=timeout) as resp:
         if resp.status != 200:
             return resp.status, b"", None
-        # the whole body, however it arrives (one read returns only what is there so far), and
-        # never more than one byte past the limit, which the keeper then refuses as too large
-        body = bytearray()
-        async for chunk in resp.content.iter_any():
-            body += chunk[: MAX_DOCUMENT_BYTES + 1 - len(body)]
-            if len(body) > MAX_DOCUMENT_BYTES:
-                break
-        return 200, bytes(body), resp.headers.get("ETag")
+        # (one read returns only what is there so far; the keeper refuses what is over the limit)
+        return 200, await read_capped(resp.content), resp.headers.get("ETag")
 
 
 async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: asyncio.Event,

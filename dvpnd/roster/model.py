@@ -206,3 +206,14 @@ def judge(new: Roster, payload: bytes, *, network: IPv4Network, highest_serial: 
 
 def expired(roster: Roster, now: float) -> bool:
     return now >= roster.expires
+
+
+async def read_capped(stream: Any, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """A whole body from an aiohttp stream however it arrives, never more than one byte past
+    `limit` (what is over the limit is then refused as too large, without reading on)."""
+    body = bytearray()
+    async for chunk in stream.iter_any():
+        body += chunk[: limit + 1 - len(body)]
+        if len(body) > limit:
+            break
+    return bytes(body)

@@ -174,7 +174,7 @@ async def roster_offer(request: web.Request) -> web.Response:
     from the transit is only offered to the keeper, which verifies it against the authority key:
     nobody can make the hub adopt what the authority did not sign. One offer a second per source,
     so a member cannot fill the log."""
-    from dvpnd.roster.model import MAX_DOCUMENT_BYTES
+    from dvpnd.roster.model import MAX_DOCUMENT_BYTES, read_capped
 
     view: View = request.app[VIEW_KEY]
     source = request.remote or "?"
@@ -184,14 +184,10 @@ async def roster_offer(request: web.Request) -> web.Response:
     if len(_last_offer) > 4096:
         _last_offer.clear()
     _last_offer[source] = now
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk[: MAX_DOCUMENT_BYTES + 1 - len(body)]
-        if len(body) > MAX_DOCUMENT_BYTES:
-            break
+    body = await read_capped(request.content)
     if len(body) > MAX_DOCUMENT_BYTES:
         return web.Response(status=413, text="larger than a roster may be\n")
-    outcome = await view.roster_offer(bytes(body), f"a roster offered by {source}")
+    outcome = await view.roster_offer(body, f"a roster offered by {source}")
     if not outcome.ok:
         return web.Response(status=400, text=f"refused: {outcome.data.get('reason', 'bad input')}\n")
     return web.Response(text=f"serial {outcome.data['serial']} in force\n")
