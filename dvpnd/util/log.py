@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -53,10 +54,13 @@ REDACTOR = RedactingFilter()
 
 
 def setup_logging(level: str = "info", stream: object = None) -> None:
-    """Log lines as `LEVEL logger: message`; journald adds the time and the unit."""
+    """Log lines as `LEVEL logger: message`; journald adds the time and the unit. Written anywhere
+    else (a file, a terminal: systemd sets JOURNAL_STREAM for a unit), each line starts with the
+    time, to the millisecond."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(REDACTOR)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt if "JOURNAL_STREAM" in os.environ else "%(asctime)s " + fmt))
     root = logging.getLogger("dvpnd")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

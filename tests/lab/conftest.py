@@ -191,3 +191,19 @@ def PG(the_lab: None) -> Lab:
     if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
         pytest.skip("needs postgresql-15 (run .ci/run or ./dev setup)")
     return ensure_lab(postgres=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed lab test's report carries the end of every node's dvpnd log (timestamped), so a
+    failure in CI can be read without the lab, which is gone by then."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.when != "call" or not rep.failed:
+        return
+    got = lab.load_lab()
+    for n in got[0] if got else ():
+        log = Path(n.dir) / "dvpnd.log"
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            rep.sections.append((f"{n.name}: the end of dvpnd.log", "\n".join(tail)))
