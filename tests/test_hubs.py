@@ -83,6 +83,30 @@ def test_the_judge_fails_over_at_once_and_back_only_after_the_hold_down() -> Non
     assert choice.active == "A" and j.failovers == 2
 
 
+def test_the_judge_never_leaves_a_working_hub_for_a_later_one() -> None:
+    """Both hubs down; hub-b comes back a moment before hub. The overlay goes to hub-b (the first
+    that works), then to hub once hub has been up for the hold-down: one move back, not three
+    (a lab run went hub-b -> hub at once -> hub-b when hub-b's hold-down ended first -> hub)."""
+    j = HubJudge([("A", "hub"), ("B", "hub-b")], PROBE, started=0.0)
+    choice, moved = j.judge(5.0)
+    assert choice is not None and choice.active == "A" and not moved  # nothing answers: stays
+    j.answered("B", 9.9)
+    choice, moved = j.judge(9.9)
+    assert choice is not None and choice.active == "B" and moved
+    actives = []
+    for t in range(100, 260):
+        now = t / 10
+        j.answered("A", now)
+        j.answered("B", now)
+        choice, moved = j.judge(now)
+        assert choice is not None
+        actives.append(choice.active)
+        if moved:
+            assert now >= 10.0 + PROBE.holddown - 1e-9
+    assert actives[0] == "B" and actives[-1] == "A"
+    assert sum(1 for x, y in zip(actives, actives[1:], strict=False) if x != y) == 1  # one move, after hub's hold-down
+
+
 def test_the_judge_stays_put_when_nothing_answers() -> None:
     """A lone spoke, or the whole overlay down: no hub is better than another; no flapping."""
     j = HubJudge([("A", "hub"), ("B", "hub-b")], PROBE, started=0.0)
@@ -133,9 +157,12 @@ def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Pa
     assert choice is not None and choice.active == K1 and not moved and choice.bad == {(m12.overlay_key, K1)}
     assert plan.peer_paths(c, m12, choice).choose("10.89.0.12:51821") == "10.90.0.12:51821"
     assert plan.peer_paths(c, m13, choice).choose("10.89.0.13:51821") is None
-    j.answered(K1, 0.6, m12.overlay_key)  # the cut heals: its path through hub-b may stay (roaming)
-    choice, _ = j.judge(0.7)
-    assert choice is not None and not choice.bad
+    j.answered(K1, 0.6, m12.overlay_key)  # the cut heals: back on hub once, as after a failback
+    choice, moved = j.judge(0.7)
+    assert choice is not None and not choice.bad and choice.moved and not moved  # (no failover)
+    assert plan.peer_paths(c, m12, choice).choose("10.90.0.12:51821") == "10.89.0.12:51821"
+    choice, _ = j.judge(0.8)  # then roaming may keep any working hub again
+    assert choice is not None and not choice.moved
     assert plan.peer_paths(c, m12, choice).choose("10.90.0.12:51821") is None
 
 

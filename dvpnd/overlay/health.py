@@ -12,7 +12,8 @@ do (a hub cut off from that member only) is reached through another hub: `HubCho
 answered within `probe.window`; the overlay goes through the first hub in the config's order
 that is up and has been up for `probe.holddown` (a hub that comes back is not used again at
 once: no flapping), else through the first hub that is up at all, else it stays where it is
-(nothing answers through any hub: a lone spoke, or the whole overlay down). `Prober` is the
+(nothing answers through any hub: a lone spoke, or the whole overlay down). A hub in use that
+works is left only for a hub before it in the order (failback), never for one after it. `Prober` is the
 thin part that sends and receives."""
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class HubJudge:
     failovers: int = 0
     reason: str = ""
     misses: dict[tuple[str, str], int] = field(default_factory=dict)  # (member, hub) -> probes unanswered
+    bad: frozenset[tuple[str, str]] = frozenset()
 
     def __post_init__(self) -> None:
         # every hub starts up, as of the start, without a hold-down: the first is used until
@@ -99,7 +101,15 @@ class HubJudge:
         for h in order:  # a hub that went down starts its hold-down again when it comes back
             if not h.up(now, self.probe.window):
                 h.up_since = None
-        pick = next((h for h in up if self.eligible(h, now)), None) or (up[0] if up else None)
+        current = self.state[self.active]
+        pick: HubHealth | None
+        if current.up(now, self.probe.window):
+            # a hub that works is left only for one before it that has been up a while (failback),
+            # never for one after it (its own hold-down may have restarted at a blip)
+            ahead = order[:order.index(current)]
+            pick = next((h for h in ahead if self.eligible(h, now)), current)
+        else:
+            pick = next((h for h in up if self.eligible(h, now)), None) or (up[0] if up else None)
         changed = False
         if pick is not None and pick.key != self.active:
             was = self.state[self.active]
@@ -112,8 +122,12 @@ class HubJudge:
             self.failovers += 1
             changed = True
         bad = frozenset(k for k, n in self.misses.items() if n >= MISSES_BAD)
+        # a member that answers again through a hub it was cut off from is put back on the
+        # preferred path (with everyone, simply), as after a failback
+        back = bool(self.bad - bad)
+        self.bad = bad
         return HubChoice(active=self.active, usable=frozenset(h.key for h in up) or frozenset({self.active}),
-                         moved=changed, bad=bad), changed
+                         moved=changed or back, bad=bad), changed
 
     def forget(self, members: set[str]) -> None:
         """Drop what is known of members no longer in the roster."""
@@ -180,6 +194,21 @@ class Prober:
         self.last_bad: frozenset[tuple[str, str]] = frozenset()
         self.turn = 0
         self.last_usable: frozenset[str] | None = None
+        self.sock: socket.socket | None = None
+
+    def nudge(self, addresses: Sequence[IPv4Address]) -> None:
+        """One echo to each overlay address, through the overlay device, right after this spoke
+        moved its paths: the other end's WireGuard roams its endpoint for this spoke to the path
+        the echo came by, so both ends of an idle conversation converge on the same hub without
+        waiting for traffic (overlay peers have no keepalive). The answers are not counted."""
+        if self.sock is None:
+            return
+        packet = render_echo(self.ident ^ 0xFFFF, 0)
+        for addr in addresses:
+            try:
+                self.sock.sendto(packet, (str(addr), 0))
+            except OSError:
+                pass  # no session or route yet: the peer's first packet through the new path does it
 
     def _next_target(self, now: float) -> tuple[str, dict[str, IPv4Address]] | None:
         members = self.targets()
@@ -198,6 +227,7 @@ class Prober:
         # a raw socket is handed a copy of every ICMP packet the node gets (the other spokes'
         # probes too): let the kernel pass echo replies only
         sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ECHO_REPLY) & 0xFFFFFFFF))
+        self.sock = sock
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self._receive, sock)
         try:
@@ -231,6 +261,7 @@ class Prober:
                 await asyncio.sleep(self.judge.probe.interval)  # (stopping ends the task itself)
         finally:
             loop.remove_reader(sock.fileno())
+            self.sock = None
             sock.close()
 
     def _receive(self, sock: socket.socket) -> None:
