@@ -35,7 +35,7 @@ from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.plan import HubChoice
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
-from dvpnd.roster.model import RosterError
+from dvpnd.roster.model import Member, RosterError
 from dvpnd.serve import control
 from dvpnd.serve import http as httpapi
 from dvpnd.serve.api import Counters, Outcome, Published
@@ -77,6 +77,7 @@ class Daemon:
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
         self.hub_judge: HubJudge | None = None
+        self.prober: Prober | None = None
         if config.confidential and not config.is_hub and config.more_hubs:
             self.hub_judge = HubJudge([(h.public_key, h.name) for h in config.hubs], config.probe, time.monotonic())
             self.reconciler.hub_choice = self.hub_judge.judge(time.monotonic())[0]
@@ -351,13 +352,16 @@ class Daemon:
         self._wake_roster_waiters()
         await self.reconcile(f"roster serial {self.rosters.roster.serial if self.rosters.roster else '?'}")
 
+    def _other_members(self) -> list[Member]:
+        roster = self.rosters.roster if self.rosters else None
+        me = self.reconciler.overlay_public_key
+        return [m for m in (roster.members if roster else ()) if m.overlay_key != me]
+
     def _probe_targets(self) -> list[tuple[str, dict[str, IPv4Address]]]:
         """The other members, each with its transit address behind each hub (what the probes ask)."""
         c = self.config
-        roster = self.rosters.roster if self.rosters else None
-        me = self.reconciler.overlay_public_key
         return [(m.overlay_key, {h.public_key: c.transit_address_via(h, m.address) for h in c.hubs})
-                for m in (roster.members if roster else ()) if m.overlay_key != me]
+                for m in self._other_members()]
 
     def _hub_alive(self, key: str) -> Callable[[], bool]:
         judge = self.hub_judge
@@ -379,6 +383,9 @@ class Daemon:
         if ok and self.reconciler.hub_choice is choice:
             # moved once; from now on WireGuard's roaming may keep any hub that works
             self.reconciler.hub_choice = replace(choice, moved=False)
+            if choice.moved and self.prober is not None:
+                # the other ends follow at once, not at their next packet (see Prober.nudge)
+                self.prober.nudge([m.address for m in self._other_members()])
 
     def _wake_roster_waiters(self) -> None:
         event, self._roster_event = self._roster_event, asyncio.Event()
@@ -487,7 +494,7 @@ class Daemon:
                                share=bool(c.more_hubs), alive=self._hub_alive(h.public_key)),
                     name=f"roster {h.name}"))
         if self.hub_judge is not None:
-            prober = Prober(self.hub_judge, self._probe_targets, self._hub_changed)
+            self.prober = prober = Prober(self.hub_judge, self._probe_targets, self._hub_changed)
             tasks.append(asyncio.create_task(prober.run(self.stopping), name="hub probes"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))

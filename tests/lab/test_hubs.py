@@ -104,7 +104,8 @@ def test_a_hub_killed_hard_moves_traffic_to_the_other_and_back_without_loss(both
 def test_a_hub_cut_off_from_one_spoke_moves_that_spoke_only(both_hubs_back: Lab) -> None:
     """The router drops everything between hub and spoke-c: spoke-c moves to hub-b, spoke-a and
     spoke-b stay on hub, and spoke-a <-> spoke-c still flows, through hub-b (spoke-a's endpoint
-    for spoke-c roams there and stays, since hub-b works for spoke-a too)."""
+    for spoke-c roams there and stays, since hub-b works for spoke-a too); healed, both ends go
+    back to hub by themselves."""
     H = both_hubs_back
     hub, c = H.public("hub"), H.public("spoke-c")
     H.nft_file("router", f"""table inet labcut {{
@@ -128,6 +129,14 @@ def test_a_hub_cut_off_from_one_spoke_moves_that_spoke_only(both_hubs_back: Lab)
         assert H.wg_peers("spoke-a")[b_key]["endpoint"].startswith("10.89.0.")
     finally:
         H.run("router", "nft", "delete", "table", "inet", "labcut", check=False)
+    # healed: both ends of spoke-a <-> spoke-c are back on hub with no traffic between them (no
+    # overlay keepalives either): each end's move back is followed by an echo that the other
+    # end's WireGuard roams on
+    H.wait("spoke-c back on hub", lambda: hub_in_use(H, "spoke-c") == "hub", timeout=15)
+    a_key = lab.pubkey(H.nodes["spoke-a"], "--overlay")
+    H.wait("spoke-a and spoke-c to reach each other through hub again",
+           lambda: H.wg_peers("spoke-a")[c_key]["endpoint"].startswith("10.89.0.")
+           and H.wg_peers("spoke-c")[a_key]["endpoint"].startswith("10.89.0."), timeout=10)
 
 
 def test_both_hubs_down_then_one_back(both_hubs_back: Lab) -> None:
