@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import statistics
 import sys
 import time
@@ -24,27 +23,17 @@ import time
 from bench.dataplane import ROOT, Lab
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
-from dvpnd.util.procutil import wait_exit
 
 HZ = 100
 PROBE = str(ROOT / "tests" / "lab" / "probe.py")
 
 
 def kill_hub(L: Lab, name: str = "hub") -> None:
-    node = L.nodes[name]
-    L.run(name, "ip", "link", "set", "eth0", "down")
-    for pid in [lab.read_pid(node), *lab.wg_go_pids(node)]:
-        if pid and lab.pid_alive(pid):
-            wait_exit(pid, 5, (signal.SIGKILL,))
+    lab.kill_hard(L.nodes[name])
 
 
 def revive_hub(L: Lab, name: str = "hub") -> None:
-    node = L.nodes[name]
-    L.run(name, "ip", "link", "set", "eth0", "up")
-    L.run(name, "ip", "route", "replace", "default", "via", "192.0.2.1")
-    if not lab.pid_alive(lab.read_pid(node)):
-        lab.start_daemon(node)
-    lab.wait_ready(node)
+    lab.revive(L.nodes[name])
 
 
 def in_use(L: Lab, spoke: str) -> str | None:

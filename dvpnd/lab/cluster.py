@@ -242,6 +242,26 @@ def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
     return wait_until(ready, timeout, 0.2, lambda: f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last[0]}")
 
 
+def kill_hard(node: Node) -> None:
+    """A dead droplet, as the other nodes see it: the node's link down, its dvpnd and every
+    wireguard-go killed with SIGKILL (nothing is cleaned up; its state directory stays)."""
+    _ip("netns", "exec", node.netns, "ip", "link", "set", "eth0", "down")
+    for pid in [read_pid(node), *wg_go_pids(node)]:
+        if pid and pid_alive(pid):
+            wait_exit(pid, 5, (signal.SIGKILL,))
+
+
+def revive(node: Node) -> None:
+    """The node back after kill_hard, as after a reboot: its link and route up, dvpnd started
+    from its state directory (if it is not running), ready."""
+    _ip("netns", "exec", node.netns, "ip", "link", "set", "eth0", "up")
+    gateway = next(r for n, r, _ in _links([node]) if n is node).split("/")[0]
+    _ip("netns", "exec", node.netns, "ip", "route", "replace", "default", "via", gateway)
+    if not pid_alive(read_pid(node)):
+        start_daemon(node)
+    wait_ready(node)
+
+
 def pubkey(node: Node, *flags: str) -> str:
     r = run_in(node, [sys.executable, "-m", "dvpnd.cli", "pubkey", "--config", str(node.config), *flags])
     return r.stdout.strip()

@@ -8,7 +8,6 @@ reboot. The packet loss of each failover is printed (pytest -s shows it)."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 import pytest
 
 from dvpnd.lab import cluster as lab
-from dvpnd.util.procutil import wait_exit
 from tests.lab.conftest import PROBE, Lab, Pinger
 
 pytestmark = pytest.mark.root
@@ -24,20 +22,11 @@ ECHO_PORT = 7778
 
 
 def kill_hub(H: Lab, name: str) -> None:
-    node = H.nodes[name]
-    H.run(name, "ip", "link", "set", "eth0", "down")
-    for pid in [lab.read_pid(node), *lab.wg_go_pids(node)]:
-        if pid and lab.pid_alive(pid):
-            wait_exit(pid, 5, (signal.SIGKILL,))
+    lab.kill_hard(H.nodes[name])
 
 
 def revive_hub(H: Lab, name: str) -> None:
-    node = H.nodes[name]
-    H.run(name, "ip", "link", "set", "eth0", "up")
-    H.run(name, "ip", "route", "replace", "default", "via", lab._links([node])[0][1].split("/")[0])
-    if not lab.pid_alive(lab.read_pid(node)):
-        lab.start_daemon(node)
-    lab.wait_ready(node)
+    lab.revive(H.nodes[name])
 
 
 def hub_in_use(H: Lab, spoke: str) -> str | None:
