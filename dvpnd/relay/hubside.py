@@ -1,0 +1,320 @@
+"""The hub's end of the TCP fallback: a TLS listener (TCP 443 by default) whose one path is a
+WebSocket, each binary message one WireGuard datagram, relayed to the hub's own WireGuard port on
+loopback through one UDP socket per spoke, so WireGuard sees each TCP spoke as an ordinary
+endpoint (127.0.0.1:port) and roams to it like to any other.
+
+What an Internet client meets, in order:
+- at most `max_clients` connections and `max_per_ip` from one address (past a cap the connection
+  is closed at once); the TLS handshake and the WebSocket upgrade must be done within 10 s;
+- anything but a WebSocket upgrade on PATH: 404 or 400, and the connection closed;
+- no compression (permessage-deflate is never negotiated, and a compressed frame is a protocol
+  error): a decompression bomb has nothing to inflate;
+- a challenge (a fresh nonce), and 5 s to prove possession of a spoke key this hub carries
+  (protocol.verify); otherwise close code 4401;
+- then binary messages only, each at most one datagram of the transit (larger: close 1009) and
+  of WireGuard's shape (otherwise close 4400); no message for `idle` seconds: close 4408;
+- datagrams for a spoke wait in a queue of `queue`; beyond it they are dropped, as UDP would,
+  and a spoke that reads nothing for `stall` seconds is cut off: a client that reads nothing
+  holds no more of the hub's memory than the queue and the socket buffers.
+A spoke's UDP socket outlives its connection by `linger` seconds, so a reconnect keeps the
+endpoint WireGuard knows; a second connection with the same key replaces the first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from dvpnd.relay.config import HubSide
+from dvpnd.relay.protocol import (
+    AUTH_TIMEOUT,
+    NONCE_LEN,
+    PATH,
+    datagram_problem,
+    parse_answer,
+    render_challenge,
+    verify,
+)
+
+log = logging.getLogger("dvpnd.relay")
+UPGRADE_TIMEOUT = 10.0
+
+
+@dataclass
+class Stats:
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    to_wireguard: int = 0
+    to_spokes: int = 0
+    dropped: int = 0
+
+
+class _Session(asyncio.DatagramProtocol):
+    """One spoke's socket towards WireGuard, and the connection that carries it now (if any)."""
+
+    def __init__(self, relay: HubRelay, key: bytes) -> None:
+        self.relay = relay
+        self.key = key
+        self.transport: asyncio.DatagramTransport | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        cfg = self.relay.cfg
+        if addr[1] != cfg.wg_port or self.ws is None:
+            return
+        if len(self.queue) >= cfg.queue:
+            self.relay.stats.dropped += 1
+            return
+        self.queue.append(data)
+        self.wake.set()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.transport = None
+
+
+class _Guard(asyncio.Protocol):
+    """Between the TLS layer and aiohttp: the connection caps, and a deadline for the upgrade."""
+
+    def __init__(self, relay: HubRelay, inner: asyncio.Protocol) -> None:
+        self.relay = relay
+        self.inner = inner
+        self.peer = "?"
+        self.deadline: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "?"
+        r = self.relay
+        if len(r.guards) >= r.cfg.max_clients or r.per_ip[self.peer] >= r.cfg.max_per_ip:
+            r.stats.refused["too many connections"] += 1
+            transport.abort()  # type: ignore[attr-defined]
+            self.transport = None
+            return
+        r.guards[transport] = self
+        r.per_ip[self.peer] += 1
+        self.deadline = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT, self._late)
+        self.inner.connection_made(transport)
+
+    def _late(self) -> None:
+        self.relay.stats.refused["no upgrade in time"] += 1
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def upgraded(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.transport is not None else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return
+        r = self.relay
+        r.guards.pop(self.transport, None)
+        r.per_ip[self.peer] -= 1
+        if r.per_ip[self.peer] <= 0:
+            del r.per_ip[self.peer]
+        self.upgraded()
+        self.transport = None
+        self.inner.connection_lost(exc)
+
+
+class HubRelay:
+    def __init__(self, cfg: HubSide) -> None:
+        self.cfg = cfg
+        self.sessions: dict[bytes, _Session] = {}
+        self.guards: dict[Any, _Guard] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.stats = Stats()
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+
+    def reconfigure(self, cfg: HubSide) -> None:
+        """New settings (the roster or the peers changed): a spoke no longer carried is cut off."""
+        self.cfg = cfg
+        for key in [k for k in self.sessions if k not in cfg.spokes]:
+            s = self.sessions.pop(key)
+            if s.ws is not None:
+                asyncio.ensure_future(s.ws.close(code=4403, message=b"no longer a member"))
+            s.close()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(PATH, self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cfg.cert, self.cfg.key)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Guard(self, server()), self.cfg.address, self.cfg.port,
+                                                ssl=ctx, ssl_handshake_timeout=UPGRADE_TIMEOUT, reuse_address=True,
+                                                backlog=256)
+        log.info("relay listening on %s:%d (TLS, WebSocket %s)", self.cfg.address, self.cfg.port, PATH)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for g in list(self.guards.values()):
+            if g.transport is not None and not g.transport.is_closing():
+                g.transport.abort()
+        for s in self.sessions.values():
+            s.close()
+        self.sessions.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self.cfg.largest, autoclose=True, autoping=True)
+        if not ws.can_prepare(request).ok:
+            self.stats.refused["not a WebSocket"] += 1
+            return web.Response(status=400, text="WebSocket only\n", headers={"Connection": "close"})
+        guard = self.guards.get(request.transport)
+        await ws.prepare(request)
+        if guard is not None:
+            guard.upgraded()
+        session = await self._authenticate(ws)
+        if session is None:
+            return ws
+        self.stats.accepted += 1
+        sender = asyncio.ensure_future(self._send(session, ws, request))
+        try:
+            await self._receive(session, ws)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            if session.ws is ws:
+                session.ws = None
+                session.queue.clear()
+                session.expiry = asyncio.get_running_loop().call_later(self.cfg.linger, self._expire, session)
+        return ws
+
+    async def _authenticate(self, ws: web.WebSocketResponse) -> _Session | None:
+        nonce = os.urandom(NONCE_LEN)
+        await ws.send_str(render_challenge(nonce))
+        try:
+            msg = await ws.receive(timeout=AUTH_TIMEOUT)
+        except TimeoutError:
+            await self._refuse(ws, "no proof in time")
+            return None
+        if msg.type != WSMsgType.TEXT:
+            await self._refuse(ws, "no proof")
+            return None
+        try:
+            answer = parse_answer(msg.data)
+        except ValueError:
+            await self._refuse(ws, "malformed proof")
+            return None
+        if not verify(answer, nonce, self.cfg.hub_public, self.cfg.spokes):
+            await self._refuse(ws, "wrong proof")
+            return None
+        session = self.sessions.get(answer.spoke_public)
+        if session is None or session.transport is None:
+            session = _Session(self, answer.spoke_public)
+            await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: session, remote_addr=("127.0.0.1", self.cfg.wg_port))
+            self.sessions[answer.spoke_public] = session
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+        if session.ws is not None:
+            log.info("relay: a new connection replaces the last one of the same spoke")
+            asyncio.ensure_future(session.ws.close(code=4409, message=b"replaced"))
+        session.ws = ws
+        session.queue.clear()
+        await ws.send_str('{"ok": true}')
+        return session
+
+    async def _refuse(self, ws: web.WebSocketResponse, why: str) -> None:
+        self.stats.refused[why] += 1
+        await ws.close(code=4401, message=why.encode())
+
+    async def _receive(self, session: _Session, ws: web.WebSocketResponse) -> None:
+        while True:
+            try:
+                msg = await ws.receive(timeout=self.cfg.idle)
+            except TimeoutError:
+                self.stats.refused["idle"] += 1
+                await ws.close(code=4408, message=b"idle")
+                return
+            if msg.type == WSMsgType.BINARY:
+                problem = datagram_problem(msg.data, self.cfg.largest)
+                if problem is not None:
+                    self.stats.refused["not WireGuard"] += 1
+                    await ws.close(code=4400, message=b"not a WireGuard datagram")
+                    return
+                if session.transport is not None and session.ws is ws:
+                    session.transport.sendto(msg.data)
+                    self.stats.to_wireguard += 1
+            elif msg.type == WSMsgType.TEXT:
+                self.stats.refused["text after the proof"] += 1
+                await ws.close(code=4400, message=b"binary only")
+                return
+            else:  # CLOSE, CLOSING, CLOSED, ERROR (a message too big is ERROR after aiohttp's 1009)
+                if msg.type == WSMsgType.ERROR:
+                    self.stats.refused["protocol error"] += 1
+                return
+
+    async def _send(self, session: _Session, ws: web.WebSocketResponse, request: web.Request) -> None:
+        while not ws.closed:
+            await session.wake.wait()
+            session.wake.clear()
+            while session.queue and session.ws is ws:
+                data = session.queue.popleft()
+                try:
+                    await asyncio.wait_for(ws.send_bytes(data), self.cfg.stall)
+                except TimeoutError:
+                    self.stats.refused["not reading"] += 1
+                    log.info("relay: a spoke read nothing for %.0fs; closing it", self.cfg.stall)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return
+                except ConnectionError:
+                    return
+                self.stats.to_spokes += 1
+
+    def _expire(self, session: _Session) -> None:
+        if session.ws is None and self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
+            session.close()
+
+    def view(self) -> dict[str, Any]:
+        return {"connections": len(self.guards), "spokes": sum(1 for s in self.sessions.values() if s.ws is not None),
+                "accepted": self.stats.accepted, "refused": dict(self.stats.refused),
+                "to_wireguard": self.stats.to_wireguard, "to_spokes": self.stats.to_spokes,
+                "dropped": self.stats.dropped}

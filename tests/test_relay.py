@@ -1,0 +1,305 @@
+"""The TCP fallback's relay on loopback, with real sockets (no root): a spoke link and the hub's
+listener carry datagrams between two UDP sockets that stand where WireGuard would be, and the
+hub's listener refuses what an Internet client could send instead."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dvpnd.relay import protocol
+from dvpnd.relay.config import HubSide, Link, RelayConfig, RelayConfigError, parse, render
+from dvpnd.relay.hubside import HubRelay
+from dvpnd.relay.spokeside import SpokeLink
+from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed
+from dvpnd.wireguard.keys import generate_private_key, public_key
+
+HUB_PRIV, SPOKE_PRIV, OTHER_PRIV = generate_private_key(), generate_private_key(), generate_private_key()
+HUB_PUB, SPOKE_PUB, OTHER_PUB = (public_key(k) for k in (HUB_PRIV, SPOKE_PRIV, OTHER_PRIV))
+LARGEST = protocol.max_datagram(1420)
+
+
+def data(n: int = 64, fill: int = 7) -> bytes:
+    """A transport-data datagram of WireGuard's shape (type 4, 16-byte blocks + tag)."""
+    return bytes([4, 0, 0, 0]) + bytes([fill]) * (n - 4)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Udp(asyncio.DatagramProtocol):
+    """Where WireGuard would be: what arrives, with its source."""
+
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+
+    def datagram_received(self, payload: bytes, addr: tuple[str, int]) -> None:
+        self.got.put_nowait((payload, addr))
+
+
+async def udp(port: int) -> tuple[asyncio.DatagramTransport, Udp]:
+    proto = Udp()
+    t, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", port))
+    return t, proto
+
+
+def hub_side(tmp: Path, wg_port: int, **kw: object) -> HubSide:
+    cert, key = tmp / "relay.crt", tmp / "relay.key"
+    ensure_self_signed(cert, key, "hub")
+    return HubSide(address="127.0.0.1", port=0, cert=str(cert), key=str(key), wg_port=wg_port, largest=LARGEST,
+                   hub_public=HUB_PUB, spokes={SPOKE_PUB: protocol.auth_key(HUB_PRIV, SPOKE_PUB)},
+                   **kw)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def hub(tmp: Path, wg_port: int, **kw: object) -> AsyncIterator[HubRelay]:
+    r = HubRelay(hub_side(tmp, wg_port, **kw))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def link(tmp: Path, port: int, wg_port: int, auth: bytes | None = None) -> Link:
+    return Link(name="hub", url=f"wss://127.0.0.1:{port}{protocol.PATH}",
+                fingerprint=cert_fingerprint(tmp / "relay.crt"), ca=None, local_port=free_port(), wg_port=wg_port,
+                spoke_public=SPOKE_PUB, hub_public=HUB_PUB,
+                auth=auth if auth is not None else protocol.auth_key(SPOKE_PRIV, HUB_PUB), largest=LARGEST)
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro(), 60))
+
+
+def insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def authed(session: aiohttp.ClientSession, port: int, priv: bytes = SPOKE_PRIV,
+                 **kw: object) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(f"wss://127.0.0.1:{port}{protocol.PATH}", ssl=insecure(), **kw)  # type: ignore[arg-type]
+    nonce = protocol.parse_challenge((await ws.receive(timeout=5)).data)
+    pub = public_key(priv)
+    await ws.send_str(protocol.render_answer(pub, protocol.proof(protocol.auth_key(priv, HUB_PUB), nonce, pub,
+                                                                 HUB_PUB)))
+    return ws
+
+
+# --- pure -------------------------------------------------------------------------------------
+
+def test_only_wireguard_shaped_datagrams_pass() -> None:
+    assert protocol.datagram_problem(bytes([1, 0, 0, 0]) + bytes(144), LARGEST) is None
+    assert protocol.datagram_problem(bytes([2, 0, 0, 0]) + bytes(88), LARGEST) is None
+    assert protocol.datagram_problem(bytes([3, 0, 0, 0]) + bytes(60), LARGEST) is None
+    assert protocol.datagram_problem(data(32), LARGEST) is None
+    assert protocol.datagram_problem(data(LARGEST), LARGEST) is None
+    for bad in (b"", b"\x04\0\0", bytes([1, 0, 0, 0]) + bytes(143), bytes([5, 0, 0, 0]) + bytes(60),
+                bytes([4, 1, 0, 0]) + bytes(60), data(31), data(LARGEST + 1), b"GET / HTTP/1.1\r\n\r\n"):
+        assert protocol.datagram_problem(bad, LARGEST) is not None, bad
+
+
+def test_the_proof_needs_the_private_key() -> None:
+    nonce = b"n" * 32
+    keys = {SPOKE_PUB: protocol.auth_key(HUB_PRIV, SPOKE_PUB)}
+    good = protocol.proof(protocol.auth_key(SPOKE_PRIV, HUB_PUB), nonce, SPOKE_PUB, HUB_PUB)
+    assert protocol.verify(protocol.Answer(SPOKE_PUB, good), nonce, HUB_PUB, keys)
+    assert not protocol.verify(protocol.Answer(SPOKE_PUB, good), b"m" * 32, HUB_PUB, keys)  # another nonce
+    # what anyone can compute from public keys alone, or another member's key, proves nothing
+    forged = protocol.proof(protocol.auth_key(OTHER_PRIV, HUB_PUB), nonce, SPOKE_PUB, HUB_PUB)
+    assert not protocol.verify(protocol.Answer(SPOKE_PUB, forged), nonce, HUB_PUB, keys)
+    assert not protocol.verify(protocol.Answer(OTHER_PUB, forged), nonce, HUB_PUB, keys)
+    with pytest.raises(ValueError):
+        protocol.parse_answer(json.dumps({"key": "x" * 300}))
+    with pytest.raises(ValueError):
+        protocol.parse_answer(json.dumps({"key": base64.b64encode(b"k" * 31).decode(), "proof": ""}))
+
+
+def test_the_relay_config_round_trips_and_refuses_an_unpinned_hub(tmp_path: Path) -> None:
+    c = RelayConfig(hub=hub_side(tmp_path, 51820), links=(link(tmp_path, 443, 51820),), status_file="/run/x")
+    assert parse(json.loads(json.dumps(render(c))), "relay.json") == c
+    doc = render(c)
+    doc["links"][0]["fingerprint"] = None
+    with pytest.raises(RelayConfigError, match="neither a certificate fingerprint nor a CA"):
+        parse(doc, "relay.json")
+    doc = render(c)
+    doc["hub"]["hub_public"] = "short"
+    with pytest.raises(RelayConfigError, match="hub.hub_public"):
+        parse(doc, "relay.json")
+
+
+# --- on loopback -------------------------------------------------------------------------------
+
+def test_datagrams_cross_both_ways_and_the_hub_sees_one_stable_endpoint(tmp_path: Path) -> None:
+    async def main() -> None:
+        hub_wg_t, hub_wg = await udp(0)
+        spoke_wg_t, spoke_wg = await udp(0)
+        hub_wg_port, spoke_wg_port = hub_wg_t.get_extra_info("sockname")[1], spoke_wg_t.get_extra_info("sockname")[1]
+        async with hub(tmp_path, hub_wg_port) as h:
+            sl = SpokeLink(link(tmp_path, h.port, spoke_wg_port))
+            await sl.start()
+            try:
+                for _ in range(100):
+                    if sl.ws is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert sl.ws is not None, sl.state
+                spoke_wg_t.sendto(data(64, 1), ("127.0.0.1", sl.cfg.local_port))
+                got, src = await asyncio.wait_for(hub_wg.got.get(), 5)
+                assert got == data(64, 1) and src[0] == "127.0.0.1"
+                hub_wg_t.sendto(data(96, 2), src)  # WireGuard answers the endpoint it saw
+                back, via = await asyncio.wait_for(spoke_wg.got.get(), 5)
+                assert back == data(96, 2) and via == ("127.0.0.1", sl.cfg.local_port)
+                # garbage from WireGuard's side, or from another local port, is not carried
+                spoke_wg_t.sendto(b"\xff" * 40, ("127.0.0.1", sl.cfg.local_port))
+                spoke_wg_t.sendto(data(64, 3), ("127.0.0.1", sl.cfg.local_port))
+                got, src2 = await asyncio.wait_for(hub_wg.got.get(), 5)
+                assert got == data(64, 3) and src2 == src
+                # the connection drops: the link connects again, and the hub keeps the same endpoint
+                assert sl.ws is not None
+                await sl.ws.close()
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if sl.ws is not None and sl.state.connects >= 2:
+                        break
+                assert sl.state.connects >= 2
+                spoke_wg_t.sendto(data(64, 4), ("127.0.0.1", sl.cfg.local_port))
+                got, src3 = await asyncio.wait_for(hub_wg.got.get(), 5)
+                assert got == data(64, 4) and src3 == src
+                assert h.view()["spokes"] == 1 and h.view()["accepted"] == 2
+            finally:
+                await sl.close()
+        hub_wg_t.close()
+        spoke_wg_t.close()
+    run(main)
+
+
+def test_a_wrong_pin_or_a_wrong_key_gets_nowhere(tmp_path: Path) -> None:
+    async def main() -> None:
+        hub_wg_t, hub_wg = await udp(0)
+        async with hub(tmp_path, hub_wg_t.get_extra_info("sockname")[1]) as h:
+            bad_pin = SpokeLink(replace(link(tmp_path, h.port, 1), fingerprint="00" * 32))
+            bad_key = SpokeLink(link(tmp_path, h.port, 1, auth=protocol.auth_key(OTHER_PRIV, HUB_PUB)))
+            for sl in (bad_pin, bad_key):
+                await sl.start()
+            await asyncio.sleep(1.5)
+            assert bad_pin.state.connects == 0 and "fingerprint" in (bad_pin.state.last_error or "").lower()
+            assert bad_key.state.connects == 0 and "refused" in (bad_key.state.last_error or "")
+            assert h.view()["refused"].get("wrong proof", 0) >= 1 and h.view()["spokes"] == 0
+            for sl in (bad_pin, bad_key):
+                await sl.close()
+        hub_wg_t.close()
+    run(main)
+
+
+def test_an_internet_client_is_refused_whatever_it_sends(tmp_path: Path) -> None:
+    async def main() -> None:
+        hub_wg_t, hub_wg = await udp(0)
+        async with hub(tmp_path, hub_wg_t.get_extra_info("sockname")[1], idle=1.0) as h:
+            base = f"https://127.0.0.1:{h.port}"
+            async with aiohttp.ClientSession() as s:
+                async with s.get(base + protocol.PATH, ssl=insecure()) as r:  # not a WebSocket
+                    assert r.status == 400
+                async with s.get(base + "/status", ssl=insecure()) as r:  # nothing else is served
+                    assert r.status == 404
+                # no proof: closed 4401 after the wait
+                ws = await s.ws_connect(f"wss://127.0.0.1:{h.port}{protocol.PATH}", ssl=insecure())
+                await ws.receive(timeout=5)
+                await ws.send_str("{}")
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4401
+                # authenticated, then: non-WireGuard -> 4400; oversized -> closed; text -> 4400; idle -> 4408
+                for payload, codes in ((b"\x09" + bytes(63), {4400}), (data(LARGEST + 16), {1009, 1006})):
+                    ws = await authed(s, h.port)
+                    assert (await ws.receive(timeout=5)).data == '{"ok": true}'
+                    await ws.send_bytes(payload)
+                    msg = await ws.receive(timeout=5)
+                    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+                    assert ws.close_code in codes, (payload[:4], ws.close_code)  # (1006: cut, 1009: said why)
+                ws = await authed(s, h.port)
+                await ws.receive(timeout=5)
+                msg = await ws.receive(timeout=5)  # says nothing for `idle`
+                assert ws.close_code == 4408, msg
+                # compression is never negotiated, even when asked for
+                ws = await authed(s, h.port, compress=15)
+                assert ws.compress == 0
+                await ws.close()
+            assert hub_wg.got.empty()  # none of it reached WireGuard
+            assert h.view()["refused"]["not WireGuard"] == 1 and h.view()["refused"]["idle"] == 1
+        hub_wg_t.close()
+    run(main)
+
+
+def test_connection_caps_and_a_client_that_never_upgrades(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvpnd.relay import hubside
+
+    monkeypatch.setattr(hubside, "UPGRADE_TIMEOUT", 1.0)
+
+    async def main() -> None:
+        hub_wg_t, _ = await udp(0)
+        async with hub(tmp_path, hub_wg_t.get_extra_info("sockname")[1], max_per_ip=3) as h:
+            loop = asyncio.get_running_loop()
+            silent = []
+            for _ in range(3):  # TLS done, then nothing: each holds a place until the deadline
+                r, w = await asyncio.open_connection("127.0.0.1", h.port, ssl=insecure())
+                silent.append((r, w))
+            await asyncio.sleep(0.2)
+            assert h.view()["connections"] == 3
+            r4, w4 = await asyncio.open_connection("127.0.0.1", h.port, ssl=insecure())  # the 4th: cut at once
+            assert await asyncio.wait_for(r4.read(), 5) == b""
+            assert h.stats.refused["too many connections"] >= 1
+            t0 = loop.time()
+            for r, _ in silent:
+                assert await asyncio.wait_for(r.read(), 5) == b""
+            assert loop.time() - t0 < 3
+            assert h.view()["connections"] == 0 and h.stats.refused["no upgrade in time"] == 3
+            for _, w in [*silent, (r4, w4)]:
+                w.close()
+        hub_wg_t.close()
+    run(main)
+
+
+def test_a_spoke_that_reads_nothing_is_cut_off_with_the_queue_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        hub_wg_t, hub_wg = await udp(0)
+        async with hub(tmp_path, hub_wg_t.get_extra_info("sockname")[1], queue=16, stall=1.0) as h:
+            async with aiohttp.ClientSession() as s:
+                ws = await authed(s, h.port)
+                await ws.receive(timeout=5)
+                await ws.send_bytes(data(64))  # WireGuard learns the endpoint
+                _, src = await asyncio.wait_for(hub_wg.got.get(), 5)
+                # the client stops reading; WireGuard sends up to 60 MB at it (more than the
+                # kernel's socket buffers on both ends hold), paced so that the hub's UDP socket
+                # takes it
+                for i in range(40000):
+                    hub_wg_t.sendto(data(LARGEST), src)
+                    if i % 64 == 0:
+                        await asyncio.sleep(0.002)
+                        sess = h.sessions.get(SPOKE_PUB)
+                        assert sess is None or len(sess.queue) <= 16
+                        if h.stats.refused["not reading"]:
+                            break
+                for _ in range(100):
+                    await asyncio.sleep(0.1)
+                    if h.stats.refused["not reading"]:
+                        break
+                assert h.stats.refused["not reading"] == 1 and h.view()["dropped"] > 0
+                assert h.view()["spokes"] == 0
+        hub_wg_t.close()
+    run(main)
