@@ -105,5 +105,13 @@ def test_database_containers_never_see_the_key_and_dvpnd_has_a_memory_limit(file
 
 
 def test_the_unit_caps_memory_and_forbids_core_dumps() -> None:
-    unit = (ROOT / "systemd" / "dvpnd.service").read_text()
-    assert re.search(r"^MemoryMax=\d+M$", unit, re.M) and re.search(r"^LimitCORE=0$", unit, re.M)
+    for name in ("dvpnd.service", "dvpn-relay.service"):  # the relay's limit is its own
+        unit = (ROOT / "systemd" / name).read_text()
+        assert re.search(r"^MemoryMax=\d+M$", unit, re.M) and re.search(r"^LimitCORE=0$", unit, re.M), name
+    path = (ROOT / "systemd" / "dvpn-relay.path").read_text()
+    relay = (ROOT / "systemd" / "dvpn-relay.service").read_text()
+    # the path unit watches the file dvpnd writes by default, and the service reads that file
+    from dvpnd.config.model import DEFAULT_CONTROL_SOCKET
+
+    default = DEFAULT_CONTROL_SOCKET.parent / "relay.json"
+    assert f"PathExists={default}" in path and f"--config {default}" in relay

@@ -35,7 +35,7 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
                     f"{wheels[0]}[pypi-nftables]"], check=True, timeout=600, env=env, cwd=tmp_path)
-    for cmd in ("dvpnd", "dvpnctl"):
+    for cmd in ("dvpnd", "dvpnctl", "dvpn-relay"):
         r = subprocess.run([str(venv / "bin" / cmd), "--help"], capture_output=True, text=True, timeout=60,
                            env=env, cwd=tmp_path)
         assert r.returncode == 0 and "usage:" in r.stdout, r.stderr

@@ -303,3 +303,57 @@ def test_a_spoke_that_reads_nothing_is_cut_off_with_the_queue_bounded(tmp_path: 
                 assert h.view()["spokes"] == 0
         hub_wg_t.close()
     run(main)
+
+
+# --- dvpnd's side: config keys, the relay's plan, the firewall ---------------------------------
+
+def test_transport_keys_load_and_refuse_what_cannot_work(tmp_path: Path) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
+    from dvpnd.relay.plan import render_relay
+    from tests.test_hubs import TWO
+
+    fp = "ab" * 32
+    text = TWO.replace('endpoint: "192.0.2.242:51820",',
+                       f'endpoint: "192.0.2.242:51820", transport: tcp, relay_fingerprint: "sha256:{fp.upper()}",')
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(text + "wireguard: {listen_port: 51820}\n")
+    c = load_config(p)
+    b = c.hubs[1]
+    assert (b.transport, b.relay_url, b.relay_fingerprint) == ("tcp", "wss://192.0.2.242:443/dvpn/relay/v1", fp)
+    assert c.hubs[0].transport == "udp" and c.needs_relay and c.relay_local_port(b) == 51830
+    plan = render_relay(c, base64.b64encode(SPOKE_PRIV).decode(), 51820)
+    assert plan is not None and plan.hub is None and [x.local_port for x in plan.links] == [51830]
+    assert plan.links[0].auth == protocol.auth_key(SPOKE_PRIV, base64.b64decode(b.public_key))
+    assert "PRIVATE" not in json.dumps(render(plan)) and base64.b64encode(SPOKE_PRIV).decode() not in json.dumps(
+        render(plan))  # the relay never holds the WireGuard key
+
+    for bad, msg in ((TWO.replace('endpoint: "192.0.2.10:51820"', 'endpoint: "192.0.2.10:51820", transport: tcp'),
+                      "tcp needs relay_fingerprint"),
+                     (TWO.replace('endpoint: "192.0.2.10:51820"', 'endpoint: "192.0.2.10:51820", transport: quic'),
+                      "'quic': one of udp, tcp"),
+                     (TWO.replace('endpoint: "192.0.2.10:51820"',
+                                  'endpoint: "192.0.2.10:51820", relay_url: "https://x/dvpn/relay/v1"'),
+                      "must be wss://"),
+                     (TWO.replace('endpoint: "192.0.2.10:51820"',
+                                  'endpoint: "192.0.2.10:51820", relay_fingerprint: "abc"'), "64 hex digits"),
+                     (TWO + "relay: {enabled: true}\n", "relay.enabled: is for a hub")):
+        p.write_text(bad)
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert msg in "\n".join(e.value.problems), (msg, e.value.problems)
+
+
+def test_a_hub_with_the_relay_opens_its_port_and_carries_its_spokes(tmp_path: Path) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.firewall import ruleset
+    from dvpnd.relay.plan import render_relay
+    from tests.test_config import HUB, write
+
+    c = load_config(write(tmp_path, HUB + "relay: {enabled: true, port: 8443}\n"))
+    text = json.dumps(ruleset.render_ruleset(c))
+    assert "8443" in text and "dvpn-relay" in text
+    assert "dvpn-relay" not in json.dumps(ruleset.render_ruleset(load_config(write(tmp_path, HUB))))
+    plan = render_relay(c, base64.b64encode(HUB_PRIV).decode(), 51820, [base64.b64encode(SPOKE_PUB).decode()])
+    assert plan is not None and plan.hub is not None and plan.hub.port == 8443
+    assert plan.hub.spokes == {SPOKE_PUB: protocol.auth_key(SPOKE_PRIV, HUB_PUB)}  # what the spoke derives too

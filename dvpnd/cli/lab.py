@@ -61,3 +61,23 @@ def cmd_lab_exec(args: argparse.Namespace) -> int:
 
     argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
     return lab.exec_in(args.node, argv)
+
+
+def cmd_lab_block_udp(args: argparse.Namespace) -> int:
+    from dvpnd.lab import cluster as lab
+
+    lab.block_udp(lab.find_node(args.node), on=not args.off)
+    print(f"the lab's router {'passes' if args.off else 'drops'} UDP to and from {args.node}")
+    return 0
+
+
+def cmd_lab_transport(args: argparse.Namespace) -> int:
+    from dvpnd.lab import cluster as lab
+
+    node = lab.find_node(args.node)
+    if node.role != "spoke":
+        print(f"{args.node} is not a spoke")
+        return EXIT_FAILURE
+    lab.set_transport(node, args.transport)
+    print(f"{args.node}: its tunnels to the hubs go over {args.transport}")
+    return 0

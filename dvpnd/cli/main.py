@@ -22,7 +22,14 @@ from dvpnd.cli.db import (
     cmd_pg_setup,
     cmd_pg_status,
 )
-from dvpnd.cli.lab import cmd_lab_down, cmd_lab_exec, cmd_lab_status, cmd_lab_up
+from dvpnd.cli.lab import (
+    cmd_lab_block_udp,
+    cmd_lab_down,
+    cmd_lab_exec,
+    cmd_lab_status,
+    cmd_lab_transport,
+    cmd_lab_up,
+)
 from dvpnd.cli.node import (
     cmd_check,
     cmd_down,
@@ -140,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_lab_exec)
+    p = lab.add_parser("block-udp", help="the lab's router drops a node's UDP (a network that passes TCP only)")
+    p.add_argument("node")
+    p.add_argument("--off", action="store_true", help="pass its UDP again")
+    p.set_defaults(func=cmd_lab_block_udp)
+    p = lab.add_parser("transport", help="carry a spoke's tunnels over tcp (the hubs' relay on TCP 443) or udp")
+    p.add_argument("node")
+    p.add_argument("transport", choices=("tcp", "udp"))
+    p.set_defaults(func=cmd_lab_transport)
     return ap
 
 

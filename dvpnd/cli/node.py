@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from dvpnd.cli.common import load, request
@@ -59,11 +60,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(format_peer_table(st))
         if hubs := format_hubs(st):
             print(hubs)
+        if relay := format_relay(st):
+            print(relay)
         if db := format_db(st):
             print(db)
         for p in st.get("problems", []):
             print(f"problem: {p}")
     return 0
+
+
+def format_relay(st: dict[str, Any]) -> str:
+    """The TCP fallback: a spoke's hubs reached over TCP, a hub's relay."""
+    lines = []
+    for t in st.get("transports") or []:
+        if t["transport"] != "tcp":
+            continue
+        state = "relay not running" if t["connected"] is None else "connected" if t["connected"] else "NOT connected"
+        since = f" since {time.strftime('%H:%M:%S', time.localtime(t['since']))}" if t.get("since") else ""
+        err = f" ({t['last_error']})" if t.get("last_error") and not t["connected"] else ""
+        lines.append(f"hub {t['hub']:<12} over TCP: {state}{since}, {t['connects']} connects{err}")
+    r = st.get("relay")
+    if r:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(r["refused"].items())) or "none"
+        lines.append(f"relay: {'running' if r['running'] else 'NOT running'}, {r['spokes']} spokes over TCP, "
+                     f"{r['connections']} connections; refused: {refused}")
+    return "\n".join(lines)
 
 
 def format_hubs(st: dict[str, Any]) -> str:

@@ -52,6 +52,7 @@ from dvpnd.config.model import (
     ProbeConfig,
     WireGuardConfig,
 )
+from dvpnd.config.relay import HUB_RELAY_KEYS, hub_transport, relay_section
 from dvpnd.config.yamlsrc import KeyPath, Source, YamlSyntaxError, load_yaml_file
 from dvpnd.errors import ConfigError
 from dvpnd.roster.authority import decode_public
@@ -66,7 +67,7 @@ OVERLAY_KEYS = {"network", "hub_address", "address", "mode", "authority", "min_s
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
     "overlay", "wireguard", "hub", "hubs", "peers", "peers_dir", "firewall", "status", "metrics",
-    "control", "public_endpoint", "postgres", "backup", "probe",
+    "control", "public_endpoint", "postgres", "backup", "probe", "relay",
 }
 
 
@@ -184,6 +185,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
     metrics = _listen(r, top, "metrics", enabled=True, address="127.0.0.1", port=DEFAULT_METRICS_PORT)
     ctl = r.section(top, ("control",), {"socket"})
     control_socket = abs_path(r, ctl, ("control", "socket"), str(DEFAULT_CONTROL_SOCKET))
+    relay = relay_section(r, top, is_hub, control_socket.parent)
     if status.enabled and metrics.enabled and status.port == metrics.port and status.address == metrics.address:
         r.error(("metrics", "port"), f"port {metrics.port} is already used by status.port")
 
@@ -195,7 +197,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
         public_endpoint=public_endpoint, postgres=pg, backup=backup, overlay=overlay,
-        more_hubs=more_hubs, probe=probe,
+        more_hubs=more_hubs, probe=probe, relay=relay,
     )
 
 
@@ -280,7 +282,7 @@ def _hub(r: Reader, top: dict[str, Any]) -> HubSpec | None:
     if "hub" not in top:
         r.error(("hub",), "is required on a spoke (the hub's public_key and endpoint)")
         return None
-    h = r.section(top, ("hub",), {"public_key", "endpoint"})
+    h = r.section(top, ("hub",), {"public_key", "endpoint"} | HUB_RELAY_KEYS)
     key = r.get(h, ("hub", "public_key"), str, check=check_key)
     ep_text = r.get(h, ("hub", "endpoint"), str)
     endpoint = None
@@ -289,9 +291,10 @@ def _hub(r: Reader, top: dict[str, Any]) -> HubSpec | None:
             endpoint = parse_endpoint(ep_text)
         except ValueError as e:
             r.error(("hub", "endpoint"), f"'{ep_text}' {e}")
+    tcp = hub_transport(r, h, ("hub",), endpoint)
     if key is None or endpoint is None:
         return None
-    return HubSpec(public_key=key, endpoint=endpoint)
+    return HubSpec(public_key=key, endpoint=endpoint, **tcp)
 
 
 def _hubs(r: Reader, top: dict[str, Any], overlay: OverlayConfig, network: IPv4Network | None) -> list[HubSpec]:
@@ -318,7 +321,7 @@ def _hubs(r: Reader, top: dict[str, Any], overlay: OverlayConfig, network: IPv4N
         if not isinstance(item, dict):
             r.error(kp, "must be a mapping with name, public_key, endpoint, transit_network")
             continue
-        h = r.section({i: item}, kp, {"name", "public_key", "endpoint", "transit_network"})
+        h = r.section({i: item}, kp, {"name", "public_key", "endpoint", "transit_network"} | HUB_RELAY_KEYS)
         if "transit_network" in h and not overlay.confidential:
             r.error(kp + ("transit_network",), "is for overlay.mode: confidential")
         name = r.get(h, kp + ("name",), str, default="hub" if i == 0 else f"hub{i + 1}", check=check_name)
@@ -356,8 +359,9 @@ def _hubs(r: Reader, top: dict[str, Any], overlay: OverlayConfig, network: IPv4N
             r.error(kp + ("public_key",), "another hub in the list has this key")
         if any(o.name == name for o in out):
             r.error(kp + ("name",), f"another hub in the list is called {name}")
+        tcp = hub_transport(r, h, kp, endpoint)
         if key is not None and endpoint is not None and name is not None:
-            out.append(HubSpec(public_key=key, endpoint=endpoint, name=name, transit_network=tnet))
+            out.append(HubSpec(public_key=key, endpoint=endpoint, name=name, transit_network=tnet, **tcp))
     return out
 
 

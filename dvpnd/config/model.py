@@ -24,6 +24,9 @@ MODES = ("routed", "confidential")
 DEFAULT_TRANSIT_NETWORK = "10.89.0.0/24"
 DEFAULT_OVERLAY_PORT = 51821
 OVERLAY_OVERHEAD = 80  # a WireGuard packet inside another one: IPv6-sized outer header + WireGuard's 32
+TRANSPORTS = ("udp", "tcp")
+DEFAULT_RELAY_PORT = 443
+DEFAULT_RELAY_LOCAL_PORT = 51830
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class HubSpec:
     endpoint: Endpoint
     name: str = "hub"
     transit_network: IPv4Network | None = None  # None: overlay.transit_network
+    # the TCP fallback: "tcp" carries this hub's tunnel over a WebSocket to its relay (dvpn-relay)
+    transport: str = "udp"
+    relay_url: str | None = None  # wss://host:443/dvpn/relay/v1 (default: the endpoint's host)
+    relay_fingerprint: str | None = None  # sha256 of the relay's certificate, hex (pinned); or
+    relay_ca: Path | None = None  # a CA file that verifies it by the URL's host name
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,25 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class RelaySettings:
+    """The TCP fallback's relay (`relay:`), a process of its own (dvpn-relay) that dvpnd configures.
+    A hub listens when `enabled`; a spoke runs it when a hub's transport is tcp."""
+
+    enabled: bool = False  # hub: listen for spokes over TCP
+    address: str = "0.0.0.0"
+    port: int = DEFAULT_RELAY_PORT
+    cert: Path | None = None  # None: a self-signed pair in the state directory (relay.crt, relay.key)
+    key: Path | None = None
+    max_clients: int = 1024
+    max_per_ip: int = 16
+    idle: float = 75.0
+    local_port: int = DEFAULT_RELAY_LOCAL_PORT  # spoke: WireGuard's endpoint for the first TCP hub (next: +1)
+    spawn: str = "auto"  # auto: dvpnd starts it unless systemd runs dvpnd (then dvpn-relay.path does)
+    config_file: Path = Path("/run/dvpn/relay.json")  # (default: beside the control socket)
+    status_file: Path = Path("/run/dvpn/relay-status.json")
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     enabled: bool
     address: str
@@ -187,6 +214,7 @@ class Config:
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     more_hubs: tuple[HubSpec, ...] = ()  # spokes, confidential mode: the hubs after `hub`, in order
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    relay: RelaySettings = field(default_factory=RelaySettings)
 
     @property
     def hubs(self) -> tuple[HubSpec, ...]:
@@ -207,6 +235,18 @@ class Config:
         if self.is_hub or not self.hubs:
             return (self.overlay.transit_network,)
         return tuple(self.hub_transit_network(h) for h in self.hubs)
+
+    @property
+    def tcp_hubs(self) -> tuple[HubSpec, ...]:
+        return tuple(h for h in self.hubs if h.transport == "tcp")
+
+    @property
+    def needs_relay(self) -> bool:
+        return self.relay.enabled if self.is_hub else bool(self.tcp_hubs)
+
+    def relay_local_port(self, hub: HubSpec) -> int:
+        """Where WireGuard sends what goes to `hub` over TCP: the spoke's relay on loopback."""
+        return self.relay.local_port + self.tcp_hubs.index(hub)
 
     @property
     def is_hub(self) -> bool:

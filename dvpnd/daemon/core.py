@@ -20,21 +20,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 from dvpnd import netif
 from dvpnd.config import peers as runbook
 from dvpnd.config.load import load_config
-from dvpnd.config.model import DEFAULT_CONFIG, Config
-from dvpnd.daemon.reconcile import Reconciler
+from dvpnd.config.model import DEFAULT_CONFIG, Config, HubSpec
+from dvpnd.daemon.reconcile import Reconciler, ReconcileResult
+from dvpnd.daemon.relayctl import RelayControl
 from dvpnd.daemon.rosterfetch import fetch_loop
 from dvpnd.daemon.rosterkeeper import RosterKeeper
-from dvpnd.daemon.status import PeerView, Snapshot, peer_views
+from dvpnd.daemon.status import PeerView, RelayView, Snapshot, TransportView, peer_views
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
 from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.plan import HubChoice
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
+from dvpnd.relay.plan import render_relay
 from dvpnd.roster.model import Member, RosterError
 from dvpnd.serve import control
 from dvpnd.serve import http as httpapi
@@ -76,6 +79,8 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
+        self.relay = RelayControl(config)
+        self._relay_inputs: tuple[object, ...] | None = None
         self.hub_judge: HubJudge | None = None
         self.prober: Prober | None = None
         if config.confidential and not config.is_hub and config.more_hubs:
@@ -115,9 +120,34 @@ class Daemon:
                 log.info("first reconcile done in %.2fs: %s %s up with %d peers",
                          result.duration, self.config.role, self.config.wireguard.interface,
                          len(result.device.peers))
+            await self._sync_relay(result)
         # What was just applied is what the next answer shows.
         await self.refresh_snapshot()
         return True
+
+    async def _sync_relay(self, result: ReconcileResult) -> None:
+        """The relay's configuration after a pass (the spokes it carries follow the roster or the
+        peers); written only when something it depends on changed. A failure is logged: it stops
+        no tunnel over UDP."""
+        c = self.config
+        tunnel = result.transit if result.transit is not None else result.device
+        if c.is_hub:
+            roster = self.reconciler.roster
+            keys: tuple[str, ...] = tuple(sorted(m.transit_key for m in roster.members)) if c.confidential and roster \
+                else tuple(sorted({k for p in c.peers for k in (p.public_key, p.next_public_key) if k}))
+        else:
+            keys = ()
+        inputs = (c, self.reconciler.private_key, tunnel.listen_port, keys)
+        if inputs == self._relay_inputs and (not c.needs_relay or not self.relay.spawns
+                                             or self.relay.running_pid() is not None):
+            return
+        try:
+            desired = render_relay(c, self.reconciler.private_key or "", tunnel.listen_port or None, keys)
+            await asyncio.to_thread(self.relay.apply, desired)
+        except (OSError, ValueError, DvpnError) as e:
+            log.error("relay: %s", e)
+            return
+        self._relay_inputs = inputs
 
     async def reload(self) -> Outcome:
         """Re-read the config; on problems keep everything as it was and report them."""
@@ -139,7 +169,8 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
-                "hubs/probe": bool(new.more_hubs or old.more_hubs) and (new.hubs, new.probe) != (old.hubs, old.probe),
+                "hubs/probe": bool(new.more_hubs or old.more_hubs) and (
+                    [_route_of(h) for h in new.hubs], new.probe) != ([_route_of(h) for h in old.hubs], old.probe),
                 "overlay.mode/authority/transit_interface/private_key_file": (
                     new.overlay.mode, new.overlay.authority, new.overlay.transit_interface,
                     new.overlay.private_key_file) != (old.overlay.mode, old.overlay.authority,
@@ -168,6 +199,7 @@ class Daemon:
         async with self.lock:
             self.config = config
             self.reconciler.config = config
+            self.relay.config = config
             if self.rosters is not None:
                 self.rosters.config = config
             if self.db is not None:
@@ -258,6 +290,7 @@ class Daemon:
             backup=self.db.status if self.db and c.backup.enabled else None,
             hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
             failovers=self.hub_judge.failovers if self.hub_judge else 0,
+            **relay_views(c, self.relay.status() if c.needs_relay else None),
         )
 
     def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
@@ -512,6 +545,33 @@ class Daemon:
             await http.close()
         log.info("dvpnd stopped")
         return self.exit_code
+
+
+def relay_views(c: Config, relay: dict[str, Any] | None) -> dict[str, Any]:
+    """Snapshot fields from the relay's status file (None: the relay is not running)."""
+    if c.is_hub:
+        if not c.relay.enabled:
+            return {}
+        h = (relay or {}).get("hub") or {}
+        return {"relay": RelayView(running=relay is not None and bool(h), connections=int(h.get("connections", 0)),
+                                   spokes=int(h.get("spokes", 0)), accepted=int(h.get("accepted", 0)),
+                                   refused={str(k): int(v) for k, v in dict(h.get("refused", {})).items()},
+                                   dropped=int(h.get("dropped", 0)))}
+    links = {x.get("name"): x for x in (relay or {}).get("links", []) if isinstance(x, dict)}
+    views = []
+    for hub in c.hubs:
+        x = links.get(hub.name)
+        if hub.transport != "tcp" or x is None:
+            views.append(TransportView(hub.name, hub.transport))
+            continue
+        views.append(TransportView(hub.name, "tcp", connected=bool(x.get("connected")), since=x.get("connected_since"),
+                                   connects=int(x.get("connects", 0)), last_error=x.get("last_error")))
+    return {"transports": tuple(views)}
+
+
+def _route_of(hub: HubSpec) -> HubSpec:
+    """A hub without its transport keys: a change of transport (udp, tcp) is a reload."""
+    return replace(hub, transport="udp", relay_url=None, relay_fingerprint=None, relay_ca=None)
 
 
 def _raise_nofile() -> None:

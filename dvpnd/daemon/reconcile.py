@@ -202,6 +202,9 @@ class Reconciler:
     def _hub_endpoint(self, device: DeviceState, now: float | None, hub: HubSpec | None = None) -> str:
         hub = hub or self.config.hub
         assert hub is not None
+        if hub.transport == "tcp":
+            # the TCP fallback: the relay on loopback carries this hub's datagrams over a WebSocket
+            return f"127.0.0.1:{self.config.relay_local_port(hub)}"
         resolver = self.resolver if hub == self.config.hub else self.more_resolvers.setdefault(
             hub.public_key, EndpointResolver())
         hub_peer = device.peers.get(hub.public_key)

@@ -79,6 +79,30 @@ class HubView:
 
 
 @dataclass(frozen=True)
+class TransportView:
+    """How a spoke reaches one hub: udp, or tcp through its relay (and how that link is doing)."""
+
+    hub: str
+    transport: str
+    connected: bool | None = None  # tcp: the relay's WebSocket is up (None: the relay is not running)
+    since: float | None = None  # tcp: connected since (time.time())
+    connects: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RelayView:
+    """A hub's relay: the spokes it carries over TCP now, and what it refused."""
+
+    running: bool
+    connections: int = 0
+    spokes: int = 0
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     taken: float  # time.time() of the reading
     node: str
@@ -100,6 +124,8 @@ class Snapshot:
     roster: RosterView | None = None  # confidential mode
     hubs: tuple[HubView, ...] = ()  # a spoke with more than one hub
     failovers: int = 0
+    transports: tuple[TransportView, ...] = ()  # a spoke: per hub
+    relay: RelayView | None = None  # a hub with relay.enabled
 
     def wg_peers(self) -> tuple[PeerView, ...]:
         """The peers of the node's own interface (on a confidential spoke: the other spokes)."""
@@ -129,6 +155,11 @@ class Snapshot:
             if r.membership_problem and self.role == "spoke":
                 out.append(f"not a member: {r.membership_problem}")
         out += [f"hub {h.name}: no answer through it for {h.last_answer_age}s" for h in self.hubs if not h.up]
+        out += [f"hub {t.hub}: the TCP relay is {'not running' if t.connected is None else 'not connected'}"
+                + (f" ({t.last_error})" if t.last_error else "") for t in self.transports
+                if t.transport == "tcp" and not t.connected]
+        if self.relay is not None and not self.relay.running:
+            out.append("relay: dvpn-relay is not running")
         pgv = self.postgres
         if pgv is not None:
             if not pgv.up:
@@ -183,6 +214,8 @@ def render_status(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
     if snap.hubs:
         extra["hubs_up"] = sum(1 for h in snap.hubs if h.up)
         extra["hub_in_use"] = next((h.name for h in snap.hubs if h.in_use), None)
+    if snap.transports:
+        extra["transport"] = {t.hub: t.transport for t in snap.transports}
     return {
         "node": snap.node,
         "overlay_ip": snap.overlay_ip,
@@ -279,5 +312,7 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "roster": _detail_roster(snap, now),
         "hubs": [asdict(h) for h in snap.hubs],
         "failovers": snap.failovers,
+        "transports": [asdict(t) for t in snap.transports],
+        "relay": asdict(snap.relay) if snap.relay is not None else None,
         **_detail_db(snap, now),
     }

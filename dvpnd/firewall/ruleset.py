@@ -103,6 +103,9 @@ def render_ruleset(config: Config) -> Json:
         if config.wireguard.listen_port:
             cmds.append(_rule("input", _match(_payload("udp", "dport"), config.wireguard.listen_port),
                               ACCEPT, comment="wireguard"))
+        if config.relay.enabled:
+            cmds.append(_rule("input", _match(_payload("tcp", "dport"), config.relay.port), ACCEPT,
+                              comment="the TCP fallback (dvpn-relay: WireGuard over WebSocket)"))
         cmds += public
         if config.confidential:
             cmds += _hub_confidential(config, iif_wg, oif_wg)

@@ -119,8 +119,12 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
     }
     if authority is not None:
         cfg["overlay"].update({"mode": "confidential", "authority": authority})
+    # the TCP fallback's relay: its files in the node's directory; every hub listens on 443
+    cfg["relay"] = {"config_file": str(Path(node.dir) / "relay.json"),
+                    "status_file": str(Path(node.dir) / "relay-status.json")}
     if node.role == "hub":
         cfg["public_endpoint"] = f"{node.public_ip}:51820"
+        cfg["relay"]["enabled"] = True
         if node.public_ip == HUB_B_PUBLIC:
             cfg["overlay"]["transit_network"] = HUB_B_TRANSIT
     if node.role == "spoke":
@@ -242,6 +246,63 @@ def wait_ready(node: Node, timeout: float = 30) -> dict[str, Any]:
     return wait_until(ready, timeout, 0.2, lambda: f"{node.name}: dvpnd not ready after {timeout:.0f}s: {last[0]}")
 
 
+def relay_fingerprint(hub: Node) -> str:
+    """The pin of a lab hub's relay certificate (made here before the hub first starts)."""
+    from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed
+
+    assert hub.state_dir is not None
+    cert, key = Path(hub.state_dir) / "relay.crt", Path(hub.state_dir) / "relay.key"
+    Path(hub.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_self_signed(cert, key, hub.name)
+    return cert_fingerprint(cert)
+
+
+def set_transport(spoke: Node, transport: str) -> None:
+    """Carry a spoke's tunnels to every hub over `transport` (tcp: the relay on the hubs' TCP 443),
+    by editing its dvpnd.yaml and reloading dvpnd, as an operator would."""
+    from dvpnd.config.yamlsrc import load_yaml_file
+
+    lab = load_lab()
+    assert lab is not None and spoke.config is not None
+    hubs = {n.public_ip: n for n in lab[0] if n.role == "hub"}
+    doc = load_yaml_file(Path(spoke.config)).data
+    for h in [doc["hub"]] if "hub" in doc else doc["hubs"]:
+        h.pop("relay_fingerprint", None)
+        h["transport"] = transport
+        if transport == "tcp":
+            h["relay_fingerprint"] = relay_fingerprint(hubs[h["endpoint"].rsplit(":", 1)[0]])
+    write_yaml(Path(spoke.config), doc)
+    reply = control.request(Path(spoke.dir) / "control.sock", "reload", timeout=30)
+    if not reply.get("ok"):
+        raise DvpnError(f"{spoke.name} refused the new transport: {reply.get('problems')}")
+
+
+def block_udp(node: Node, on: bool = True) -> None:
+    """The lab router drops every UDP datagram to and from `node` (a network that passes TCP only),
+    or stops doing so."""
+    table = f"labudp_{node.name.replace('-', '_')}"
+    router = next(n for n in (load_lab() or ([], {}))[0] if n.role == "router")
+    if _nft_has(router, table):
+        _ip("netns", "exec", router.netns, "nft", "delete", "table", "inet", table)
+    if on:
+        rules = f"""table inet {table} {{
+  chain forward {{ type filter hook forward priority -10; policy accept;
+    ip saddr {node.public_ip} meta l4proto udp counter drop
+    ip daddr {node.public_ip} meta l4proto udp counter drop
+  }}
+}}"""
+        r = subprocess.run(["ip", "netns", "exec", router.netns, "nft", "-f", "-"], input=rules, text=True,
+                           capture_output=True)
+        if r.returncode != 0:
+            raise DvpnError(f"nft in {router.netns}: {r.stderr.strip()}")
+
+
+def _nft_has(node: Node, table: str) -> bool:
+    r = subprocess.run(["ip", "netns", "exec", node.netns, "nft", "list", "table", "inet", table],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
 def kill_hard(node: Node) -> None:
     """A dead droplet, as the other nodes see it: the node's link down, its dvpnd and every
     wireguard-go killed with SIGKILL (nothing is cleaned up; its state directory stays)."""
@@ -322,6 +383,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
     hub = all_hubs[0]
     for h in all_hubs:
         assert h.config is not None
+        relay_fingerprint(h)  # (the relay's certificate, before the hub starts: spokes pin it)
         if not Path(h.config).exists():
             write_yaml(Path(h.config), render_node_config(h, backend, None, authority=auth_pub))
         (Path(h.dir) / "peers.d").mkdir(exist_ok=True)
@@ -432,6 +494,7 @@ def down() -> list[str]:
                 stop_daemon(n)
                 done.append(f"stopped dvpnd in {n.name} (pid {pid})")
             wg_pids += wg_go_pids(n)
+            wg_pids += [p for p in [relay_pid(n)] if p]
     for n in nodes:
         if _ns_exists(n.netns):
             # Deleting the namespace deletes wg0, and wireguard-go exits with its tun.
@@ -449,6 +512,18 @@ def down() -> list[str]:
         except OSError:
             pass
     return done
+
+
+def relay_pid(node: Node) -> int | None:
+    """The node's dvpn-relay, if dvpnd started one (by its PID file, checked against its command)."""
+    if node.state_dir is None:
+        return None
+    try:
+        pid = int((Path(node.state_dir) / "relay.pid").read_text().strip())
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"dvpnd.relay.main" in cmd else None
 
 
 def wg_go_pid(node: Node) -> int | None:

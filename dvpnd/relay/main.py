@@ -48,6 +48,7 @@ class Relay:
         self.links: dict[str, SpokeLink] = {}
         self.stamp: tuple[int, int] | None = None
         self.started = time.time()
+        self.gone = False
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -62,6 +63,10 @@ class Relay:
             new = read_config(self.path)
         except (RelayConfigError, OSError) as e:
             log.error("%s; keeping the running configuration", e)
+            return
+        if new is None and self.config is not None:
+            log.info("relay: %s is gone (dvpnd needs no relay here now); stopping", self.path)
+            self.gone = True
             return
         if new is None or new == self.config:
             return
@@ -120,7 +125,7 @@ class Relay:
         await self.load()
         last_status = 0.0
         try:
-            while not stopping.is_set():
+            while not stopping.is_set() and not self.gone:
                 try:
                     await asyncio.wait_for(reload.wait(), timeout=1.0)
                 except TimeoutError:

@@ -29,6 +29,7 @@ from hashlib import sha256
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 PATH = "/dvpn/relay/v1"
 CONTEXT = b"dvpn relay v1"
@@ -67,6 +68,10 @@ def auth_key(private: bytes, peer_public: bytes) -> bytes:
     """K for a spoke and a hub, from either side (X25519 is symmetric)."""
     shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=CONTEXT + b" auth").derive(shared)
+
+
+def public_of(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def proof(key: bytes, nonce: bytes, spoke_public: bytes, hub_public: bytes) -> bytes:

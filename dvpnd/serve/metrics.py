@@ -65,6 +65,34 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
         yield in_use
         yield CounterMetricFamily("dvpnd_hub_failovers", "Times the overlay moved to another hub",
                                   value=snap.failovers)
+    if snap.transports:
+        tcp = GaugeMetricFamily("dvpnd_hub_transport_tcp", "1 while the tunnel to the hub goes over TCP (the relay)",
+                                labels=["hub"])
+        linked = GaugeMetricFamily("dvpnd_relay_connected", "1 while the relay's WebSocket to the hub is up",
+                                   labels=["hub"])
+        connects = CounterMetricFamily("dvpnd_relay_connects", "WebSocket connections made to the hub's relay",
+                                       labels=["hub"])
+        for t in snap.transports:
+            tcp.add_metric([t.hub], int(t.transport == "tcp"))
+            if t.transport == "tcp":
+                linked.add_metric([t.hub], int(bool(t.connected)))
+                connects.add_metric([t.hub], t.connects)
+        yield tcp
+        yield linked
+        yield connects
+    if snap.relay is not None:
+        r = snap.relay
+        yield GaugeMetricFamily("dvpnd_relay_running", "1 while dvpn-relay reports", value=int(r.running))
+        yield GaugeMetricFamily("dvpnd_relay_spokes", "Spokes carried over TCP now", value=r.spokes)
+        yield GaugeMetricFamily("dvpnd_relay_connections", "TCP connections to the relay", value=r.connections)
+        yield CounterMetricFamily("dvpnd_relay_accepted", "Spokes that proved their key", value=r.accepted)
+        refused = CounterMetricFamily("dvpnd_relay_refused", "Connections the relay refused or closed",
+                                      labels=["reason"])
+        for reason, n in sorted(r.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield CounterMetricFamily("dvpnd_relay_dropped", "Datagrams dropped for a spoke reading too slowly",
+                                  value=r.dropped)
     yield GaugeMetricFamily("dvpnd_interface_up", "1 if the WireGuard interface is up", value=int(snap.interface_up))
     yield GaugeMetricFamily("dvpnd_ready", "1 once the first reconcile is done", value=int(snap.ready))
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",

@@ -1,4 +1,5 @@
-"""Probes run inside lab namespaces (stdlib only).
+"""Probes run inside lab namespaces (stdlib only, but for `relay`, which speaks WebSocket with
+aiohttp, a dependency of dvpnd itself).
 
   probe.py tcp HOST PORT... [--timeout S]     -> {"PORT": "open" | "refused" | "timeout"}
   probe.py listen PORT...                     -> listens (accept and close) until killed
@@ -18,6 +19,9 @@
   probe.py stream HOST PORT SECONDS           -> one TCP connection, 1 KB every 10 ms, each read
                                                  back: {"sent": B, "echoed": B, "error": E,
                                                  "longest_wait": S}
+  probe.py relay HOST PORT                    -> what the hub's relay answers an Internet client:
+                                                 {"plain": HTTP status, "other_path": status,
+                                                 "no_proof_close": code, "bad_proof_close": code}
 """
 
 from __future__ import annotations
@@ -270,8 +274,41 @@ def main(argv: list[str]) -> int:
         c.close()
         print(json.dumps({"sent": sent, "echoed": echoed, "error": error, "longest_wait": round(longest, 3)}))
         return 0
+    if cmd == "relay":
+        import asyncio
+
+        print(json.dumps(asyncio.run(relay(argv[1], int(argv[2])))))
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
+
+
+async def relay(host: str, port: int) -> dict[str, object]:
+    import base64
+    import ssl
+
+    import aiohttp
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    base = f"https://{host}:{port}"
+    out: dict[str, object] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+        async with s.get(base + "/dvpn/relay/v1", ssl=ctx) as r:
+            out["plain"] = r.status
+        async with s.get(base + "/status", ssl=ctx) as r:
+            out["other_path"] = r.status
+        for name, answer in (("no_proof_close", "{}"),
+                             ("bad_proof_close", json.dumps({"key": base64.b64encode(b"k" * 32).decode(),
+                                                             "proof": base64.b64encode(b"p" * 32).decode()}))):
+            ws = await s.ws_connect(f"wss://{host}:{port}/dvpn/relay/v1", ssl=ctx)
+            await ws.receive(timeout=5)
+            await ws.send_str(answer)
+            await ws.receive(timeout=10)
+            out[name] = ws.close_code
+            await ws.close()
+    return out
 
 
 if __name__ == "__main__":

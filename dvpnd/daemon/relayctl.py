@@ -1,0 +1,115 @@
+"""dvpnd's hand on dvpn-relay (effects): it writes the relay's configuration file (0600, only when
+it changed; removed when the node needs no relay) and, unless systemd runs the relay
+(dvpn-relay.path starts dvpn-relay.service when the file appears), starts the relay itself as a
+process of its own session that outlives dvpnd, found again after a restart by its PID file. The
+relay reads the file again by itself when it changes. Its status comes back through its status
+file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dvpnd
+from dvpnd.config.model import Config
+from dvpnd.relay.config import RelayConfig, render
+from dvpnd.relay.plan import cert_paths
+from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed
+from dvpnd.util.fsutil import write_atomic
+from dvpnd.util.procutil import child_env, wait_exit
+
+log = logging.getLogger("dvpnd.relay")
+STATUS_FRESH = 10.0  # seconds: an older status file is a relay that is not running
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class RelayControl:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pid_file = config.state_dir / "relay.pid"
+
+    @property
+    def spawns(self) -> bool:
+        s = self.config.relay.spawn
+        return s == "yes" or (s == "auto" and "INVOCATION_ID" not in os.environ)
+
+    def apply(self, desired: RelayConfig | None) -> None:
+        path = self.config.relay.config_file
+        if desired is None:
+            if path.exists():
+                path.unlink()
+                log.info("relay: not needed any more; removed %s", path)
+            if self.spawns:
+                self.stop()
+            return
+        if desired.hub is not None and self.config.relay.cert is None:
+            cert, key = cert_paths(self.config)
+            if ensure_self_signed(cert, key, self.config.name):
+                log.info("relay: made a self-signed certificate %s; spokes pin its fingerprint %s", cert,
+                         cert_fingerprint(cert))
+        data = (json.dumps(render(desired), indent=1, sort_keys=True) + "\n").encode()
+        try:
+            same = path.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            write_atomic(path, data, 0o600)
+            what = f"listening on {desired.hub.address}:{desired.hub.port} for {len(desired.hub.spokes)} spokes" \
+                if desired.hub else "links to " + ", ".join(f"{x.name} (127.0.0.1:{x.local_port})"
+                                                           for x in desired.links)
+            log.info("relay: configured (%s)", what)
+        if self.spawns:
+            self.ensure_running()
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if b"dvpnd.relay.main" in _cmdline(pid) else None
+
+    def ensure_running(self) -> None:
+        if self.running_pid() is not None:
+            return
+        r = self.config.relay
+        r.status_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        logfile = self.config.state_dir / "dvpn-relay.log"
+        env = child_env(PYTHONPATH=str(Path(dvpnd.__file__).resolve().parent.parent))
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "dvpnd.relay.main", "--config", str(r.config_file)],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                    start_new_session=True, close_fds=True)
+        write_atomic(self.pid_file, f"{proc.pid}\n".encode(), 0o644)
+        log.info("relay: started dvpn-relay (pid %d; its log: %s)", proc.pid, logfile)
+
+    def stop(self) -> None:
+        pid = self.running_pid()
+        if pid is not None:
+            wait_exit(pid, 10, (signal.SIGTERM, signal.SIGKILL))
+            log.info("relay: stopped dvpn-relay (pid %d)", pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any] | None:
+        """What the relay last wrote, if it is fresh."""
+        f = self.config.relay.status_file
+        try:
+            if time.time() - f.stat().st_mtime > STATUS_FRESH:
+                return None
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
