@@ -331,7 +331,7 @@ def test_transport_keys_load_and_refuse_what_cannot_work(tmp_path: Path) -> None
     for bad, msg in ((TWO.replace('endpoint: "192.0.2.10:51820"', 'endpoint: "192.0.2.10:51820", transport: tcp'),
                       "tcp needs relay_fingerprint"),
                      (TWO.replace('endpoint: "192.0.2.10:51820"', 'endpoint: "192.0.2.10:51820", transport: quic'),
-                      "'quic': one of udp, tcp"),
+                      "'quic': one of udp, tcp, auto"),
                      (TWO.replace('endpoint: "192.0.2.10:51820"',
                                   'endpoint: "192.0.2.10:51820", relay_url: "https://x/dvpn/relay/v1"'),
                       "must be wss://"),

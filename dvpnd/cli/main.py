@@ -36,6 +36,7 @@ from dvpnd.cli.node import (
     cmd_firewall_apply,
     cmd_firewall_show,
     cmd_pubkey,
+    cmd_relay_fingerprint,
     cmd_reload,
     cmd_status,
 )
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "pubkey", cmd_pubkey, "print this node's public key (creating its key if missing)")
     p.add_argument("--overlay", action="store_true",
                    help="confidential spokes: the overlay's key instead (the one the hub never sees)")
+    relay = sub.add_parser("relay", help="the TCP fallback's relay").add_subparsers(dest="relay", required=True)
+    _command(relay, "fingerprint", cmd_relay_fingerprint,
+             "a hub: print its relay certificate's SHA-256, which spokes pin (relay_fingerprint); "
+             "makes the self-signed certificate if it does not exist yet")
     p = _command(sub, "status", cmd_status, "the node and its peers")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "reload", cmd_reload, "re-read the config (like SIGHUP)")
@@ -151,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--off", action="store_true", help="pass its UDP again")
     p.set_defaults(func=cmd_lab_block_udp)
-    p = lab.add_parser("transport", help="carry a spoke's tunnels over tcp (the hubs' relay on TCP 443) or udp")
+    p = lab.add_parser("transport", help="carry a spoke's tunnels over tcp (the hubs' relay on TCP 443), udp, "
+                                         "or auto (tcp while UDP fails)")
     p.add_argument("node")
-    p.add_argument("transport", choices=("tcp", "udp"))
+    p.add_argument("transport", choices=("auto", "tcp", "udp"))
     p.set_defaults(func=cmd_lab_transport)
     return ap
 

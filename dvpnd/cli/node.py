@@ -37,6 +37,21 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay_fingerprint(args: argparse.Namespace) -> int:
+    from dvpnd.relay.plan import cert_paths
+    from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed
+
+    config = load(args.config)
+    if not config.is_hub:
+        print(f"dvpnctl: {args.config}: only a hub has a relay certificate", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cert, key = cert_paths(config)
+    if config.relay.cert is None:
+        ensure_self_signed(cert, key, config.name)  # as dvpnd would at its first pass with relay.enabled
+    print(f"sha256:{cert_fingerprint(cert)}")
+    return 0
+
+
 def format_peer_table(st: dict[str, Any]) -> str:
     lines = [f"{st['node']}: {st['role']} {st['interface']} {st['overlay_ip']} ({st['backend']}), "
              f"state {st['state']}" + (f", error: {st['reconcile_error']}" if st.get("reconcile_error") else "")]

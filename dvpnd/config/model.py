@@ -24,7 +24,7 @@ MODES = ("routed", "confidential")
 DEFAULT_TRANSIT_NETWORK = "10.89.0.0/24"
 DEFAULT_OVERLAY_PORT = 51821
 OVERLAY_OVERHEAD = 80  # a WireGuard packet inside another one: IPv6-sized outer header + WireGuard's 32
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "auto")
 DEFAULT_RELAY_PORT = 443
 DEFAULT_RELAY_LOCAL_PORT = 51830
 
@@ -66,7 +66,8 @@ class HubSpec:
     endpoint: Endpoint
     name: str = "hub"
     transit_network: IPv4Network | None = None  # None: overlay.transit_network
-    # the TCP fallback: "tcp" carries this hub's tunnel over a WebSocket to its relay (dvpn-relay)
+    # the TCP fallback: "tcp" carries this hub's tunnel over a WebSocket to its relay (dvpn-relay);
+    # "auto" does so while UDP to the hub fails
     transport: str = "udp"
     relay_url: str | None = None  # wss://host:443/dvpn/relay/v1 (default: the endpoint's host)
     relay_fingerprint: str | None = None  # sha256 of the relay's certificate, hex (pinned); or
@@ -172,7 +173,9 @@ class RelaySettings:
     max_clients: int = 1024
     max_per_ip: int = 16
     idle: float = 75.0
+    probe_port: int = 51829  # hub: where the firewall redirects the UDP probes sent to WireGuard's port
     local_port: int = DEFAULT_RELAY_LOCAL_PORT  # spoke: WireGuard's endpoint for the first TCP hub (next: +1)
+    udp_holddown: float = 30.0  # spoke, transport auto: UDP answered this long before going back to it
     spawn: str = "auto"  # auto: dvpnd starts it unless systemd runs dvpnd (then dvpn-relay.path does)
     config_file: Path = Path("/run/dvpn/relay.json")  # (default: beside the control socket)
     status_file: Path = Path("/run/dvpn/relay-status.json")
@@ -238,7 +241,8 @@ class Config:
 
     @property
     def tcp_hubs(self) -> tuple[HubSpec, ...]:
-        return tuple(h for h in self.hubs if h.transport == "tcp")
+        """The hubs that may be reached over TCP (transport tcp or auto)."""
+        return tuple(h for h in self.hubs if h.transport != "udp")
 
     @property
     def needs_relay(self) -> bool:

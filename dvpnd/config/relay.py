@@ -14,7 +14,7 @@ from dvpnd.config.model import DEFAULT_RELAY_PORT, TRANSPORTS, Endpoint, RelaySe
 from dvpnd.config.yamlsrc import KeyPath
 
 RELAY_KEYS = {"enabled", "listen", "port", "cert", "key", "max_clients", "max_clients_per_source", "idle",
-              "local_port", "spawn", "config_file", "status_file"}
+              "local_port", "udp_holddown", "spawn", "config_file", "status_file"}
 HUB_RELAY_KEYS = {"transport", "relay_url", "relay_fingerprint", "relay_ca"}
 SPAWN = ("auto", "yes", "no")
 RELAY_PATH = "/dvpn/relay/v1"
@@ -27,7 +27,7 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
     m = r.section(top, ("relay",), RELAY_KEYS)
     d = RelaySettings()
     hub_only = {"enabled", "listen", "port", "cert", "key", "max_clients", "max_clients_per_source", "idle"}
-    for k in sorted(set(m) & (hub_only if not is_hub else {"local_port"})):
+    for k in sorted(set(m) & (hub_only if not is_hub else {"local_port", "udp_holddown"})):
         r.error(("relay", k), "is for a hub (its listener)" if not is_hub else
                 "is for a spoke (WireGuard's endpoint for a hub reached over TCP)")
 
@@ -64,6 +64,8 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
         key=key if cert is not None and key is not None else None,
         max_clients=total, max_per_ip=per, idle=idle,
         local_port=r.get(m, ("relay", "local_port"), int, default=d.local_port, check=check_port),
+        udp_holddown=float(r.get(m, ("relay", "udp_holddown"), (int, float), default=d.udp_holddown,
+                                 check=lambda v: None if 1 <= v <= 3600 else f"{v} s: between 1 and 3600")),
         spawn=spawn,
         config_file=abs_path(r, m, ("relay", "config_file"), str(run_dir / "relay.json")),
         status_file=abs_path(r, m, ("relay", "status_file"), str(run_dir / "relay-status.json")),
@@ -91,7 +93,7 @@ def hub_transport(r: Reader, h: dict[str, Any], kp: KeyPath, endpoint: Endpoint 
                                                  "(dvpnctl relay fingerprint on the hub prints it)")
             fp = None
     ca = abs_path(r, h, kp + ("relay_ca",), "") if "relay_ca" in h else None
-    if transport == "tcp" and fp is None and ca is None:
-        r.error(kp + ("transport",), "tcp needs relay_fingerprint (the hub's self-signed certificate, "
+    if transport != "udp" and fp is None and ca is None:
+        r.error(kp + ("transport",), f"{transport} needs relay_fingerprint (the hub's self-signed certificate, "
                                      "pinned) or relay_ca (a CA that signed it)")
     return {"transport": transport, "relay_url": url, "relay_fingerprint": fp, "relay_ca": ca}

@@ -37,6 +37,7 @@ from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.plan import HubChoice
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
+from dvpnd.relay.choice import TransportJudge
 from dvpnd.relay.plan import render_relay
 from dvpnd.roster.model import Member, RosterError
 from dvpnd.serve import control
@@ -80,6 +81,9 @@ class Daemon:
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
         self.relay = RelayControl(config)
+        self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
+        self.transport_judge = TransportJudge(config.relay.udp_holddown)
+        self._resume_transports()
         self._relay_inputs: tuple[object, ...] | None = None
         self.hub_judge: HubJudge | None = None
         self.prober: Prober | None = None
@@ -125,6 +129,34 @@ class Daemon:
         await self.refresh_snapshot()
         return True
 
+    def _resume_transports(self) -> None:
+        """After a restart, a hub on auto that the running relay carries over TCP (UDP failing,
+        its WebSocket up) stays on TCP: the first pass must not put it back on a dead UDP path."""
+        links = {x.get("name"): x for x in (self._read_relay_status() or {}).get("links", [])
+                 if isinstance(x, dict)}
+        for h in self.config.hubs:
+            x = links.get(h.name)
+            if h.transport == "auto" and x and x.get("connected") and x.get("udp_ok") is False:
+                self.transport_judge.current[h.public_key] = "tcp"
+                log.info("hub %s: its relay carries it over TCP (UDP still fails); staying on TCP", h.name)
+        self.reconciler.transports = dict(self.transport_judge.current)
+
+    def _read_relay_status(self) -> dict[str, Any] | None:
+        self.relay_status = self.relay.status() if self.config.needs_relay else None
+        return self.relay_status
+
+    async def _judge_transports(self) -> None:
+        """transport: auto: move a hub's tunnel between UDP and TCP on the relay's report."""
+        links = {x.get("name"): x for x in (self.relay_status or {}).get("links", []) if isinstance(x, dict)}
+        judge, moved = self.transport_judge, []
+        for h in self.config.hubs:
+            if h.transport == "auto" and judge.judge(h.public_key, links.get(h.name), time.time()):
+                log.warning("hub %s: %s", h.name, judge.reasons[h.public_key])
+                moved.append(h.name)
+        if moved:
+            self.reconciler.transports = dict(judge.current)
+            await self.reconcile(f"transport of {', '.join(moved)}")
+
     async def _sync_relay(self, result: ReconcileResult) -> None:
         """The relay's configuration after a pass (the spokes it carries follow the roster or the
         peers); written only when something it depends on changed. A failure is logged: it stops
@@ -137,12 +169,13 @@ class Daemon:
                 else tuple(sorted({k for p in c.peers for k in (p.public_key, p.next_public_key) if k}))
         else:
             keys = ()
-        inputs = (c, self.reconciler.private_key, tunnel.listen_port, keys)
+        udp = dict(self.reconciler.udp_endpoints)
+        inputs = (c, self.reconciler.private_key, tunnel.listen_port, keys, udp)
         if inputs == self._relay_inputs and (not c.needs_relay or not self.relay.spawns
                                              or self.relay.running_pid() is not None):
             return
         try:
-            desired = render_relay(c, self.reconciler.private_key or "", tunnel.listen_port or None, keys)
+            desired = render_relay(c, self.reconciler.private_key or "", tunnel.listen_port or None, keys, udp)
             await asyncio.to_thread(self.relay.apply, desired)
         except (OSError, ValueError, DvpnError) as e:
             log.error("relay: %s", e)
@@ -200,6 +233,7 @@ class Daemon:
             self.config = config
             self.reconciler.config = config
             self.relay.config = config
+            self.transport_judge.holddown = config.relay.udp_holddown
             if self.rosters is not None:
                 self.rosters.config = config
             if self.db is not None:
@@ -290,7 +324,7 @@ class Daemon:
             backup=self.db.status if self.db and c.backup.enabled else None,
             hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
             failovers=self.hub_judge.failovers if self.hub_judge else 0,
-            **relay_views(c, self.relay.status() if c.needs_relay else None),
+            **relay_views(c, self._read_relay_status(), self.transport_judge),
         )
 
     def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
@@ -445,6 +479,8 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 snap = await self.refresh_snapshot()
+                if any(h.transport == "auto" for h in self.config.hubs):
+                    await self._judge_transports()
                 self.notifier.status(self.status_line())
                 if self.ready and snap.interface_up:
                     self.notifier.watchdog()
@@ -547,8 +583,9 @@ class Daemon:
         return self.exit_code
 
 
-def relay_views(c: Config, relay: dict[str, Any] | None) -> dict[str, Any]:
-    """Snapshot fields from the relay's status file (None: the relay is not running)."""
+def relay_views(c: Config, relay: dict[str, Any] | None, judge: TransportJudge) -> dict[str, Any]:
+    """Snapshot fields from the relay's status file (None: the relay is not running) and the
+    choices of transport: auto."""
     if c.is_hub:
         if not c.relay.enabled:
             return {}
@@ -561,11 +598,15 @@ def relay_views(c: Config, relay: dict[str, Any] | None) -> dict[str, Any]:
     views = []
     for hub in c.hubs:
         x = links.get(hub.name)
-        if hub.transport != "tcp" or x is None:
-            views.append(TransportView(hub.name, hub.transport))
+        now_on = judge.current.get(hub.public_key, "udp") if hub.transport == "auto" else hub.transport
+        common: dict[str, Any] = {"mode": hub.transport, "switches": judge.switches.get(hub.public_key, 0),
+                  "on_since": judge.since.get(hub.public_key)}
+        if hub.transport == "udp" or x is None:
+            views.append(TransportView(hub.name, now_on, **common))
             continue
-        views.append(TransportView(hub.name, "tcp", connected=bool(x.get("connected")), since=x.get("connected_since"),
-                                   connects=int(x.get("connects", 0)), last_error=x.get("last_error")))
+        views.append(TransportView(hub.name, now_on, connected=bool(x.get("connected")), since=x.get("connected_since"),
+                                   connects=int(x.get("connects", 0)), last_error=x.get("last_error"),
+                                   udp_ok=x.get("udp_ok"), **common))
     return {"transports": tuple(views)}
 
 

@@ -119,6 +119,10 @@ class Reconciler:
     public_key: str | None = None
     resolver: EndpointResolver = field(default_factory=EndpointResolver)
     more_resolvers: dict[str, EndpointResolver] = field(default_factory=dict)  # the hubs after the first
+    # transport: auto: what each such hub goes over now (the daemon's TransportJudge decides), and
+    # its resolved UDP address (where the relay's probes go)
+    transports: dict[str, str] = field(default_factory=dict)
+    udp_endpoints: dict[str, str] = field(default_factory=dict)
     firewall_state: nft.FirewallState = field(default_factory=nft.FirewallState)
     passes: int = 0
     device_writes: int = 0
@@ -202,14 +206,20 @@ class Reconciler:
     def _hub_endpoint(self, device: DeviceState, now: float | None, hub: HubSpec | None = None) -> str:
         hub = hub or self.config.hub
         assert hub is not None
-        if hub.transport == "tcp":
-            # the TCP fallback: the relay on loopback carries this hub's datagrams over a WebSocket
-            return f"127.0.0.1:{self.config.relay_local_port(hub)}"
         resolver = self.resolver if hub == self.config.hub else self.more_resolvers.setdefault(
             hub.public_key, EndpointResolver())
+        if hub.transport == "tcp" or (hub.transport == "auto" and self.transports.get(hub.public_key) == "tcp"):
+            # the TCP fallback: the relay on loopback carries this hub's datagrams over a WebSocket
+            # (an auto hub's UDP address stays resolved: the relay's probes go there)
+            if hub.transport == "auto" and resolver.resolved:
+                self.udp_endpoints[hub.public_key] = resolver.resolved
+            return f"127.0.0.1:{self.config.relay_local_port(hub)}"
         hub_peer = device.peers.get(hub.public_key)
-        return resolver.endpoint(hub.endpoint, hub_peer.last_handshake if hub_peer else None,
-                                 time.time() if now is None else now) or ""
+        udp = resolver.endpoint(hub.endpoint, hub_peer.last_handshake if hub_peer else None,
+                                time.time() if now is None else now) or ""
+        if hub.transport == "auto" and udp:
+            self.udp_endpoints[hub.public_key] = udp
+        return udp
 
     def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
         """Bring everything in line with the config; raises BackendError on failure."""

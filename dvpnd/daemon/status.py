@@ -83,11 +83,15 @@ class TransportView:
     """How a spoke reaches one hub: udp, or tcp through its relay (and how that link is doing)."""
 
     hub: str
-    transport: str
-    connected: bool | None = None  # tcp: the relay's WebSocket is up (None: the relay is not running)
-    since: float | None = None  # tcp: connected since (time.time())
+    transport: str  # what the tunnel goes over now: udp or tcp
+    connected: bool | None = None  # the relay's WebSocket is up (None: the relay is not running)
+    since: float | None = None  # connected since (time.time())
     connects: int = 0
     last_error: str | None = None
+    mode: str = "udp"  # the config's: udp, tcp or auto
+    switches: int = 0  # auto: moves between udp and tcp
+    on_since: float | None = None  # auto: on this transport since (time.time())
+    udp_ok: bool | None = None  # auto: the relay's UDP probes are answered
 
 
 @dataclass(frozen=True)

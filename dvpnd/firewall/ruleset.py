@@ -104,8 +104,7 @@ def render_ruleset(config: Config) -> Json:
             cmds.append(_rule("input", _match(_payload("udp", "dport"), config.wireguard.listen_port),
                               ACCEPT, comment="wireguard"))
         if config.relay.enabled:
-            cmds.append(_rule("input", _match(_payload("tcp", "dport"), config.relay.port), ACCEPT,
-                              comment="the TCP fallback (dvpn-relay: WireGuard over WebSocket)"))
+            cmds += _hub_relay(config)
         cmds += public
         if config.confidential:
             cmds += _hub_confidential(config, iif_wg, oif_wg)
@@ -190,6 +189,26 @@ def _hub_confidential(config: Config, iif_wg: Json, oif_wg: Json) -> list[Json]:
         _rule("output", oif_wg, ESTABLISHED, ACCEPT, comment="answers to roster requests"),
         _rule("output", oif_wg, COUNTER, DROP, comment="the hub originates nothing"),
         _fail_closed(ov.transit_network, config.wireguard.interface),
+    ]
+
+
+def _hub_relay(config: Config) -> list[Json]:
+    """The TCP fallback: the relay's TLS port, and the UDP probes of spokes on transport: auto.
+    A probe goes to WireGuard's own port (so that it says whether that port is reachable) with a
+    first byte that is no WireGuard type (0xff); it is redirected to the relay, which answers
+    only a valid MAC of a spoke it carries. Only redirected datagrams reach the probe port."""
+    r = config.relay
+    wg_port = config.wireguard.listen_port
+    return [
+        _rule("input", _match(_payload("tcp", "dport"), r.port), ACCEPT,
+              comment="the TCP fallback (dvpn-relay: WireGuard over WebSocket)"),
+        {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": "prerouting", "type": "nat",
+                           "hook": "prerouting", "prio": -100, "policy": "accept"}}},
+        _rule("prerouting", _match(_payload("udp", "dport"), wg_port),
+              _match({"payload": {"base": "th", "offset": 64, "len": 8}}, 0xFF),
+              {"redirect": {"port": r.probe_port}}, comment="UDP probes of spokes on transport auto"),
+        _rule("input", _match(_payload("udp", "dport"), r.probe_port),
+              _match({"ct": {"key": "status"}}, "dnat", "in"), ACCEPT, comment="the probes, redirected"),
     ]
 
 

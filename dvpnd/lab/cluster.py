@@ -129,6 +129,7 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
             cfg["overlay"]["transit_network"] = HUB_B_TRANSIT
     if node.role == "spoke":
         cfg["overlay"]["address"] = node.overlay_ip
+        cfg["relay"]["udp_holddown"] = 5  # (lab: back to UDP in seconds)
         if hub_b_key is None:
             cfg["hub"] = {"public_key": hub_key, "endpoint": f"{HUB_PUBLIC}:51820"}
         else:

@@ -36,6 +36,7 @@ class HubSide:
     linger: float = 120.0  # seconds a spoke's UDP socket outlives its connection (a reconnect keeps the endpoint)
     queue: int = 128  # datagrams waiting for one slow spoke, beyond which they are dropped (UDP semantics)
     stall: float = 10.0  # seconds one send to a spoke may wait before the spoke is closed as not reading
+    probe_port: int = 51829  # UDP: the probes the firewall redirects from WireGuard's port (transport: auto)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Link:
     hub_public: bytes
     auth: bytes  # K
     largest: int
+    mode: str = "tcp"  # tcp: always over the WebSocket; auto: probe UDP, connect while UDP fails
+    udp_endpoint: str | None = None  # auto: the hub's WireGuard ip:port, where the probes go
+    udp_hold: float = 30.0  # auto: UDP answered this long before dvpnd goes back to it
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,16 @@ def parse(doc: Any, origin: str) -> RelayConfig:
                           spokes={_b64(k, f"{origin}: hub.spokes key"): _b64(v, f"{origin}: hub.spokes[{k}]")
                                   for k, v in dict(h.get("spokes", {})).items()},
                           **{k: type(getattr(HubSide, k))(h[k]) for k in ("max_clients", "max_per_ip", "idle",
-                                                                          "linger", "queue", "stall") if k in h})
+                                                                          "linger", "queue", "stall",
+                                                                          "probe_port") if k in h})
         links = tuple(
             Link(name=str(x["name"]), url=str(x["url"]), fingerprint=x.get("fingerprint"), ca=x.get("ca"),
                  local_port=int(x["local_port"]), wg_port=int(x["wg_port"]),
                  spoke_public=_b64(x["spoke_public"], f"{origin}: links[{i}].spoke_public"),
                  hub_public=_b64(x["hub_public"], f"{origin}: links[{i}].hub_public"),
-                 auth=_b64(x["auth"], f"{origin}: links[{i}].auth"), largest=int(x["largest"]))
+                 auth=_b64(x["auth"], f"{origin}: links[{i}].auth"), largest=int(x["largest"]),
+                 mode=str(x.get("mode", "tcp")), udp_endpoint=x.get("udp_endpoint"),
+                 udp_hold=float(x.get("udp_hold", 30.0)))
             for i, x in enumerate(doc.get("links", [])))
     except KeyError as e:
         raise RelayConfigError(f"{origin}: missing key {e}") from None
@@ -104,6 +111,8 @@ def parse(doc: Any, origin: str) -> RelayConfig:
             raise
         raise RelayConfigError(f"{origin}: {e}") from None
     for x in links:
+        if x.mode not in ("tcp", "auto"):
+            raise RelayConfigError(f"{origin}: link {x.name}: mode {x.mode!r} is not tcp or auto")
         if not x.url.startswith("wss://"):
             raise RelayConfigError(f"{origin}: link {x.name}: url {x.url!r} is not wss://")
         if not x.fingerprint and not x.ca:
@@ -120,10 +129,11 @@ def render(config: RelayConfig) -> dict[str, Any]:
                       "largest": h.largest, "hub_public": _enc(h.hub_public),
                       "spokes": {_enc(k): _enc(v) for k, v in sorted(h.spokes.items())},
                       "max_clients": h.max_clients, "max_per_ip": h.max_per_ip, "idle": h.idle, "linger": h.linger,
-                      "queue": h.queue, "stall": h.stall}
+                      "queue": h.queue, "stall": h.stall, "probe_port": h.probe_port}
     doc["links"] = [{"name": x.name, "url": x.url, "fingerprint": x.fingerprint, "ca": x.ca,
                      "local_port": x.local_port, "wg_port": x.wg_port, "spoke_public": _enc(x.spoke_public),
-                     "hub_public": _enc(x.hub_public), "auth": _enc(x.auth), "largest": x.largest}
+                     "hub_public": _enc(x.hub_public), "auth": _enc(x.auth), "largest": x.largest,
+                     "mode": x.mode, "udp_endpoint": x.udp_endpoint, "udp_hold": x.udp_hold}
                     for x in config.links]
     if config.status_file:
         doc["status_file"] = config.status_file

@@ -38,7 +38,10 @@ from dvpnd.relay.protocol import (
     PATH,
     datagram_problem,
     parse_answer,
+    parse_probe,
+    probe_valid,
     render_challenge,
+    render_probe_reply,
     verify,
 )
 
@@ -53,6 +56,7 @@ class Stats:
     to_wireguard: int = 0
     to_spokes: int = 0
     dropped: int = 0
+    probes: int = 0
 
 
 class _Session(asyncio.DatagramProtocol):
@@ -147,6 +151,40 @@ class _Guard(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
 
+class _ProbeAnswerer(asyncio.DatagramProtocol):
+    """Answers the UDP probes of spokes on `transport: auto` (see protocol.py), at most 20 a
+    second from one address."""
+
+    def __init__(self, relay: HubRelay) -> None:
+        self.relay = relay
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seen: dict[str, tuple[float, int]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        probe = parse_probe(data)
+        if probe is None or self.transport is None:
+            return
+        now = asyncio.get_running_loop().time()
+        start, n = self.seen.get(addr[0], (now, 0))
+        if now - start >= 1.0:
+            start, n = now, 0
+        if n >= 20:
+            return
+        if len(self.seen) > 4096:
+            self.seen.clear()
+        self.seen[addr[0]] = (start, n + 1)
+        nonce, spoke, mac = probe
+        key = self.relay.cfg.spokes.get(spoke)
+        if key is None or not probe_valid(key, nonce, spoke, mac):
+            self.relay.stats.refused["bad probe"] += 1
+            return
+        self.transport.sendto(render_probe_reply(key, nonce), addr)
+        self.relay.stats.probes += 1
+
+
 class HubRelay:
     def __init__(self, cfg: HubSide) -> None:
         self.cfg = cfg
@@ -156,6 +194,7 @@ class HubRelay:
         self.stats = Stats()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._probes: asyncio.DatagramTransport | None = None
 
     def reconfigure(self, cfg: HubSide) -> None:
         """New settings (the roster or the peers changed): a spoke no longer carried is cut off."""
@@ -180,7 +219,10 @@ class HubRelay:
         self._server = await loop.create_server(lambda: _Guard(self, server()), self.cfg.address, self.cfg.port,
                                                 ssl=ctx, ssl_handshake_timeout=UPGRADE_TIMEOUT, reuse_address=True,
                                                 backlog=256)
-        log.info("relay listening on %s:%d (TLS, WebSocket %s)", self.cfg.address, self.cfg.port, PATH)
+        self._probes, _ = await loop.create_datagram_endpoint(lambda: _ProbeAnswerer(self),
+                                                              local_addr=(self.cfg.address, self.cfg.probe_port))
+        log.info("relay listening on %s:%d (TLS, WebSocket %s; UDP probes on %d)", self.cfg.address, self.cfg.port,
+                 PATH, self.cfg.probe_port)
 
     @property
     def port(self) -> int:
@@ -188,6 +230,8 @@ class HubRelay:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        if self._probes is not None:
+            self._probes.close()
         if self._server is not None:
             self._server.close()
         for g in list(self.guards.values()):
@@ -317,4 +361,4 @@ class HubRelay:
         return {"connections": len(self.guards), "spokes": sum(1 for s in self.sessions.values() if s.ws is not None),
                 "accepted": self.stats.accepted, "refused": dict(self.stats.refused),
                 "to_wireguard": self.stats.to_wireguard, "to_spokes": self.stats.to_spokes,
-                "dropped": self.stats.dropped}
+                "dropped": self.stats.dropped, "probes": self.stats.probes}

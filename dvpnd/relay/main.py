@@ -4,7 +4,7 @@ limit; a kill -9 or restart of dvpnd cuts no TCP spoke).
 It reads the JSON file dvpnd writes (`--config`, by default /run/dvpn/relay.json), and reads it
 again when it changes (checked every second) or on SIGHUP; a file it cannot use is logged and the
 running configuration stays. Until the file exists it waits. It writes what it is doing to the
-file's `status_file` every 2 s, for dvpnd's status and metrics."""
+file's `status_file` every second, for dvpnd's status, metrics and choice of transport."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class Relay:
                 if reload.is_set() or self._stamp() != self.stamp:
                     reload.clear()
                     await self.load()
-                if time.monotonic() - last_status >= 2.0:
+                if time.monotonic() - last_status >= 1.0:
                     last_status = time.monotonic()
                     self.write_status()
         finally:

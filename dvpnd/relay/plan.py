@@ -10,7 +10,7 @@ relay never holds a WireGuard private key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from dvpnd.config.model import Config
@@ -29,10 +29,11 @@ def cert_paths(config: Config) -> tuple[Path, Path]:
     return config.state_dir / CERT, config.state_dir / KEY
 
 
-def render_relay(config: Config, private_key: str, wg_port: int | None,
-                 spoke_keys: Iterable[str] = ()) -> RelayConfig | None:
+def render_relay(config: Config, private_key: str, wg_port: int | None, spoke_keys: Iterable[str] = (),
+                 udp_endpoints: Mapping[str, str] | None = None) -> RelayConfig | None:
     """The relay's configuration, or None when this node needs no relay. `wg_port` is WireGuard's
-    listening port on this node (the device's, when the config leaves it to the system)."""
+    listening port on this node (the device's, when the config leaves it to the system);
+    `udp_endpoints`, hub key -> its resolved ip:port (for the probes of hubs on auto)."""
     if not config.needs_relay or wg_port is None:
         return None
     priv = decode_key(private_key)
@@ -48,7 +49,8 @@ def render_relay(config: Config, private_key: str, wg_port: int | None,
             spokes[pub] = auth_key(priv, pub)
         return RelayConfig(hub=HubSide(address=r.address, port=r.port, cert=str(cert), key=str(key),
                                        wg_port=wg_port, largest=largest, hub_public=me, spokes=spokes,
-                                       max_clients=r.max_clients, max_per_ip=r.max_per_ip, idle=r.idle),
+                                       max_clients=r.max_clients, max_per_ip=r.max_per_ip, idle=r.idle,
+                                       probe_port=r.probe_port),
                            status_file=status)
     links = []
     for h in config.tcp_hubs:
@@ -57,5 +59,6 @@ def render_relay(config: Config, private_key: str, wg_port: int | None,
         links.append(Link(name=h.name, url=h.relay_url, fingerprint=h.relay_fingerprint,
                           ca=str(h.relay_ca) if h.relay_ca else None, local_port=config.relay_local_port(h),
                           wg_port=wg_port, spoke_public=me, hub_public=hub_pub, auth=auth_key(priv, hub_pub),
-                          largest=largest))
+                          largest=largest, mode=h.transport, udp_endpoint=(udp_endpoints or {}).get(h.public_key),
+                          udp_hold=config.relay.udp_holddown))
     return RelayConfig(links=tuple(links), status_file=status)

@@ -127,6 +127,43 @@ def verify(answer: Answer, nonce: bytes, hub_public: bytes, keys: dict[bytes, by
     return hmac.compare_digest(proof(key, nonce, answer.spoke_public, hub_public), answer.proof)
 
 
+# --- UDP probes (transport: auto) ---------------------------------------------------------------
+# A spoke on `auto` asks, every second, whether UDP reaches the hub's WireGuard port: a datagram
+# to that very port whose first byte (0xff) is no WireGuard type. The hub's firewall redirects such
+# datagrams to the relay, which answers those that carry a valid MAC of a spoke it carries, with a
+# reply half their size: no reflection for anyone else, and no amplification.
+PROBE, PROBE_REPLY = 0xFF, 0xFE
+PROBE_LEN, PROBE_REPLY_LEN = 4 + 16 + 32 + 16, 4 + 16 + 16
+
+
+def _mac16(key: bytes, what: bytes) -> bytes:
+    return hmac.new(key, CONTEXT + what, sha256).digest()[:16]
+
+
+def render_probe(key: bytes, spoke_public: bytes, nonce: bytes) -> bytes:
+    return bytes([PROBE, 0, 0, 0]) + nonce + spoke_public + _mac16(key, b" probe" + nonce + spoke_public)
+
+
+def parse_probe(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(nonce, spoke key, mac) of a probe, or None."""
+    if len(data) != PROBE_LEN or data[:4] != bytes([PROBE, 0, 0, 0]):
+        return None
+    return data[4:20], data[20:52], data[52:68]
+
+
+def probe_valid(key: bytes, nonce: bytes, spoke_public: bytes, mac: bytes) -> bool:
+    return hmac.compare_digest(_mac16(key, b" probe" + nonce + spoke_public), mac)
+
+
+def render_probe_reply(key: bytes, nonce: bytes) -> bytes:
+    return bytes([PROBE_REPLY, 0, 0, 0]) + nonce + _mac16(key, b" probe reply" + nonce)
+
+
+def probe_reply_valid(key: bytes, nonce: bytes, data: bytes) -> bool:
+    return (len(data) == PROBE_REPLY_LEN and data[:4] == bytes([PROBE_REPLY, 0, 0, 0]) and data[4:20] == nonce
+            and hmac.compare_digest(_mac16(key, b" probe reply" + nonce), data[20:]))
+
+
 def fingerprint(der: bytes) -> str:
     """A certificate's pin, as spokes write it: sha256 of its DER, in hex."""
     return sha256(der).hexdigest()

@@ -6,12 +6,19 @@ Only datagrams from WireGuard's own port on 127.0.0.1 are taken, and only of Wir
 The hub is authenticated by its certificate (a pinned SHA-256 fingerprint, or a CA and the URL's
 host name); the spoke proves its key (protocol.py). A lost connection is made again with backoff
 (0.5 s doubling to 10 s); meanwhile datagrams are dropped, as on a dead UDP path, and WireGuard
-retries its handshakes itself. No compression is offered or accepted."""
+retries its handshakes itself. No compression is offered or accepted.
+
+A link on `auto` also asks every second whether UDP reaches the hub's WireGuard port (an
+authenticated probe to that port, answered by the hub's relay: protocol.py). It holds the
+WebSocket open only while UDP fails, and for `udp_hold` + LINGER seconds after UDP works again
+(dvpnd moves WireGuard back after `udp_hold`; the connection stays a while in case UDP fails
+again). dvpnd reads the verdict from the relay's status file and moves WireGuard's endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -20,11 +27,21 @@ from typing import Any
 import aiohttp
 
 from dvpnd.relay.config import Link
-from dvpnd.relay.protocol import datagram_problem, parse_challenge, proof, render_answer
+from dvpnd.relay.protocol import (
+    datagram_problem,
+    parse_challenge,
+    probe_reply_valid,
+    proof,
+    render_answer,
+    render_probe,
+)
 
 log = logging.getLogger("dvpnd.relay")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 CONNECT_TIMEOUT = 10.0
+PROBE_EVERY = 1.0
+UDP_FAILS_AFTER = 3.0  # seconds without an answer to the UDP probes
+LINGER = 60.0
 
 
 @dataclass
@@ -36,6 +53,10 @@ class LinkState:
     sent: int = 0
     received: int = 0
     dropped: int = 0
+    udp_last_ok: float | None = None  # monotonic
+    udp_ok_since: float | None = None
+    udp_failed_at: float | None = None  # the last time UDP was judged failing
+    probes: int = 0
 
 
 class _Local(asyncio.DatagramProtocol):
@@ -46,10 +67,22 @@ class _Local(asyncio.DatagramProtocol):
         self.link.from_wireguard(data, addr)
 
 
+class _ProbeReplies(asyncio.DatagramProtocol):
+    def __init__(self, link: SpokeLink) -> None:
+        self.link = link
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.link.probe_reply(data)
+
+
 class SpokeLink:
     def __init__(self, cfg: Link) -> None:
         self.cfg = cfg
         self.state = LinkState()
+        self.started = time.monotonic()
+        self.pending: dict[bytes, float] = {}
+        self.probe_socket: asyncio.DatagramTransport | None = None
+        self.prober: asyncio.Task[None] | None = None
         self.local: asyncio.DatagramTransport | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
@@ -60,13 +93,65 @@ class SpokeLink:
         self.local, _ = await loop.create_datagram_endpoint(lambda: _Local(self),
                                                             local_addr=("127.0.0.1", self.cfg.local_port))
         self.task = asyncio.ensure_future(self._run())
+        if self.cfg.mode == "auto" and self.cfg.udp_endpoint:
+            self.probe_socket, _ = await loop.create_datagram_endpoint(lambda: _ProbeReplies(self),
+                                                                       local_addr=("0.0.0.0", 0))
+            self.prober = asyncio.ensure_future(self._probe_loop())
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for t in (self.task, self.prober):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
         if self.local is not None:
             self.local.close()
+        if self.probe_socket is not None:
+            self.probe_socket.close()
+
+    # --- auto: is UDP to the hub alive? ---------------------------------------------------
+
+    def udp_failing(self, now: float) -> bool:
+        last = self.state.udp_last_ok if self.state.udp_last_ok is not None else self.started
+        return now - last > UDP_FAILS_AFTER
+
+    def wants_websocket(self, now: float) -> bool:
+        if self.cfg.mode == "tcp":
+            return True
+        s = self.state
+        if self.udp_failing(now):
+            return True
+        return s.udp_failed_at is not None and (s.udp_ok_since is None
+                                                 or now - s.udp_ok_since < self.cfg.udp_hold + LINGER)
+
+    async def _probe_loop(self) -> None:
+        assert self.cfg.udp_endpoint is not None
+        host, port = self.cfg.udp_endpoint.rsplit(":", 1)
+        target = (host.strip("[]"), int(port))
+        while True:
+            now = time.monotonic()
+            if self.udp_failing(now):
+                self.state.udp_ok_since = None
+                self.state.udp_failed_at = now
+            nonce = os.urandom(16)
+            self.pending = {n: t for n, t in self.pending.items() if now - t < 10}
+            self.pending[nonce] = now
+            if self.probe_socket is not None:
+                try:
+                    self.probe_socket.sendto(render_probe(self.cfg.auth, self.cfg.spoke_public, nonce), target)
+                    self.state.probes += 1
+                except OSError:
+                    pass
+            await asyncio.sleep(PROBE_EVERY)
+
+    def probe_reply(self, data: bytes) -> None:
+        nonce = data[4:20]
+        if nonce not in self.pending or not probe_reply_valid(self.cfg.auth, nonce, data):
+            return
+        del self.pending[nonce]
+        now = time.monotonic()
+        self.state.udp_last_ok = now
+        if self.state.udp_ok_since is None:
+            self.state.udp_ok_since = now
 
     def from_wireguard(self, data: bytes, addr: tuple[str, int]) -> None:
         if addr != ("127.0.0.1", self.cfg.wg_port) or datagram_problem(data, self.cfg.largest) is not None:
@@ -88,10 +173,17 @@ class SpokeLink:
         async with aiohttp.ClientSession(auto_decompress=False,
                                          timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT)) as session:
             while True:
+                while not self.wants_websocket(time.monotonic()):
+                    backoff = BACKOFF_MIN
+                    await asyncio.sleep(0.25)
                 began = time.monotonic()
                 try:
                     await self._connect_and_pump(session)
                     problem = "closed by the hub"
+                    if not self.wants_websocket(time.monotonic()):
+                        log.info("relay %s: UDP works again; WebSocket closed", self.cfg.name)
+                        self.state.connected_since = None
+                        continue
                 except aiohttp.ServerFingerprintMismatch as e:
                     problem = (f"the hub's certificate is not the pinned one (its fingerprint is {e.got.hex()}, "
                                f"the pin {e.expected.hex()})")
@@ -131,6 +223,7 @@ class SpokeLink:
             while not self.out.empty():  # what waited for a dead connection is stale
                 self.out.get_nowait()
             sender = asyncio.ensure_future(self._send(ws))
+            watcher = asyncio.ensure_future(self._close_when_unwanted(ws))
             try:
                 async for m in ws:
                     if m.type != aiohttp.WSMsgType.BINARY:
@@ -141,7 +234,13 @@ class SpokeLink:
             finally:
                 self.ws = None
                 sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+                watcher.cancel()
+                await asyncio.gather(sender, watcher, return_exceptions=True)
+
+    async def _close_when_unwanted(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while self.wants_websocket(time.monotonic()):
+            await asyncio.sleep(1.0)
+        await ws.close()
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -151,7 +250,13 @@ class SpokeLink:
 
     def view(self) -> dict[str, Any]:
         s = self.state
-        return {"name": self.cfg.name, "url": self.cfg.url, "local_port": self.cfg.local_port,
+        now = time.monotonic()
+        udp = {} if self.cfg.mode != "auto" else {
+            "udp_ok": not self.udp_failing(now),
+            "udp_ok_for": None if s.udp_ok_since is None else round(now - s.udp_ok_since, 1),
+            "udp_probes": s.probes}
+        return {"name": self.cfg.name, "mode": self.cfg.mode, **udp,
+                "url": self.cfg.url, "local_port": self.cfg.local_port,
                 "connected": s.connected_since is not None, "connected_since": s.connected_since,
                 "connects": s.connects, "failures": s.failures, "last_error": s.last_error,
                 "sent": s.sent, "received": s.received, "dropped": s.dropped}

@@ -28,25 +28,36 @@ def _restart_hard(C: Lab, name: str) -> None:
     lab.wait_ready(node)
 
 
-def test_udp_blocked_the_spoke_goes_over_tcp_and_back(C: Lab) -> None:
+def transport(C: Lab, spoke: str) -> tuple[str, str, bool | None]:
+    t = C.status(spoke)["transports"][0]
+    return t["mode"], t["transport"], t["connected"]
+
+
+def test_udp_blocked_a_spoke_on_auto_goes_over_tcp_and_back(C: Lab) -> None:
     b = C.nodes["spoke-b"]
-    lab.block_udp(b)
+    lab.set_transport(b, "auto")
     try:
-        C.wait("spoke-b cut off", lambda: not C.ping("spoke-b", C.ip("spoke-a"), count=2), timeout=10)
+        C.wait("spoke-b's relay probing UDP", lambda: (C.status("spoke-b")["transports"][0]["udp_ok"] is True),
+               timeout=15)
+        assert transport(C, "spoke-b")[:2] == ("auto", "udp")
+        assert f"{lab.HUB_PUBLIC}:51820" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+        echo = C.popen("spoke-b", sys.executable, PROBE, "echo", "7781", "120")
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        stream = C.popen("spoke-a", sys.executable, PROBE, "stream", C.ip("spoke-b"), "7781", "60")
+
+        # the network starts dropping spoke-b's UDP
         t0 = time.monotonic()
-        lab.set_transport(b, "tcp")
-        C.wait("spoke-b <-> spoke-a over TCP", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20,
+        lab.block_udp(b)
+        C.wait("spoke-b over TCP", lambda: transport(C, "spoke-b")[1] == "tcp", timeout=20, step=0.2)
+        C.wait("spoke-b <-> spoke-a again", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20,
                step=0.1)
-        print(f"\nUDP blocked: spoke-b talks again {time.monotonic() - t0:.1f}s after its switch to tcp")
+        print(f"\nUDP blocked: spoke-b talks again over TCP {time.monotonic() - t0:.1f}s later")
+        assert time.monotonic() - t0 <= 20
         assert C.ping("spoke-a", C.ip("spoke-b"), count=3) and C.ping("spoke-c", C.ip("spoke-b"), count=3)
-        # what each side sees: spoke-b's hub peer at its relay on loopback; the hub's peer for
-        # spoke-b at its relay's socket on loopback
-        hub_peer = C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
-        assert "127.0.0.1:51830" in hub_peer
-        tkey = lab.pubkey(b)
-        assert C.wg_peers("hub")[tkey]["endpoint"].startswith("127.0.0.1:")
-        st = C.status("spoke-b")
-        assert [(t["hub"], t["transport"], t["connected"]) for t in st["transports"]] == [("hub", "tcp", True)]
+        # what each side sees: spoke-b's hub peer at its relay on loopback, the hub's peer for
+        # spoke-b at the hub relay's socket on loopback
+        assert "127.0.0.1:51830" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+        assert C.wg_peers("hub")[lab.pubkey(b)]["endpoint"].startswith("127.0.0.1:")
         C.wait("the hub's relay reporting one spoke", lambda: (C.status("hub")["relay"] or {}).get("spokes") == 1,
                timeout=5)
         page = json.loads(C.run("outside", "curl", "-s", "--max-time", "5",
@@ -54,6 +65,7 @@ def test_udp_blocked_the_spoke_goes_over_tcp_and_back(C: Lab) -> None:
         assert page["transport"] == {"hub": "tcp"}
         metrics = C.run("spoke-b", "curl", "-s", "http://127.0.0.1:9586/metrics").stdout
         assert 'dvpnd_relay_connected{hub="hub"} 1.0' in metrics
+        assert 'dvpnd_hub_transport_tcp{hub="hub"} 1.0' in metrics
 
         # kill -9 of dvpnd on the hub, then on spoke-b, with traffic over TCP: nothing lost
         relays = {n: lab.relay_pid(C.nodes[n]) for n in ("hub", "spoke-b")}
@@ -63,21 +75,44 @@ def test_udp_blocked_the_spoke_goes_over_tcp_and_back(C: Lab) -> None:
         _restart_hard(C, "hub")
         _restart_hard(C, "spoke-b")
         sent, got = ping.result()
-        print(f"kill -9 of dvpnd on the hub and on spoke-b over TCP: {sent - got} of {sent} pings lost")
+        print(f"kill -9 of dvpnd on the hub and on spoke-b, over TCP: {sent - got} of {sent} pings lost")
         assert got == sent, (sent, got)
         assert {n: lab.relay_pid(C.nodes[n]) for n in ("hub", "spoke-b")} == relays  # the same relays
+        assert transport(C, "spoke-b")[1] == "tcp"
+
+        # UDP passes again: back to it after the hold-down (lab: 5 s), losing nothing
+        ping = Pinger(C, "spoke-a", C.ip("spoke-b"), seconds=14, hz=50)
+        t0 = time.monotonic()
+        lab.block_udp(b, on=False)
+        C.wait("spoke-b back on UDP", lambda: transport(C, "spoke-b")[1] == "udp", timeout=60, step=0.2)
+        print(f"UDP back: spoke-b on UDP again {time.monotonic() - t0:.1f}s later")
+        sent, got = ping.result()
+        print(f"  {sent - got} of {sent} pings lost while moving back")
+        assert got == sent, (sent, got)
+        assert f"{lab.HUB_PUBLIC}:51820" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+        out, _ = stream.communicate(timeout=90)
+        r = json.loads(out)
+        print(f"a TCP stream across both moves and both kills: {r}")
+        assert r["error"] is None and r["echoed"] == r["sent"] > 0, r
+        echo.kill()
+        echo.communicate(timeout=10)
+        assert C.status("spoke-b")["transports"][0]["switches"] >= 1
     finally:
         lab.block_udp(b, on=False)
-    # UDP works again: the operator (or `auto`, later) puts spoke-b back on it
-    t0 = time.monotonic()
-    ping = Pinger(C, "spoke-a", C.ip("spoke-b"), seconds=6, hz=50)
-    lab.set_transport(b, "udp")
-    sent, got = ping.result()
-    print(f"back to UDP: {sent - got} of {sent} pings lost while moving")
-    C.wait("spoke-b back on UDP", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20)
-    assert f"{lab.HUB_PUBLIC}:51820" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
-    assert time.monotonic() - t0 < 30
+        lab.set_transport(b, "udp")
     C.wait("spoke-b's relay gone (not needed)", lambda: lab.relay_pid(b) is None, timeout=10)
+
+
+def test_a_spoke_on_tcp_stays_on_tcp(C: Lab) -> None:
+    b = C.nodes["spoke-b"]
+    lab.set_transport(b, "tcp")
+    try:
+        C.wait("spoke-b over TCP", lambda: transport(C, "spoke-b") == ("tcp", "tcp", True), timeout=20)
+        C.wait("spoke-b <-> spoke-a", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20)
+        assert "127.0.0.1:51830" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+    finally:
+        lab.set_transport(b, "udp")
+    C.wait("spoke-b back on UDP", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20)
 
 
 def test_the_relay_port_faces_the_internet_with_nothing_but_the_websocket(C: Lab) -> None:

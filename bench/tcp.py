@@ -1,0 +1,154 @@
+"""The TCP fallback (issue 17), on a confidential lab of the harness's own: spoke-b on
+`transport: auto`, its UDP dropped by the lab's router and passed again, and the hub's relay with
+100 idle WebSocket spokes.
+
+Anchors, measured in the same run: the same pair with both spokes on UDP (throughput, RTT); the
+hub relay's RSS before the 100 spokes connect."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import yaml
+
+from bench.dataplane import Lab, iperf, rtts
+from bench.stats import Figure
+from dvpnd.lab import cluster as lab
+
+HZ = 50
+MANY = 100
+
+
+def transport(L: Lab, spoke: str) -> str:
+    st = L.ctl(spoke, "status").get("status", {})
+    return str((st.get("transports") or [{}])[0].get("transport"))
+
+
+def wait(what: str, cond: object, timeout: float, step: float = 0.1) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():  # type: ignore[operator]
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def ping_ok(L: Lab, src: str, dst: str) -> bool:
+    return L.run(src, "ping", "-n", "-q", "-c", "1", "-W", "1", L.ip(dst), check=False).returncode == 0
+
+
+def fallback_round(L: Lab, secs: int, rounds: int) -> tuple[float, float, int, list[float], list[float]]:
+    """UDP of spoke-b dropped, then passed: seconds until spoke-b talks again, seconds until it is
+    back on UDP, pings lost at 50 Hz while it moves back; with `rounds`, the pair's throughput and
+    RTTs while spoke-b is on TCP."""
+    b = L.nodes["spoke-b"]
+    wait("spoke-b probing UDP", lambda: (L.ctl("spoke-b", "status")["status"]["transports"][0].get("udp_ok")
+                                         is True), 30)
+    t0 = time.monotonic()
+    lab.block_udp(b)
+    try:
+        wait("spoke-b over TCP", lambda: transport(L, "spoke-b") == "tcp", 30)
+        wait("spoke-b talking", lambda: ping_ok(L, "spoke-b", "spoke-a"), 30)
+        down = time.monotonic() - t0
+        tput = [iperf(L, secs) for _ in range(rounds)]
+        rtt = rtts(L, 50) if rounds else []
+        ping = L.popen("spoke-a", "ping", "-n", "-q", "-i", str(1 / HZ), "-W", "2", "-c", str(20 * HZ),
+                       L.ip("spoke-b"))
+        time.sleep(1)
+    finally:
+        t1 = time.monotonic()
+        lab.block_udp(b, on=False)
+    back = wait("spoke-b back on UDP", lambda: transport(L, "spoke-b") == "udp", 120)
+    out, _ = ping.communicate(timeout=120)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return down, time.monotonic() - t1 if back else back, int(m.group(1)) - int(m.group(2)), tput, rtt
+
+
+def idle_websockets(L: Lab, n: int, seconds: float) -> tuple[float, float, int]:
+    """The hub relay's RSS (MiB) before and with `n` authenticated WebSocket spokes connected and
+    idle; how many connected. The spokes are roster members made for the purpose; their client
+    runs in the lab's `outside` namespace."""
+    from bench.__main__ import rss_kib
+    from dvpnd.roster.model import Member
+    from dvpnd.wireguard.keys import encode_key, generate_private_key, public_key
+
+    auth = lab.authority()
+    old = auth.current()
+    assert old is not None
+    keys = [generate_private_key() for _ in range(n)]
+    extra = tuple(Member(f"ws{i}", IPv4Address(int(old.network.network_address) + 100 + i),
+                         encode_key(public_key(k)), encode_key(public_key(generate_private_key())))
+                  for i, k in enumerate(keys))
+    hub = L.nodes["hub"]
+    try:
+        auth.amend(old.members + extra, 3600)
+        lab.publish(hub, auth.roster_file)
+        path = Path(hub.config or "")
+        cfg = yaml.safe_load(path.read_text())
+        cfg["relay"]["max_clients_per_source"] = n + 16
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        assert L.ctl("hub", "reload")["ok"]
+        time.sleep(3)  # the relay reads its new configuration
+        pid = lab.relay_pid(hub)
+        assert pid
+        before = rss_kib(pid) / 1024
+        keyfile = lab.LAB_DIR / "bench-ws-keys.json"
+        keyfile.write_text(json.dumps([encode_key(k) for k in keys]))
+        proc = L.popen("outside", sys.executable, "-m", "bench.wsclients", hub.public_ip, "443", str(keyfile),
+                       str(seconds), lab.pubkey(hub))
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        connected = int(json.loads(line)["connected"]) if line.strip() else 0
+        time.sleep(2)
+        with_them = rss_kib(pid) / 1024
+        proc.communicate(timeout=seconds + 60)
+        return before, with_them, connected
+    finally:
+        auth.amend(old.members, 3600)
+        lab.publish(hub, auth.roster_file)
+
+
+def run(quick: bool) -> list[Figure]:
+    rounds, secs = (1, 2) if quick else (3, 5)
+    n = 20 if quick else MANY
+    lab.down()
+    L = Lab(mode="confidential")
+    udp_tput = [iperf(L, secs) for _ in range(rounds)]
+    udp_rtt = rtts(L, 50)
+    lab.set_transport(L.nodes["spoke-b"], "auto")
+    downs, backs, lost = [], [], []
+    tcp_tput: list[float] = []
+    tcp_rtt: list[float] = []
+    for i in range(rounds):
+        d, bk, lo, tput, rtt = fallback_round(L, secs, rounds if i == 0 else 0)
+        downs.append(d)
+        backs.append(bk)
+        lost.append(float(lo))
+        tcp_tput += tput
+        tcp_rtt += rtt
+    before, with_them, connected = idle_websockets(L, n, 10 if quick else 30)
+    lab.set_transport(L.nodes["spoke-b"], "udp")
+    lab.down()
+    return [
+        Figure("UDP blocked for spoke-b (transport auto): seconds until spoke-a ↔ spoke-b flows again", "s", downs,
+               goal="≤ 20 s", met=max(downs) <= 20,
+               note="UDP probes unanswered for 3 s, the WebSocket up, the endpoint moved"),
+        Figure("UDP passed again: seconds until spoke-b is back on UDP (lab hold-down 5 s)", "s", backs,
+               goal="≤ 60 s", met=max(backs) <= 60),
+        Figure("pings lost at 50 Hz while spoke-b moves back to UDP", "packets", lost, goal="0", met=max(lost) == 0),
+        Figure("iperf3 spoke-a → spoke-b with spoke-b on TCP", "Mbit/s", tcp_tput, "both on UDP", udp_tput,
+               "≥ 0.5×", statistics.median(tcp_tput) >= 0.5 * statistics.median(udp_tput)),
+        Figure("ping RTT p50 spoke-a → spoke-b with spoke-b on TCP", "ms", [statistics.median(tcp_rtt)],
+               "both on UDP", [statistics.median(udp_rtt)], "≤ 1.5×",
+               statistics.median(tcp_rtt) <= 1.5 * statistics.median(udp_rtt), "50 pings each"),
+        Figure(f"hub relay RSS with {n} WebSocket spokes connected and idle", "MiB", [with_them],
+               "no spoke connected", [before], "≤ +30 MiB", with_them - before <= 30,
+               f"{connected} of {n} authenticated and held"),
+    ]
