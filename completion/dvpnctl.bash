@@ -2,13 +2,14 @@
 _dvpnctl() {
     local cur prev words cword
     _init_completion || return
-    local top="check pubkey status reload down firewall spoke rotate-key pg backup lab"
+    local top="check pubkey status reload down firewall spoke hub roster authority relay rotate-key pg backup lab"
     case "${words[1]}" in
         firewall) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "show apply" -- "$cur")) && return ;;
         spoke) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "add remove rotate" -- "$cur")) && return ;;
         pg) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "setup password init-replica promote follow status" -- "$cur")) && return ;;
         backup) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "now list verify restore" -- "$cur")) && return ;;
-        lab) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "up status down exec" -- "$cur")) && return ;;
+        relay) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "fingerprint" -- "$cur")) && return ;;
+        lab) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "up status down exec block-udp transport" -- "$cur")) && return ;;
     esac
     case "$prev" in
         --config) _filedir yaml; return ;;
