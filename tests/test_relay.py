@@ -357,3 +357,44 @@ def test_a_hub_with_the_relay_opens_its_port_and_carries_its_spokes(tmp_path: Pa
     plan = render_relay(c, base64.b64encode(HUB_PRIV).decode(), 51820, [base64.b64encode(SPOKE_PUB).decode()])
     assert plan is not None and plan.hub is not None and plan.hub.port == 8443
     assert plan.hub.spokes == {SPOKE_PUB: protocol.auth_key(SPOKE_PRIV, HUB_PUB)}  # what the spoke derives too
+
+
+def test_auto_moves_to_tcp_when_udp_fails_and_back_after_the_hold_down() -> None:
+    from dvpnd.relay.choice import TransportJudge
+
+    j = TransportJudge(holddown=30)
+    assert not j.judge("H", None, 0.0) and j.current["H"] == "udp"  # the relay says nothing: stay
+    assert not j.judge("H", {"udp_ok": False, "connected": False}, 1.0)  # TCP not up (yet): stay
+    assert j.judge("H", {"udp_ok": False, "connected": True}, 2.0) and j.current["H"] == "tcp"
+    assert not j.judge("H", {"udp_ok": True, "udp_ok_for": 29.0, "connected": True}, 31.0)  # held down
+    assert j.judge("H", {"udp_ok": True, "udp_ok_for": 30.0, "connected": True}, 32.0) and j.current["H"] == "udp"
+    assert j.switches["H"] == 2 and "back to UDP" in j.reasons["H"]
+
+
+def test_udp_probes_are_answered_only_for_a_carried_spoke_and_smaller_than_asked(tmp_path: Path) -> None:
+    nonce = b"z" * 16
+    k = protocol.auth_key(SPOKE_PRIV, HUB_PUB)
+    probe = protocol.render_probe(k, SPOKE_PUB, nonce)
+    assert len(probe) == protocol.PROBE_LEN and protocol.datagram_problem(probe, LARGEST) is not None  # no WG type
+
+    async def main() -> None:
+        hub_wg_t, _ = await udp(0)
+        port = free_port()
+        async with hub(tmp_path, hub_wg_t.get_extra_info("sockname")[1], probe_port=port) as h:
+            asker_t, asker = await udp(0)
+            asker_t.sendto(probe, ("127.0.0.1", port))
+            reply, _ = await asyncio.wait_for(asker.got.get(), 5)
+            assert protocol.probe_reply_valid(k, nonce, reply) and len(reply) < len(probe)
+            # another key's MAC, a replayed probe with a forged key, garbage: no answer
+            forged = protocol.render_probe(protocol.auth_key(OTHER_PRIV, HUB_PUB), SPOKE_PUB, nonce)
+            for bad in (forged, protocol.render_probe(k, OTHER_PUB, nonce), b"\xff" * 68, b"x"):
+                asker_t.sendto(bad, ("127.0.0.1", port))
+            await asyncio.sleep(0.5)
+            assert asker.got.empty() and h.stats.refused["bad probe"] == 2  # (garbage is not even counted)
+            for _ in range(40):  # at most 20 a second from one address
+                asker_t.sendto(probe, ("127.0.0.1", port))
+            await asyncio.sleep(0.5)
+            assert asker.got.qsize() <= 20
+            asker_t.close()
+        hub_wg_t.close()
+    run(main)
