@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from dvpnd.wireguard.device import DeviceState, rotation_done
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
 ROTATION_POLL = 0.1
+SETTLE = 5.0  # seconds a relay link keeps delivering after its hub moved back to UDP (transport auto)
 
 
 def own_address(c: Config) -> str:
@@ -83,8 +85,10 @@ class Daemon:
         self.relay = RelayControl(config)
         self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
         self.transport_judge = TransportJudge(config.relay.udp_holddown)
-        self._resume_transports()
         self._relay_inputs: tuple[object, ...] | None = None
+        self._last_result: ReconcileResult | None = None
+        self.relay_active: set[str] = set()  # hubs on auto whose relay link delivers to WireGuard
+        self._resume_transports()
         self.hub_judge: HubJudge | None = None
         self.prober: Prober | None = None
         if config.confidential and not config.is_hub and config.more_hubs:
@@ -124,6 +128,7 @@ class Daemon:
                 log.info("first reconcile done in %.2fs: %s %s up with %d peers",
                          result.duration, self.config.role, self.config.wireguard.interface,
                          len(result.device.peers))
+            self._last_result = result
             await self._sync_relay(result)
         # What was just applied is what the next answer shows.
         await self.refresh_snapshot()
@@ -140,22 +145,65 @@ class Daemon:
                 self.transport_judge.current[h.public_key] = "tcp"
                 log.info("hub %s: its relay carries it over TCP (UDP still fails); staying on TCP", h.name)
         self.reconciler.transports = dict(self.transport_judge.current)
+        self.relay_active = {k for k, t in self.transport_judge.current.items() if t == "tcp"}
 
     def _read_relay_status(self) -> dict[str, Any] | None:
         self.relay_status = self.relay.status() if self.config.needs_relay else None
         return self.relay_status
 
     async def _judge_transports(self) -> None:
-        """transport: auto: move a hub's tunnel between UDP and TCP on the relay's report."""
+        """transport: auto: move a hub's tunnel between UDP and TCP on the relay's report.
+
+        The relay's link delivers to WireGuard only while its hub is on TCP: a link still open
+        after the move back to UDP (it stays a while) would otherwise hand WireGuard a datagram
+        the hub sent before it roamed, and WireGuard would roam back to the relay. So a move
+        changes the relay first and waits until it reports the change, then moves WireGuard's
+        endpoint, then sends a packet through the tunnel that makes the hub's WireGuard roam
+        along at once. For SETTLE seconds after a move back, each pass puts the endpoint back
+        on UDP if it roamed anyway."""
         links = {x.get("name"): x for x in (self.relay_status or {}).get("links", []) if isinstance(x, dict)}
-        judge, moved = self.transport_judge, []
+        judge, moved, now = self.transport_judge, [], time.time()
         for h in self.config.hubs:
-            if h.transport == "auto" and judge.judge(h.public_key, links.get(h.name), time.time()):
+            if h.transport == "auto" and judge.judge(h.public_key, links.get(h.name), now):
                 log.warning("hub %s: %s", h.name, judge.reasons[h.public_key])
                 moved.append(h.name)
-        if moved:
-            self.reconciler.transports = dict(judge.current)
-            await self.reconcile(f"transport of {', '.join(moved)}")
+        settling = [k for k, t in judge.current.items() if t == "udp" and judge.switches.get(k)
+                    and now - judge.since[k] < SETTLE]
+        if not moved and not settling:
+            return
+        self.relay_active = {k for k, t in judge.current.items() if t == "tcp"}
+        if moved and self._last_result is not None:
+            await self._sync_relay(self._last_result)  # (written and signalled only if it changed)
+            await self._relay_reports(self.relay_active)
+        self.reconciler.transports = dict(judge.current)
+        if await self.reconcile(f"transport of {', '.join(moved)}" if moved else "transport settling"):
+            await asyncio.to_thread(self._nudge_hubs)
+
+    async def _relay_reports(self, active: set[str], timeout: float = 0.5) -> None:
+        """Wait (briefly) until the relay's status shows which links deliver to WireGuard."""
+        names = {h.public_key: h.name for h in self.config.hubs}
+        want = {names[k] for k in active if k in names}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await asyncio.to_thread(self.relay.status)
+            got = {x.get("name") for x in (st or {}).get("links", []) if isinstance(x, dict) and x.get("active")}
+            auto = {h.name for h in self.config.hubs if h.transport == "auto"}
+            if got & auto == want & auto:
+                return
+            await asyncio.sleep(0.01)
+
+    def _nudge_hubs(self) -> None:
+        """One empty datagram to each hub's transit address (its discard port), through the
+        tunnel: the hub's WireGuard roams to the path it came by at once, instead of at the
+        spoke's next keepalive. The hub's firewall drops it after WireGuard has seen it."""
+        c = self.config
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for h in c.hubs:
+                addr = c.transit_address_via(h, c.hub_address) if c.confidential else c.hub_address
+                try:
+                    s.sendto(b"", (str(addr), 9))
+                except OSError:
+                    pass
 
     async def _sync_relay(self, result: ReconcileResult) -> None:
         """The relay's configuration after a pass (the spokes it carries follow the roster or the
@@ -170,12 +218,14 @@ class Daemon:
         else:
             keys = ()
         udp = dict(self.reconciler.udp_endpoints)
-        inputs = (c, self.reconciler.private_key, tunnel.listen_port, keys, udp)
+        active = frozenset(self.relay_active)
+        inputs = (c, self.reconciler.private_key, tunnel.listen_port, keys, udp, active)
         if inputs == self._relay_inputs and (not c.needs_relay or not self.relay.spawns
                                              or self.relay.running_pid() is not None):
             return
         try:
-            desired = render_relay(c, self.reconciler.private_key or "", tunnel.listen_port or None, keys, udp)
+            desired = render_relay(c, self.reconciler.private_key or "", tunnel.listen_port or None, keys, udp,
+                                   active)
             await asyncio.to_thread(self.relay.apply, desired)
         except (OSError, ValueError, DvpnError) as e:
             log.error("relay: %s", e)

@@ -208,18 +208,19 @@ class Reconciler:
         assert hub is not None
         resolver = self.resolver if hub == self.config.hub else self.more_resolvers.setdefault(
             hub.public_key, EndpointResolver())
-        if hub.transport == "tcp" or (hub.transport == "auto" and self.transports.get(hub.public_key) == "tcp"):
+        relayed = f"127.0.0.1:{self.config.relay_local_port(hub)}" if hub.transport != "udp" else None
+        if hub.transport == "tcp":
             # the TCP fallback: the relay on loopback carries this hub's datagrams over a WebSocket
-            # (an auto hub's UDP address stays resolved: the relay's probes go there)
-            if hub.transport == "auto" and resolver.resolved:
-                self.udp_endpoints[hub.public_key] = resolver.resolved
-            return f"127.0.0.1:{self.config.relay_local_port(hub)}"
+            return relayed or ""
         hub_peer = device.peers.get(hub.public_key)
-        udp = resolver.endpoint(hub.endpoint, hub_peer.last_handshake if hub_peer else None,
+        on_tcp = hub.transport == "auto" and self.transports.get(hub.public_key) == "tcp"
+        # (on TCP the handshake age says nothing of the UDP address, which stays resolved for
+        # the relay's probes)
+        udp = resolver.endpoint(hub.endpoint, None if on_tcp or hub_peer is None else hub_peer.last_handshake,
                                 time.time() if now is None else now) or ""
         if hub.transport == "auto" and udp:
             self.udp_endpoints[hub.public_key] = udp
-        return udp
+        return (relayed or "") if on_tcp else udp
 
     def reconcile(self, now: float | None = None, force_firewall: bool = False) -> ReconcileResult:
         """Bring everything in line with the config; raises BackendError on failure."""

@@ -74,6 +74,24 @@ class RelayControl:
             log.info("relay: configured (%s)", what)
         if self.spawns:
             self.ensure_running()
+        if not same:
+            self.poke()
+
+    def poke(self) -> None:
+        """Have the running relay read its file now (SIGHUP), not at its next look (a second):
+        a move between UDP and TCP is waiting for it. Its PID comes from our PID file, or from
+        its status file under systemd; either is checked against its command line."""
+        pid = self.running_pid()
+        if pid is None:
+            st = self.status()
+            cand = st.get("pid") if st else None
+            if isinstance(cand, int) and b"dvpn" in _cmdline(cand) and b"relay" in _cmdline(cand):
+                pid = cand
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except OSError:
+                pass
 
     def running_pid(self) -> int | None:
         try:

@@ -270,7 +270,7 @@ def set_transport(spoke: Node, transport: str) -> None:
     for h in [doc["hub"]] if "hub" in doc else doc["hubs"]:
         h.pop("relay_fingerprint", None)
         h["transport"] = transport
-        if transport == "tcp":
+        if transport != "udp":
             h["relay_fingerprint"] = relay_fingerprint(hubs[h["endpoint"].rsplit(":", 1)[0]])
     write_yaml(Path(spoke.config), doc)
     reply = control.request(Path(spoke.dir) / "control.sock", "reload", timeout=30)

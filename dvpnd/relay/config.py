@@ -56,6 +56,7 @@ class Link:
     mode: str = "tcp"  # tcp: always over the WebSocket; auto: probe UDP, connect while UDP fails
     udp_endpoint: str | None = None  # auto: the hub's WireGuard ip:port, where the probes go
     udp_hold: float = 30.0  # auto: UDP answered this long before dvpnd goes back to it
+    active: bool = True  # auto: dvpnd has WireGuard on this link now (else what arrives is dropped)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def parse(doc: Any, origin: str) -> RelayConfig:
                  hub_public=_b64(x["hub_public"], f"{origin}: links[{i}].hub_public"),
                  auth=_b64(x["auth"], f"{origin}: links[{i}].auth"), largest=int(x["largest"]),
                  mode=str(x.get("mode", "tcp")), udp_endpoint=x.get("udp_endpoint"),
-                 udp_hold=float(x.get("udp_hold", 30.0)))
+                 udp_hold=float(x.get("udp_hold", 30.0)), active=bool(x.get("active", True)))
             for i, x in enumerate(doc.get("links", [])))
     except KeyError as e:
         raise RelayConfigError(f"{origin}: missing key {e}") from None
@@ -133,7 +134,8 @@ def render(config: RelayConfig) -> dict[str, Any]:
     doc["links"] = [{"name": x.name, "url": x.url, "fingerprint": x.fingerprint, "ca": x.ca,
                      "local_port": x.local_port, "wg_port": x.wg_port, "spoke_public": _enc(x.spoke_public),
                      "hub_public": _enc(x.hub_public), "auth": _enc(x.auth), "largest": x.largest,
-                     "mode": x.mode, "udp_endpoint": x.udp_endpoint, "udp_hold": x.udp_hold}
+                     "mode": x.mode, "udp_endpoint": x.udp_endpoint, "udp_hold": x.udp_hold,
+                     "active": x.active}
                     for x in config.links]
     if config.status_file:
         doc["status_file"] = config.status_file

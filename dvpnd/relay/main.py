@@ -16,10 +16,11 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dvpnd.relay.config import RelayConfig, RelayConfigError, parse
+from dvpnd.relay.config import Link, RelayConfig, RelayConfigError, parse
 from dvpnd.relay.hubside import HubRelay
 from dvpnd.relay.spokeside import SpokeLink
 from dvpnd.util.fsutil import write_atomic
@@ -38,6 +39,12 @@ def read_config(path: Path) -> RelayConfig | None:
         return parse(json.loads(text), str(path))
     except json.JSONDecodeError as e:
         raise RelayConfigError(f"{path}: not JSON: {e}") from None
+
+
+def same_connection(a: Link, b: Link) -> bool:
+    """Whether two settings of a link describe the same WebSocket (the rest changes in place)."""
+    return replace(a, udp_endpoint=None, udp_hold=0.0, active=True) == replace(b, udp_endpoint=None, udp_hold=0.0,
+                                                                               active=True)
 
 
 class Relay:
@@ -93,7 +100,10 @@ class Relay:
                 self.hub.reconfigure(new.hub)
         wanted = {x.name: x for x in new.links}
         for name in list(self.links):
-            if name not in wanted or wanted[name] != self.links[name].cfg:
+            link = self.links[name]
+            if name in wanted and same_connection(wanted[name], link.cfg):
+                link.cfg = wanted[name]  # (where the probes go, the hold-down, active: no reconnect)
+            else:
                 await self.links.pop(name).close()
         for name, cfg in wanted.items():
             if name not in self.links:
@@ -133,6 +143,8 @@ class Relay:
                 if reload.is_set() or self._stamp() != self.stamp:
                     reload.clear()
                     await self.load()
+                    self.write_status()  # (dvpnd waits for a move's change to show here)
+                    last_status = time.monotonic()
                 if time.monotonic() - last_status >= 1.0:
                     last_status = time.monotonic()
                     self.write_status()

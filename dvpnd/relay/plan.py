@@ -10,7 +10,7 @@ relay never holds a WireGuard private key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from dvpnd.config.model import Config
@@ -30,10 +30,12 @@ def cert_paths(config: Config) -> tuple[Path, Path]:
 
 
 def render_relay(config: Config, private_key: str, wg_port: int | None, spoke_keys: Iterable[str] = (),
-                 udp_endpoints: Mapping[str, str] | None = None) -> RelayConfig | None:
+                 udp_endpoints: Mapping[str, str] | None = None,
+                 active: Collection[str] = ()) -> RelayConfig | None:
     """The relay's configuration, or None when this node needs no relay. `wg_port` is WireGuard's
     listening port on this node (the device's, when the config leaves it to the system);
-    `udp_endpoints`, hub key -> its resolved ip:port (for the probes of hubs on auto)."""
+    `udp_endpoints`, hub key -> its resolved ip:port (for the probes of hubs on auto);
+    `active`, the hubs on auto whose link delivers to WireGuard now (on TCP, or settling back)."""
     if not config.needs_relay or wg_port is None:
         return None
     priv = decode_key(private_key)
@@ -60,5 +62,6 @@ def render_relay(config: Config, private_key: str, wg_port: int | None, spoke_ke
                           ca=str(h.relay_ca) if h.relay_ca else None, local_port=config.relay_local_port(h),
                           wg_port=wg_port, spoke_public=me, hub_public=hub_pub, auth=auth_key(priv, hub_pub),
                           largest=largest, mode=h.transport, udp_endpoint=(udp_endpoints or {}).get(h.public_key),
-                          udp_hold=config.relay.udp_holddown))
+                          udp_hold=config.relay.udp_holddown,
+                          active=h.transport == "tcp" or h.public_key in active))
     return RelayConfig(links=tuple(links), status_file=status)

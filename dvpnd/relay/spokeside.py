@@ -93,7 +93,7 @@ class SpokeLink:
         self.local, _ = await loop.create_datagram_endpoint(lambda: _Local(self),
                                                             local_addr=("127.0.0.1", self.cfg.local_port))
         self.task = asyncio.ensure_future(self._run())
-        if self.cfg.mode == "auto" and self.cfg.udp_endpoint:
+        if self.cfg.mode == "auto":
             self.probe_socket, _ = await loop.create_datagram_endpoint(lambda: _ProbeReplies(self),
                                                                        local_addr=("0.0.0.0", 0))
             self.prober = asyncio.ensure_future(self._probe_loop())
@@ -124,9 +124,6 @@ class SpokeLink:
                                                  or now - s.udp_ok_since < self.cfg.udp_hold + LINGER)
 
     async def _probe_loop(self) -> None:
-        assert self.cfg.udp_endpoint is not None
-        host, port = self.cfg.udp_endpoint.rsplit(":", 1)
-        target = (host.strip("[]"), int(port))
         while True:
             now = time.monotonic()
             if self.udp_failing(now):
@@ -135,9 +132,11 @@ class SpokeLink:
             nonce = os.urandom(16)
             self.pending = {n: t for n, t in self.pending.items() if now - t < 10}
             self.pending[nonce] = now
-            if self.probe_socket is not None:
+            if self.probe_socket is not None and self.cfg.udp_endpoint:  # (None: not resolved yet)
+                host, port = self.cfg.udp_endpoint.rsplit(":", 1)
                 try:
-                    self.probe_socket.sendto(render_probe(self.cfg.auth, self.cfg.spoke_public, nonce), target)
+                    self.probe_socket.sendto(render_probe(self.cfg.auth, self.cfg.spoke_public, nonce),
+                                             (host.strip("[]"), int(port)))
                     self.state.probes += 1
                 except OSError:
                     pass
@@ -154,7 +153,8 @@ class SpokeLink:
             self.state.udp_ok_since = now
 
     def from_wireguard(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr != ("127.0.0.1", self.cfg.wg_port) or datagram_problem(data, self.cfg.largest) is not None:
+        if not self.cfg.active or addr != ("127.0.0.1", self.cfg.wg_port) \
+                or datagram_problem(data, self.cfg.largest) is not None:
             return
         try:
             self.out.put_nowait(data)
@@ -228,7 +228,10 @@ class SpokeLink:
                 async for m in ws:
                     if m.type != aiohttp.WSMsgType.BINARY:
                         break
-                    if datagram_problem(m.data, self.cfg.largest) is None and self.local is not None:
+                    # (a link dvpnd has moved off, kept open a while, delivers nothing: WireGuard
+                    # would roam back to it)
+                    if self.cfg.active and datagram_problem(m.data, self.cfg.largest) is None \
+                            and self.local is not None:
                         self.local.sendto(m.data, ("127.0.0.1", self.cfg.wg_port))
                         self.state.received += 1
             finally:
@@ -255,7 +258,7 @@ class SpokeLink:
             "udp_ok": not self.udp_failing(now),
             "udp_ok_for": None if s.udp_ok_since is None else round(now - s.udp_ok_since, 1),
             "udp_probes": s.probes}
-        return {"name": self.cfg.name, "mode": self.cfg.mode, **udp,
+        return {"name": self.cfg.name, "mode": self.cfg.mode, "active": self.cfg.active, **udp,
                 "url": self.cfg.url, "local_port": self.cfg.local_port,
                 "connected": s.connected_since is not None, "connected_since": s.connected_since,
                 "connects": s.connects, "failures": s.failures, "last_error": s.last_error,
