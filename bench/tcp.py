@@ -64,11 +64,12 @@ def fallback_round(L: Lab, secs: int, rounds: int) -> tuple[float, float, int, l
     finally:
         t1 = time.monotonic()
         lab.block_udp(b, on=False)
-    back = wait("spoke-b back on UDP", lambda: transport(L, "spoke-b") == "udp", 120)
+    wait("spoke-b back on UDP", lambda: transport(L, "spoke-b") == "udp", 120)
+    back = time.monotonic() - t1
     out, _ = ping.communicate(timeout=120)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
-    return down, time.monotonic() - t1 if back else back, int(m.group(1)) - int(m.group(2)), tput, rtt
+    return down, back, int(m.group(1)) - int(m.group(2)), tput, rtt
 
 
 def idle_websockets(L: Lab, n: int, seconds: float) -> tuple[float, float, int]:
