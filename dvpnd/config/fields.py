@@ -141,6 +141,19 @@ def check_port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"port {value} is out of range (1-65535)"
 
 
+def check_ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"'{value}' is not an IP address"
+    return None
+
+
+def check_cap(value: int) -> str | None:
+    """A cap on connections."""
+    return None if 1 <= value <= 65536 else f"{value} is out of range (1-65536)"
+
+
 def check_key(value: str) -> str | None:
     try:
         raw = decode_key(value)

@@ -6,7 +6,6 @@ of them before failing, so one `dvpnctl check` run shows everything to fix."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -18,7 +17,9 @@ from dvpnd.config.fields import (
     MISSING,
     Reader,
     abs_path,
+    check_cap,
     check_ifname,
+    check_ip,
     check_key,
     check_name,
     check_port,
@@ -491,19 +492,8 @@ def _listen(r: Reader, top: dict[str, Any], key: str, *, enabled: bool, address:
     m = r.section(top, (key,), {"enabled", "listen", "port", "max_connections", "max_connections_per_source"})
     en = r.get(m, (key, "enabled"), bool, default=enabled)
 
-    def check_addr(v: str) -> str | None:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            return f"'{v}' is not an IP address"
-        return None
-
-    addr = r.get(m, (key, "listen"), str, default=address, check=check_addr)
+    addr = r.get(m, (key, "listen"), str, default=address, check=check_ip)
     p = r.get(m, (key, "port"), int, default=port, check=check_port)
-
-    def check_cap(v: int) -> str | None:
-        return None if 1 <= v <= 65536 else f"{v} is out of range (1-65536)"
-
     total = r.get(m, (key, "max_connections"), int, default=ListenConfig.max_connections, check=check_cap)
     per_source = r.get(m, (key, "max_connections_per_source"), int, default=min(total, ListenConfig.max_per_source),
                        check=check_cap)

@@ -3,13 +3,12 @@ process runs) and each hub's `transport`, `relay_url`, `relay_fingerprint`, `rel
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dvpnd.config.fields import Reader, abs_path, check_port
+from dvpnd.config.fields import Reader, abs_path, check_cap, check_ip, check_port
 from dvpnd.config.model import DEFAULT_RELAY_PORT, TRANSPORTS, Endpoint, RelaySettings
 from dvpnd.config.yamlsrc import KeyPath
 
@@ -31,24 +30,14 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
         r.error(("relay", k), "is for a hub (its listener)" if not is_hub else
                 "is for a spoke (WireGuard's endpoint for a hub reached over TCP)")
 
-    def check_addr(v: str) -> str | None:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            return f"'{v}' is not an IP address"
-        return None
-
-    def cap(v: int) -> str | None:
-        return None if 1 <= v <= 65536 else f"{v} is out of range (1-65536)"
-
     enabled = r.get(m, ("relay", "enabled"), bool, default=False)
     cert = abs_path(r, m, ("relay", "cert"), "") if "cert" in m else None
     key = abs_path(r, m, ("relay", "key"), "") if "key" in m else None
     if (cert is None) != (key is None):
         r.error(("relay", "cert" if cert is None else "key"), "give cert and key together (or neither: a "
                                                               "self-signed pair is made in the state directory)")
-    total = r.get(m, ("relay", "max_clients"), int, default=d.max_clients, check=cap)
-    per = r.get(m, ("relay", "max_clients_per_source"), int, default=min(total, d.max_per_ip), check=cap)
+    total = r.get(m, ("relay", "max_clients"), int, default=d.max_clients, check=check_cap)
+    per = r.get(m, ("relay", "max_clients_per_source"), int, default=min(total, d.max_per_ip), check=check_cap)
     if per > total:
         r.error(("relay", "max_clients_per_source"), f"{per} is more than max_clients ({total})")
     idle = float(r.get(m, ("relay", "idle"), (int, float), default=d.idle,
@@ -58,7 +47,7 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
                   check=lambda v: None if v in SPAWN else f"'{v}': one of {', '.join(SPAWN)}")
     return RelaySettings(
         enabled=bool(enabled and is_hub),
-        address=r.get(m, ("relay", "listen"), str, default=d.address, check=check_addr),
+        address=r.get(m, ("relay", "listen"), str, default=d.address, check=check_ip),
         port=r.get(m, ("relay", "port"), int, default=d.port, check=check_port),
         cert=cert if cert is not None and key is not None else None,
         key=key if cert is not None and key is not None else None,
