@@ -76,14 +76,16 @@ def test_outside_reaches_only_the_status_port_of_a_spoke(L: Lab) -> None:
 
 
 def test_outside_reaches_only_wireguard_and_configured_ports_on_the_hub(L: Lab) -> None:
-    lst = Listener(L, "hub", *COMMON_PORTS)
+    # (443 is the lab hub's relay, the TCP fallback, which its firewall opens)
+    lst = Listener(L, "hub", *(p for p in COMMON_PORTS if p != 443))
     try:
         ports = listening_ports(L, "hub") | {8000}
-        # The hub as in production (etc/hub.yaml): 22/TCP only; its status page is on
-        # 127.0.0.1 and 8000 shows nothing from outside, listener or not (regression: the
-        # lab's hub showed its page to the Internet).
+        assert 443 in ports
+        # The hub as in production (etc/hub.yaml): 22/TCP, and 443 with relay.enabled; its
+        # status page is on 127.0.0.1 and 8000 shows nothing from outside, listener or not
+        # (regression: the lab's hub showed its page to the Internet).
         expect(L, "outside", L.public("hub"), "hub public",
-               {p: "open" if p == 22 else "timeout" for p in sorted(ports)})
+               {p: "open" if p in (22, 443) else "timeout" for p in sorted(ports)})
     finally:
         lst.stop()
     # UDP 51820 answers: every spoke's handshake came in through it.
