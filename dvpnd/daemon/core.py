@@ -531,6 +531,8 @@ class Daemon:
                 snap = await self.refresh_snapshot()
                 if any(h.transport == "auto" for h in self.config.hubs):
                     await self._judge_transports()
+                if self.config.needs_relay and self.relay.spawns and self._last_result is not None:
+                    await self._sync_relay(self._last_result)  # (starts a relay that died; else returns)
                 self.notifier.status(self.status_line())
                 if self.ready and snap.interface_up:
                     self.notifier.watchdog()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 
@@ -57,6 +58,7 @@ class Link:
     udp_endpoint: str | None = None  # auto: the hub's WireGuard ip:port, where the probes go
     udp_hold: float = 30.0  # auto: UDP answered this long before dvpnd goes back to it
     active: bool = True  # auto: dvpnd has WireGuard on this link now (else what arrives is dropped)
+    nudge: str | None = None  # the hub's address inside the tunnel: one empty datagram there after each connect
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,21 @@ class RelayConfig:
     hub: HubSide | None = None
     links: tuple[Link, ...] = ()
     status_file: str | None = None
+
+
+def _flag(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{where}: {v!r} is not true or false")
+    return v
+
+
+def _address(v: Any, where: str) -> str | None:
+    if v is None:
+        return None
+    try:
+        return str(ip_address(str(v)))
+    except ValueError:
+        raise ValueError(f"{where}: {v!r} is not an IP address") from None
 
 
 def _b64(v: Any, where: str) -> bytes:
@@ -103,8 +120,13 @@ def parse(doc: Any, origin: str) -> RelayConfig:
                  hub_public=_b64(x["hub_public"], f"{origin}: links[{i}].hub_public"),
                  auth=_b64(x["auth"], f"{origin}: links[{i}].auth"), largest=int(x["largest"]),
                  mode=str(x.get("mode", "tcp")), udp_endpoint=x.get("udp_endpoint"),
-                 udp_hold=float(x.get("udp_hold", 30.0)), active=bool(x.get("active", True)))
+                 udp_hold=float(x.get("udp_hold", 30.0)), active=_flag(x.get("active", True), f"links[{i}].active"),
+                 nudge=_address(x.get("nudge"), f"links[{i}].nudge"))
             for i, x in enumerate(doc.get("links", [])))
+        for i, x in enumerate(links):
+            for k in ("fingerprint", "ca", "udp_endpoint"):
+                if getattr(x, k) is not None and not isinstance(getattr(x, k), str):
+                    raise ValueError(f"links[{i}].{k}: not a string")
     except KeyError as e:
         raise RelayConfigError(f"{origin}: missing key {e}") from None
     except (TypeError, ValueError) as e:
@@ -135,7 +157,7 @@ def render(config: RelayConfig) -> dict[str, Any]:
                      "local_port": x.local_port, "wg_port": x.wg_port, "spoke_public": _enc(x.spoke_public),
                      "hub_public": _enc(x.hub_public), "auth": _enc(x.auth), "largest": x.largest,
                      "mode": x.mode, "udp_endpoint": x.udp_endpoint, "udp_hold": x.udp_hold,
-                     "active": x.active}
+                     "active": x.active, "nudge": x.nudge}
                     for x in config.links]
     if config.status_file:
         doc["status_file"] = config.status_file

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +69,12 @@ class _Session(asyncio.DatagramProtocol):
         self.key = key
         self.transport: asyncio.DatagramTransport | None = None
         self.ws: web.WebSocketResponse | None = None
+        self.request: web.Request | None = None
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.expiry: asyncio.TimerHandle | None = None
+        self.heard = 0.0  # (loop time) the last message from the spoke
+        self.blocked_since: float | None = None  # a send waiting for the spoke to read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -91,46 +96,53 @@ class _Session(asyncio.DatagramProtocol):
 
 
 class _Guard(asyncio.Protocol):
-    """Between the TLS layer and aiohttp: the connection caps, and a deadline for the upgrade."""
+    """Between the TLS layer and aiohttp, for one connection: counted against the caps from its
+    accept (so that TLS handshakes too are bounded), a deadline for the handshake and the WebSocket
+    upgrade together, and the count released however the connection ends."""
 
-    def __init__(self, relay: HubRelay, inner: asyncio.Protocol) -> None:
+    def __init__(self, relay: HubRelay, inner: asyncio.Protocol, peer: str) -> None:
         self.relay = relay
         self.inner = inner
-        self.peer = "?"
-        self.deadline: asyncio.TimerHandle | None = None
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
+        self.counted = True
+        relay.guards[self] = None
+        relay.per_ip[peer] += 1
+        self.deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT, self._late)
+
+    async def open(self, conn: socket.socket, ctx: ssl.SSLContext) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self, conn, ssl=ctx, ssl_handshake_timeout=UPGRADE_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            self.relay.stats.refused["TLS handshake failed"] += 1
+            conn.close()
+            self._release()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else "?"
-        r = self.relay
-        if len(r.guards) >= r.cfg.max_clients or r.per_ip[self.peer] >= r.cfg.max_per_ip:
-            r.stats.refused["too many connections"] += 1
-            transport.abort()  # type: ignore[attr-defined]
-            self.transport = None
-            return
-        r.guards[transport] = self
-        r.per_ip[self.peer] += 1
-        self.deadline = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT, self._late)
+        self.relay.by_transport[transport] = self
         self.inner.connection_made(transport)
 
     def _late(self) -> None:
+        self.deadline = None
         self.relay.stats.refused["no upgrade in time"] += 1
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
+        self.abort()
 
     def upgraded(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
 
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
     def data_received(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.inner.data_received(data)
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.transport is not None else None
+        return self.inner.eof_received()
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -138,15 +150,21 @@ class _Guard(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is None:
+    def _release(self) -> None:
+        if not self.counted:
             return
+        self.counted = False
         r = self.relay
-        r.guards.pop(self.transport, None)
+        r.guards.pop(self, None)
+        if self.transport is not None:
+            r.by_transport.pop(self.transport, None)
         r.per_ip[self.peer] -= 1
         if r.per_ip[self.peer] <= 0:
             del r.per_ip[self.peer]
         self.upgraded()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
         self.transport = None
         self.inner.connection_lost(exc)
 
@@ -189,12 +207,15 @@ class HubRelay:
     def __init__(self, cfg: HubSide) -> None:
         self.cfg = cfg
         self.sessions: dict[bytes, _Session] = {}
-        self.guards: dict[Any, _Guard] = {}
+        self.guards: dict[_Guard, None] = {}
+        self.by_transport: dict[Any, _Guard] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = Stats()
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Future[None] | None = None
         self._probes: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Future[None] | None = None
 
     def reconfigure(self, cfg: HubSide) -> None:
         """New settings (the roster or the peers changed): a spoke no longer carried is cut off."""
@@ -216,9 +237,11 @@ class HubRelay:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.cfg.cert, self.cfg.key)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Guard(self, server()), self.cfg.address, self.cfg.port,
-                                                ssl=ctx, ssl_handshake_timeout=UPGRADE_TIMEOUT, reuse_address=True,
-                                                backlog=256)
+        family = socket.AF_INET6 if ":" in self.cfg.address else socket.AF_INET
+        self._listener = socket.create_server((self.cfg.address, self.cfg.port), family=family, backlog=256)
+        self._listener.setblocking(False)
+        self._acceptor = asyncio.ensure_future(self._accept(self._listener, lambda: server(), ctx))
+        self._sweeper = asyncio.ensure_future(self._sweep())
         self._probes, _ = await loop.create_datagram_endpoint(lambda: _ProbeAnswerer(self),
                                                               local_addr=(self.cfg.address, self.cfg.probe_port))
         log.info("relay listening on %s:%d (TLS, WebSocket %s; UDP probes on %d)", self.cfg.address, self.cfg.port,
@@ -226,17 +249,42 @@ class HubRelay:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
+
+    async def _accept(self, listener: socket.socket, inner: Callable[[], asyncio.Protocol],
+                      ctx: ssl.SSLContext) -> None:
+        """Accepts connections itself, so that the caps apply before any TLS: past one, the
+        connection is closed before its handshake."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(listener)
+            except OSError as e:  # (out of descriptors, say: wait rather than spin)
+                log.warning("relay: accept failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            peer = str(addr[0])
+            if len(self.guards) >= self.cfg.max_clients or self.per_ip[peer] >= self.cfg.max_per_ip:
+                self.stats.refused["too many connections"] += 1
+                conn.close()
+                continue
+            guard = _Guard(self, inner(), peer)
+            asyncio.ensure_future(guard.open(conn, ctx))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._probes is not None:
             self._probes.close()
-        if self._server is not None:
-            self._server.close()
-        for g in list(self.guards.values()):
-            if g.transport is not None and not g.transport.is_closing():
-                g.transport.abort()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+        for g in list(self.guards):
+            g.abort()
         for s in self.sessions.values():
             s.close()
         self.sessions.clear()
@@ -248,7 +296,7 @@ class HubRelay:
         if not ws.can_prepare(request).ok:
             self.stats.refused["not a WebSocket"] += 1
             return web.Response(status=400, text="WebSocket only\n", headers={"Connection": "close"})
-        guard = self.guards.get(request.transport)
+        guard = self.by_transport.get(request.transport)
         await ws.prepare(request)
         if guard is not None:
             guard.upgraded()
@@ -256,7 +304,9 @@ class HubRelay:
         if session is None:
             return ws
         self.stats.accepted += 1
-        sender = asyncio.ensure_future(self._send(session, ws, request))
+        session.request = request
+        session.heard = asyncio.get_running_loop().time()
+        sender = asyncio.ensure_future(self._send(session, ws))
         try:
             await self._receive(session, ws)
         finally:
@@ -309,19 +359,17 @@ class HubRelay:
         await ws.close(code=4401, message=why.encode())
 
     async def _receive(self, session: _Session, ws: web.WebSocketResponse) -> None:
+        # (no timeout per message, which costs a timer each: the sweeper closes idle spokes)
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                msg = await ws.receive(timeout=self.cfg.idle)
-            except TimeoutError:
-                self.stats.refused["idle"] += 1
-                await ws.close(code=4408, message=b"idle")
-                return
+            msg = await ws.receive()
             if msg.type == WSMsgType.BINARY:
                 problem = datagram_problem(msg.data, self.cfg.largest)
                 if problem is not None:
                     self.stats.refused["not WireGuard"] += 1
                     await ws.close(code=4400, message=b"not a WireGuard datagram")
                     return
+                session.heard = loop.time()
                 if session.transport is not None and session.ws is ws:
                     session.transport.sendto(msg.data)
                     self.stats.to_wireguard += 1
@@ -334,23 +382,45 @@ class HubRelay:
                     self.stats.refused["protocol error"] += 1
                 return
 
-    async def _send(self, session: _Session, ws: web.WebSocketResponse, request: web.Request) -> None:
+    async def _send(self, session: _Session, ws: web.WebSocketResponse) -> None:
+        # (a send returns at once unless the socket's buffer is full; the sweeper cuts off a spoke
+        # whose send has waited `stall` seconds)
+        loop = asyncio.get_running_loop()
         while not ws.closed:
             await session.wake.wait()
             session.wake.clear()
             while session.queue and session.ws is ws:
                 data = session.queue.popleft()
+                session.blocked_since = loop.time()
                 try:
-                    await asyncio.wait_for(ws.send_bytes(data), self.cfg.stall)
-                except TimeoutError:
-                    self.stats.refused["not reading"] += 1
-                    log.info("relay: a spoke read nothing for %.0fs; closing it", self.cfg.stall)
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return
+                    await ws.send_bytes(data)
                 except ConnectionError:
                     return
+                finally:
+                    session.blocked_since = None
                 self.stats.to_spokes += 1
+
+    async def _sweep(self) -> None:
+        """Once a second: close spokes that said nothing for `idle` seconds (4408), and cut off those
+        that read nothing for `stall` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for session in list(self.sessions.values()):
+                ws = session.ws
+                if ws is None or ws.closed:
+                    continue
+                if session.blocked_since is not None and now - session.blocked_since >= self.cfg.stall:
+                    self.stats.refused["not reading"] += 1
+                    log.info("relay: a spoke read nothing for %.0fs; closing it", self.cfg.stall)
+                    session.blocked_since = None
+                    if session.request is not None and session.request.transport is not None:
+                        session.request.transport.abort()
+                elif now - session.heard >= self.cfg.idle:
+                    self.stats.refused["idle"] += 1
+                    session.heard = now
+                    asyncio.ensure_future(ws.close(code=4408, message=b"idle"))
 
     def _expire(self, session: _Session) -> None:
         if session.ws is None and self.sessions.get(session.key) is session:

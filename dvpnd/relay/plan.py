@@ -63,5 +63,7 @@ def render_relay(config: Config, private_key: str, wg_port: int | None, spoke_ke
                           wg_port=wg_port, spoke_public=me, hub_public=hub_pub, auth=auth_key(priv, hub_pub),
                           largest=largest, mode=h.transport, udp_endpoint=(udp_endpoints or {}).get(h.public_key),
                           udp_hold=config.relay.udp_holddown,
-                          active=h.transport == "tcp" or h.public_key in active))
+                          active=h.transport == "tcp" or h.public_key in active,
+                          nudge=str(config.transit_address_via(h, config.hub_address) if config.confidential
+                                    else config.hub_address)))
     return RelayConfig(links=tuple(links), status_file=status)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -222,6 +223,7 @@ class SpokeLink:
             log.info("relay %s: connected to %s", self.cfg.name, self.cfg.url)
             while not self.out.empty():  # what waited for a dead connection is stale
                 self.out.get_nowait()
+            self._nudge()
             sender = asyncio.ensure_future(self._send(ws))
             watcher = asyncio.ensure_future(self._close_when_unwanted(ws))
             try:
@@ -239,6 +241,21 @@ class SpokeLink:
                 sender.cancel()
                 watcher.cancel()
                 await asyncio.gather(sender, watcher, return_exceptions=True)
+
+    def _nudge(self) -> None:
+        """One empty datagram to the hub's address inside the tunnel (its discard port): WireGuard
+        sends it through this new connection at once, so the hub's WireGuard learns the new path now
+        (after a restart of the hub's relay its socket for this spoke is a new one) rather than at
+        the next keepalive. The hub's firewall drops it after WireGuard."""
+        if not self.cfg.active or self.cfg.nudge is None:
+            return
+        family = socket.AF_INET6 if ":" in self.cfg.nudge else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
+                s.sendto(b"", (self.cfg.nudge, 9))
+        except OSError:
+            pass
 
     async def _close_when_unwanted(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while self.wants_websocket(time.monotonic()):

@@ -106,13 +106,38 @@ def test_udp_blocked_a_spoke_on_auto_goes_over_tcp_and_back(C: Lab) -> None:
     C.wait("spoke-b's relay gone (not needed)", lambda: lab.relay_pid(b) is None, timeout=10)
 
 
-def test_a_spoke_on_tcp_stays_on_tcp(C: Lab) -> None:
-    b = C.nodes["spoke-b"]
+def test_a_spoke_on_tcp_stays_on_tcp_through_kills(C: Lab) -> None:
+    """`transport: tcp`: always the relay. kill -9 of dvpnd on the spoke loses nothing; kill -9 of
+    the hub's relay: it is started again, the spoke reconnects and its first datagram shows the hub's
+    WireGuard the new socket, so traffic towards the spoke flows again without waiting for the
+    spoke's next keepalive (25 s)."""
+    b, hub = C.nodes["spoke-b"], C.nodes["hub"]
     lab.set_transport(b, "tcp")
     try:
         C.wait("spoke-b over TCP", lambda: transport(C, "spoke-b") == ("tcp", "tcp", True), timeout=20)
         C.wait("spoke-b <-> spoke-a", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20)
         assert "127.0.0.1:51830" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+
+        relay = lab.relay_pid(b)
+        ping = Pinger(C, "spoke-a", C.ip("spoke-b"), seconds=5, hz=50)
+        time.sleep(1)
+        _restart_hard(C, "spoke-b")
+        sent, got = ping.result()
+        print(f"\nkill -9 of dvpnd on spoke-b (transport tcp): {sent - got} of {sent} pings lost")
+        assert got == sent, (sent, got)
+        assert lab.relay_pid(b) == relay
+
+        old = lab.relay_pid(hub)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        t0 = time.monotonic()
+        C.wait("the hub's relay started again", lambda: lab.relay_pid(hub) not in (None, old), timeout=10)
+        # spoke-a towards spoke-b: only the hub's WireGuard knowing spoke-b's new socket carries it
+        C.wait("spoke-a -> spoke-b again", lambda: C.ping("spoke-a", C.ip("spoke-b"), count=1), timeout=8,
+               step=0.1)
+        print(f"kill -9 of the hub's relay: spoke-a reaches spoke-b again {time.monotonic() - t0:.1f}s later")
+        C.wait("spoke-b's relay reporting its reconnect",
+               lambda: C.status("spoke-b")["transports"][0]["connects"] >= 2, timeout=5)
     finally:
         lab.set_transport(b, "udp")
     C.wait("spoke-b back on UDP", lambda: C.ping("spoke-b", C.ip("spoke-a"), count=1), timeout=20)
