@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -148,6 +149,116 @@ def test_the_relay_config_round_trips_and_refuses_an_unpinned_hub(tmp_path: Path
     doc["hub"]["hub_public"] = "short"
     with pytest.raises(RelayConfigError, match="hub.hub_public"):
         parse(doc, "relay.json")
+
+
+@pytest.mark.parametrize("where, value, says", [
+    (("links", 0, "active"), "yes", "links[0].active"),
+    (("links", 0, "nudge"), "10.89.0.1; rm -rf /", "links[0].nudge"),
+    (("links", 0, "fingerprint"), 12345, "links[0].fingerprint"),
+    (("links", 0, "wg_port"), "many", "invalid literal"),
+    (("links", 0, "mode"), "udp", "mode 'udp' is not tcp or auto"),
+    (("links", 0, "url"), "http://hub/", "is not wss://"),
+    (("hub", "port"), None, "relay.json"),
+    (("hub", "spokes"), {"not base64!": "x"}, "hub.spokes key"),
+])
+def test_a_bad_relay_json_is_refused_by_key(tmp_path: Path, where: tuple[object, ...], value: object,
+                                             says: str) -> None:
+    """dvpnd writes relay.json (0600, root's); still, a file that is not what dvpnd writes gets an
+    error naming the key, never a half-read configuration."""
+    doc = render(RelayConfig(hub=hub_side(tmp_path, 51820), links=(link(tmp_path, 443, 51820),)))
+    node: object = doc
+    for k in where[:-1]:
+        node = node[k]  # type: ignore[index]
+    node[where[-1]] = value  # type: ignore[index]
+    with pytest.raises(RelayConfigError, match=re.escape(says)):
+        parse(json.loads(json.dumps(doc)), "relay.json")
+    for bad in ([], "x", {"links": [{"name": "hub"}]}):
+        with pytest.raises(RelayConfigError):
+            parse(bad, "relay.json")
+
+
+def test_the_relay_keeps_its_configuration_when_the_file_turns_bad(tmp_path: Path) -> None:
+    from dvpnd.relay.main import Relay
+
+    path = tmp_path / "relay.json"
+    hub_side(tmp_path, 51820)  # (its certificate, which the link pins)
+    good = RelayConfig(links=(link(tmp_path, free_port(socket.SOCK_STREAM), 51820),))
+    path.write_text(json.dumps(render(good)))
+
+    async def main() -> None:
+        r = Relay(path)
+        await r.load()
+        try:
+            assert r.config == good and set(r.links) == {"hub"}
+            for text in ("{", json.dumps({"links": [{"name": "hub", "url": 7}]}), json.dumps([1, 2])):
+                path.write_text(text)
+                await r.load()
+                assert r.config == good and set(r.links) == {"hub"} and not r.gone
+        finally:
+            for x in r.links.values():
+                await x.close()
+    run(main)
+
+
+def test_a_hostile_relay_status_file_yields_sane_values() -> None:
+    """dvpnd reads what the relay writes: whatever that file holds, the snapshot, the page and the
+    metrics get counts that are counts and flags that are flags, and the judge of `transport: auto`
+    moves nothing on a value of the wrong type."""
+    from dvpnd.daemon.relayctl import clean_status
+    from dvpnd.relay.choice import TransportJudge
+
+    assert clean_status([1, 2]) is None and clean_status("x") is None
+    doc = json.loads('{"pid": "1; kill", "hub": {"connections": "many", "spokes": -3, "accepted": 1e400,'
+                     ' "refused": [1, 2], "dropped": true},'
+                     ' "links": [{"name": ["hub"], "udp_ok": "false", "udp_ok_for": NaN, "connected": 1,'
+                     ' "connects": 12345678901234567890123, "last_error": {"x": 1}}, "junk", 5]}')
+    st = clean_status(doc)
+    assert st is not None and st["pid"] is None
+    assert st["hub"] == {"connections": 0, "spokes": 0, "accepted": 0, "to_wireguard": 0, "to_spokes": 0,
+                         "dropped": 0, "probes": 0, "refused": {}}
+    (x,) = st["links"]
+    assert x["name"] is None and x["udp_ok"] is None and x["udp_ok_for"] is None and x["connected"] is False
+    assert x["connects"] == 0 and x["last_error"] is None
+    judge = TransportJudge(holddown=5)
+    assert not judge.judge("hub", x, 0.0) and judge.current["hub"] == "udp"
+    many = clean_status({"links": [{"name": str(i)} for i in range(10_000)],
+                         "hub": {"refused": {str(i): i for i in range(10_000)}}})
+    assert many is not None and len(many["links"]) == 64 and len(many["hub"]["refused"]) == 64
+
+
+def test_the_eager_sender_sends_at_once_keeps_order_and_bounds_its_queue() -> None:
+    from dvpnd.relay.eager import Sender
+
+    async def main() -> None:
+        gate, got = asyncio.Event(), []
+        gate.set()
+
+        async def send(d: bytes) -> None:  # (as aiohttp's: it waits only when the socket must drain)
+            if not gate.is_set():
+                await gate.wait()
+            got.append(d)
+
+        s = Sender(send, limit=3)
+        assert s.send(b"1") and got == [b"1"] and s.task is None  # done in the caller's step
+        gate.clear()
+        assert s.send(b"2") and s.task is not None and s.blocked_since is not None
+        assert all(s.send(x) for x in (b"3", b"4", b"5")) and not s.send(b"6")  # queue full: dropped
+        gate.set()
+        await asyncio.wait_for(asyncio.shield(s.task), 5)
+        assert got == [b"1", b"2", b"3", b"4", b"5"] and s.task is None and s.blocked_since is None
+        assert s.send(b"7") and got[-1] == b"7" and s.sent == 6
+
+        gate.clear()
+        assert s.send(b"8") and s.send(b"9")
+        await s.close()  # a send still waiting: cancelled, its queue gone
+        assert s.task is None and not s.queue and got[-1] == b"7"
+
+        async def broken(d: bytes) -> None:
+            raise ConnectionResetError("Cannot write to closing transport")
+
+        b = Sender(broken, limit=3)
+        assert not b.send(b"x") and not b.send(b"y") and isinstance(b.error, ConnectionResetError)
+    run(main)
 
 
 # --- on loopback -------------------------------------------------------------------------------
@@ -307,7 +418,7 @@ def test_a_spoke_that_reads_nothing_is_cut_off_with_the_queue_bounded(tmp_path: 
                     if i % 64 == 0:
                         await asyncio.sleep(0.002)
                         sess = h.sessions.get(SPOKE_PUB)
-                        assert sess is None or len(sess.queue) <= 16
+                        assert sess is None or sess.sender is None or len(sess.sender.queue) <= 16
                         if h.stats.refused["not reading"]:
                             break
                 for _ in range(100):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -130,4 +131,46 @@ class RelayControl:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
             return None
-        return doc if isinstance(doc, dict) else None
+        return clean_status(doc)
+
+
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 else 0
+
+
+def _seconds(v: Any) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return float(v) if ok else None
+
+
+def _text(v: Any) -> str | None:
+    return v[:300] if isinstance(v, str) else None
+
+
+def _flag(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def clean_status(doc: Any) -> dict[str, Any] | None:
+    """The relay's status document as dvpnd uses it (pure): only the keys dvpnd reads, each of its
+    type (a count that is not one is 0, anything else of the wrong type is None), so that whatever
+    the file holds, the snapshot, the page and the metrics are built from sane values."""
+    if not isinstance(doc, dict):
+        return None
+    out: dict[str, Any] = {"pid": _count(doc.get("pid")) or None}
+    h = doc.get("hub")
+    if isinstance(h, dict):
+        refused = h.get("refused")
+        out["hub"] = {**{k: _count(h.get(k)) for k in ("connections", "spokes", "accepted", "to_wireguard",
+                                                        "to_spokes", "dropped", "probes")},
+                      "refused": {str(k)[:100]: _count(v) for k, v in list(refused.items())[:64]}
+                      if isinstance(refused, dict) else {}}
+    links = doc.get("links")
+    out["links"] = [{"name": _text(x.get("name")), "mode": _text(x.get("mode")),
+                     "active": _flag(x.get("active")), "udp_ok": _flag(x.get("udp_ok")),
+                     "udp_ok_for": _seconds(x.get("udp_ok_for")), "connected": _flag(x.get("connected")) is True,
+                     "connected_since": _seconds(x.get("connected_since")), "last_error": _text(x.get("last_error")),
+                     **{k: _count(x.get(k)) for k in ("connects", "failures", "sent", "received", "dropped",
+                                                       "udp_probes")}}
+                    for x in (links if isinstance(links, list) else [])[:64] if isinstance(x, dict)]
+    return out

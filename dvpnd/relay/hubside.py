@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from dvpnd.relay.config import HubSide
+from dvpnd.relay.eager import Sender
 from dvpnd.relay.protocol import (
     AUTH_TIMEOUT,
     NONCE_LEN,
@@ -69,25 +70,23 @@ class _Session(asyncio.DatagramProtocol):
         self.key = key
         self.transport: asyncio.DatagramTransport | None = None
         self.ws: web.WebSocketResponse | None = None
+        self.sender: Sender | None = None  # (the connection's)
         self.request: web.Request | None = None
-        self.queue: deque[bytes] = deque()
-        self.wake = asyncio.Event()
         self.expiry: asyncio.TimerHandle | None = None
         self.heard = 0.0  # (loop time) the last message from the spoke
-        self.blocked_since: float | None = None  # a send waiting for the spoke to read
+        self.closing: asyncio.Future[Any] | None = None  # the sweeper's close of an idle connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         cfg = self.relay.cfg
-        if addr[1] != cfg.wg_port or self.ws is None:
+        if addr[1] != cfg.wg_port or self.sender is None:
             return
-        if len(self.queue) >= cfg.queue:
+        if self.sender.send(data):
+            self.relay.stats.to_spokes += 1
+        else:
             self.relay.stats.dropped += 1
-            return
-        self.queue.append(data)
-        self.wake.set()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -306,15 +305,15 @@ class HubRelay:
         self.stats.accepted += 1
         session.request = request
         session.heard = asyncio.get_running_loop().time()
-        sender = asyncio.ensure_future(self._send(session, ws))
+        sender = session.sender
         try:
             await self._receive(session, ws)
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            if sender is not None:
+                await sender.close()
             if session.ws is ws:
                 session.ws = None
-                session.queue.clear()
+                session.sender = None
                 session.expiry = asyncio.get_running_loop().call_later(self.cfg.linger, self._expire, session)
         return ws
 
@@ -350,7 +349,7 @@ class HubRelay:
             log.info("relay: a new connection replaces the last one of the same spoke")
             asyncio.ensure_future(session.ws.close(code=4409, message=b"replaced"))
         session.ws = ws
-        session.queue.clear()
+        session.sender = Sender(ws.send_bytes, self.cfg.queue)
         await ws.send_str('{"ok": true}')
         return session
 
@@ -380,25 +379,10 @@ class HubRelay:
             else:  # CLOSE, CLOSING, CLOSED, ERROR (a message too big is ERROR after aiohttp's 1009)
                 if msg.type == WSMsgType.ERROR:
                     self.stats.refused["protocol error"] += 1
+                if session.closing is not None:  # (the sweeper's close: its frame goes out before the handler ends)
+                    await asyncio.gather(session.closing, return_exceptions=True)
+                    session.closing = None
                 return
-
-    async def _send(self, session: _Session, ws: web.WebSocketResponse) -> None:
-        # (a send returns at once unless the socket's buffer is full; the sweeper cuts off a spoke
-        # whose send has waited `stall` seconds)
-        loop = asyncio.get_running_loop()
-        while not ws.closed:
-            await session.wake.wait()
-            session.wake.clear()
-            while session.queue and session.ws is ws:
-                data = session.queue.popleft()
-                session.blocked_since = loop.time()
-                try:
-                    await ws.send_bytes(data)
-                except ConnectionError:
-                    return
-                finally:
-                    session.blocked_since = None
-                self.stats.to_spokes += 1
 
     async def _sweep(self) -> None:
         """Once a second: close spokes that said nothing for `idle` seconds (4408), and cut off those
@@ -411,16 +395,17 @@ class HubRelay:
                 ws = session.ws
                 if ws is None or ws.closed:
                     continue
-                if session.blocked_since is not None and now - session.blocked_since >= self.cfg.stall:
+                blocked = session.sender.blocked_since if session.sender is not None else None
+                if blocked is not None and now - blocked >= self.cfg.stall:
                     self.stats.refused["not reading"] += 1
                     log.info("relay: a spoke read nothing for %.0fs; closing it", self.cfg.stall)
-                    session.blocked_since = None
+                    session.sender = None
                     if session.request is not None and session.request.transport is not None:
                         session.request.transport.abort()
                 elif now - session.heard >= self.cfg.idle:
                     self.stats.refused["idle"] += 1
                     session.heard = now
-                    asyncio.ensure_future(ws.close(code=4408, message=b"idle"))
+                    session.closing = asyncio.ensure_future(ws.close(code=4408, message=b"idle"))
 
     def _expire(self, session: _Session) -> None:
         if session.ws is None and self.sessions.get(session.key) is session:

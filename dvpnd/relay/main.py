@@ -44,8 +44,9 @@ def read_config(path: Path) -> RelayConfig | None:
 
 def same_connection(a: Link, b: Link) -> bool:
     """Whether two settings of a link describe the same WebSocket (the rest changes in place)."""
-    return replace(a, udp_endpoint=None, udp_hold=0.0, active=True) == replace(b, udp_endpoint=None, udp_hold=0.0,
-                                                                               active=True)
+    def conn(x: Link) -> Link:
+        return replace(x, udp_endpoint=None, udp_hold=0.0, active=True, nudge=None)
+    return conn(a) == conn(b)
 
 
 class Relay:

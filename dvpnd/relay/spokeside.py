@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from dvpnd.relay.config import Link
+from dvpnd.relay.eager import Sender
 from dvpnd.relay.protocol import (
     datagram_problem,
     parse_challenge,
@@ -43,6 +44,7 @@ CONNECT_TIMEOUT = 10.0
 PROBE_EVERY = 1.0
 UDP_FAILS_AFTER = 3.0  # seconds without an answer to the UDP probes
 LINGER = 60.0
+QUEUE = 256  # datagrams waiting behind a send that waits for the socket to drain
 
 
 @dataclass
@@ -87,7 +89,7 @@ class SpokeLink:
         self.local: asyncio.DatagramTransport | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
-        self.out: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+        self.sender: Sender | None = None  # (the connection's)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,9 +159,9 @@ class SpokeLink:
         if not self.cfg.active or addr != ("127.0.0.1", self.cfg.wg_port) \
                 or datagram_problem(data, self.cfg.largest) is not None:
             return
-        try:
-            self.out.put_nowait(data)
-        except asyncio.QueueFull:
+        if self.sender is not None and self.sender.send(data):
+            self.state.sent += 1
+        else:
             self.state.dropped += 1
 
     def _ssl(self) -> ssl.SSLContext | aiohttp.Fingerprint:
@@ -221,10 +223,8 @@ class SpokeLink:
             self.state.connects += 1
             self.state.last_error = None
             log.info("relay %s: connected to %s", self.cfg.name, self.cfg.url)
-            while not self.out.empty():  # what waited for a dead connection is stale
-                self.out.get_nowait()
+            self.sender = sender = Sender(ws.send_bytes, QUEUE)
             self._nudge()
-            sender = asyncio.ensure_future(self._send(ws))
             watcher = asyncio.ensure_future(self._close_when_unwanted(ws))
             try:
                 async for m in ws:
@@ -238,9 +238,10 @@ class SpokeLink:
                         self.state.received += 1
             finally:
                 self.ws = None
-                sender.cancel()
+                self.sender = None
+                await sender.close()
                 watcher.cancel()
-                await asyncio.gather(sender, watcher, return_exceptions=True)
+                await asyncio.gather(watcher, return_exceptions=True)
 
     def _nudge(self) -> None:
         """One empty datagram to the hub's address inside the tunnel (its discard port): WireGuard
@@ -261,12 +262,6 @@ class SpokeLink:
         while self.wants_websocket(time.monotonic()):
             await asyncio.sleep(1.0)
         await ws.close()
-
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        while True:
-            data = await self.out.get()
-            await ws.send_bytes(data)
-            self.state.sent += 1
 
     def view(self) -> dict[str, Any]:
         s = self.state
