@@ -33,7 +33,7 @@ def _compose_config(file: Path, env: dict[str, str]) -> dict:
 def test_local_compose_file_has_hub_three_spokes_and_their_databases() -> None:
     cfg = _compose_config(ROOT / "docker-compose.yml", {})
     services = cfg["services"]
-    assert set(services) == {"hub", "spoke-a", "spoke-b", "spoke-c", "pg-a", "pg-b", "pg-c"}
+    assert set(services) == {"hub", "spoke-a", "spoke-b", "spoke-c", "pg-a", "pg-b", "pg-c", "hub-relay", "relay-c"}
     published = sorted(p["published"] if isinstance(p, dict) else int(str(p).split(":")[-2])
                        for s in ("spoke-a", "spoke-b", "spoke-c") for p in services[s]["ports"])
     assert published == [8000, 8001, 8002]
@@ -50,7 +50,7 @@ def test_dstack_compose_file_is_valid_and_needs_its_settings() -> None:
     assert dvpnd["network_mode"] == "host" and dvpnd["cap_add"] == ["NET_ADMIN"]
     mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in dvpnd["volumes"]]
     assert any(m.startswith("dvpn-state:/var/lib/dvpn") for m in mounts), mounts
-    assert set(cfg["volumes"]) == {"dvpn-state", "pgdata", "pgrun"}   # named: on the persistent disk
+    assert set(cfg["volumes"]) == {"dvpn-state", "pgdata", "pgrun", "relay"}   # named: on the persistent disk
     r = subprocess.run(["docker-compose", "-f", str(DSTACK / "docker-compose.yml"), "config", "-q"],
                        capture_output=True, text=True, env={k: v for k, v in os.environ.items()
                                                             if not k.startswith("DVPN")}, timeout=60)
@@ -95,9 +95,13 @@ def test_database_containers_never_see_the_key_and_dvpnd_has_a_memory_limit(file
     services = _compose_config(ROOT / file, env)["services"]
     for name, svc in services.items():
         runs_postgres = "pg-start" in " ".join(svc.get("entrypoint") or [])
+        runs_relay = "/usr/bin/dvpn-relay" in (svc.get("entrypoint") or [])
         holds_key = [m for m in _mounts(svc) if m.split(":")[1] in ("/var/lib/dvpn", "/var/lib/dvpn/")]
         if runs_postgres:
             assert not holds_key, f"{file}: {name} runs PostgreSQL and mounts the key's volume"
+        elif runs_relay:  # Internet-facing on a hub: no WireGuard key, a limit of its own
+            assert not holds_key, f"{file}: {name} runs the relay and mounts the key's volume"
+            assert svc["mem_limit"] in ("128m", 134217728) and svc["ulimits"]["core"] == 0
         else:
             assert holds_key or name == "hub", f"{file}: {name} has no state volume"
             assert svc["mem_limit"] in ("512m", 536870912), f"{file}: {name} has no memory limit"

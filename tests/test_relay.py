@@ -483,6 +483,19 @@ def test_a_hub_with_the_relay_opens_its_port_and_carries_its_spokes(tmp_path: Pa
     plan = render_relay(c, base64.b64encode(HUB_PRIV).decode(), 51820, [base64.b64encode(SPOKE_PUB).decode()])
     assert plan is not None and plan.hub is not None and plan.hub.port == 8443
     assert plan.hub.spokes == {SPOKE_PUB: protocol.auth_key(SPOKE_PRIV, HUB_PUB)}  # what the spoke derives too
+    assert plan.hub.cert == str(c.state_dir / "relay.crt")
+
+    # a relay in a container of its own: dvpnd's own pair in a directory the two share, not the
+    # state directory (the WireGuard key's)
+    own = tmp_path / "shared" / "tls"
+    c = load_config(write(tmp_path, HUB + f"relay: {{enabled: true, self_signed_dir: {own}}}\n"))
+    plan = render_relay(c, base64.b64encode(HUB_PRIV).decode(), 51820, [])
+    assert plan is not None and plan.hub is not None
+    assert (plan.hub.cert, plan.hub.key) == (str(own / "relay.crt"), str(own / "relay.key"))
+    from dvpnd.errors import ConfigError
+    with pytest.raises(ConfigError, match="self_signed_dir"):
+        load_config(write(tmp_path, HUB + f"relay: {{enabled: true, self_signed_dir: {own}, cert: /a.crt, "
+                                          "key: /a.key}\n"))
 
 
 def test_auto_moves_to_tcp_when_udp_fails_and_back_after_the_hold_down() -> None:

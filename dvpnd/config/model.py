@@ -168,8 +168,9 @@ class RelaySettings:
     enabled: bool = False  # hub: listen for spokes over TCP
     address: str = "0.0.0.0"
     port: int = DEFAULT_RELAY_PORT
-    cert: Path | None = None  # None: a self-signed pair in the state directory (relay.crt, relay.key)
+    cert: Path | None = None  # None: a self-signed pair in `self_signed_dir` (relay.crt, relay.key)
     key: Path | None = None
+    self_signed_dir: Path | None = None  # None: the state directory
     max_clients: int = 1024
     max_per_ip: int = 16
     idle: float = 75.0

@@ -12,7 +12,8 @@ from dvpnd.config.fields import Reader, abs_path, check_cap, check_ip, check_por
 from dvpnd.config.model import DEFAULT_RELAY_PORT, TRANSPORTS, Endpoint, RelaySettings
 from dvpnd.config.yamlsrc import KeyPath
 
-RELAY_KEYS = {"enabled", "listen", "port", "cert", "key", "max_clients", "max_clients_per_source", "idle",
+RELAY_KEYS = {"enabled", "listen", "port", "cert", "key", "self_signed_dir",
+              "max_clients", "max_clients_per_source", "idle",
               "local_port", "udp_holddown", "spawn", "config_file", "status_file"}
 HUB_RELAY_KEYS = {"transport", "relay_url", "relay_fingerprint", "relay_ca"}
 SPAWN = ("auto", "yes", "no")
@@ -25,7 +26,8 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
     several dvpnd instances on one machine each have their own."""
     m = r.section(top, ("relay",), RELAY_KEYS)
     d = RelaySettings()
-    hub_only = {"enabled", "listen", "port", "cert", "key", "max_clients", "max_clients_per_source", "idle"}
+    hub_only = {"enabled", "listen", "port", "cert", "key", "self_signed_dir", "max_clients", "max_clients_per_source",
+                "idle"}
     for k in sorted(set(m) & (hub_only if not is_hub else {"local_port", "udp_holddown"})):
         r.error(("relay", k), "is for a hub (its listener)" if not is_hub else
                 "is for a spoke (WireGuard's endpoint for a hub reached over TCP)")
@@ -35,7 +37,11 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
     key = abs_path(r, m, ("relay", "key"), "") if "key" in m else None
     if (cert is None) != (key is None):
         r.error(("relay", "cert" if cert is None else "key"), "give cert and key together (or neither: a "
-                                                              "self-signed pair is made in the state directory)")
+                                                              "self-signed pair is made in self_signed_dir, by "
+                                                              "default the state directory)")
+    own = abs_path(r, m, ("relay", "self_signed_dir"), "") if "self_signed_dir" in m else None
+    if own is not None and cert is not None:
+        r.error(("relay", "self_signed_dir"), "is where dvpnd makes its own pair: not with cert and key")
     total = r.get(m, ("relay", "max_clients"), int, default=d.max_clients, check=check_cap)
     per = r.get(m, ("relay", "max_clients_per_source"), int, default=min(total, d.max_per_ip), check=check_cap)
     if per > total:
@@ -51,6 +57,7 @@ def relay_section(r: Reader, top: dict[str, Any], is_hub: bool, run_dir: Path) -
         port=r.get(m, ("relay", "port"), int, default=d.port, check=check_port),
         cert=cert if cert is not None and key is not None else None,
         key=key if cert is not None and key is not None else None,
+        self_signed_dir=own,
         max_clients=total, max_per_ip=per, idle=idle,
         local_port=r.get(m, ("relay", "local_port"), int, default=d.local_port, check=check_port),
         udp_holddown=float(r.get(m, ("relay", "udp_holddown"), (int, float), default=d.udp_holddown,

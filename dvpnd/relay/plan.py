@@ -22,11 +22,14 @@ CERT, KEY = "relay.crt", "relay.key"
 
 
 def cert_paths(config: Config) -> tuple[Path, Path]:
-    """The hub relay's certificate and key: the operator's, or the self-signed pair's place."""
+    """The hub relay's certificate and key: the operator's, or the self-signed pair's place (the
+    state directory, or `relay.self_signed_dir`: a relay in a container of its own shares that
+    directory, never the state directory, which holds the WireGuard key)."""
     r = config.relay
     if r.cert is not None and r.key is not None:
         return r.cert, r.key
-    return config.state_dir / CERT, config.state_dir / KEY
+    d = r.self_signed_dir or config.state_dir
+    return d / CERT, d / KEY
 
 
 def render_relay(config: Config, private_key: str, wg_port: int | None, spoke_keys: Iterable[str] = (),

@@ -21,6 +21,8 @@ def ensure_self_signed(cert: Path, key: Path, name: str) -> bool:
     """Make the pair if either file is missing; return whether it was made."""
     if cert.exists() and key.exists():
         return False
+    key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64] or "dvpn hub")])
     now = datetime.datetime.now(datetime.UTC)
