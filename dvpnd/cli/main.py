@@ -32,6 +32,7 @@ from dvpnd.cli.lab import (
 )
 from dvpnd.cli.node import (
     cmd_check,
+    cmd_dns,
     cmd_down,
     cmd_firewall_apply,
     cmd_firewall_show,
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(relay, "fingerprint", cmd_relay_fingerprint,
              "a hub: print its relay certificate's SHA-256, which spokes pin (relay_fingerprint); "
              "makes the self-signed certificate if it does not exist yet")
+    p = _command(sub, "dns", cmd_dns, "the names this node's resolver answers for (the roster's), and the rest")
+    p.add_argument("--json", action="store_true")
     p = _command(sub, "status", cmd_status, "the node and its peers")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "reload", cmd_reload, "re-read the config (like SIGHUP)")

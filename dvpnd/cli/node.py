@@ -66,6 +66,25 @@ def format_peer_table(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_dns(args: argparse.Namespace) -> int:
+    """What the node's resolver answers for, where the rest goes, and how it has answered."""
+    d = request(args, "status")["status"].get("dns")
+    if not d:
+        print("dvpnctl: this node's resolver is off (dns.enabled)", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"zone {d['zone']} on {', '.join(d['listen'])}"
+          + ("" if d["ready"] else " (no verified roster yet: SERVFAIL for the zone)"))
+    for name, address in d["names"]:
+        print(f"  {name:<40} {address}")
+    print(f"other names: {', '.join(d['upstreams']) or 'nobody'} (from {d['upstreams_from']})")
+    if d["answers"]:
+        print("answers: " + ", ".join(f"{k} {v}" for k, v in d["answers"].items()))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     reply = request(args, "status")
     st = reply["status"]

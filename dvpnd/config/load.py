@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dvpnd.config.database import backup_section, postgres_section
+from dvpnd.config.dns import dns_section
 from dvpnd.config.fields import (
     IFPATTERN_RE,
     MISSING,
@@ -68,7 +69,7 @@ OVERLAY_KEYS = {"network", "hub_address", "address", "mode", "authority", "min_s
 TOP_KEYS = {
     "role", "name", "state_dir", "log_level", "reconcile_interval", "stale_after",
     "overlay", "wireguard", "hub", "hubs", "peers", "peers_dir", "firewall", "status", "metrics",
-    "control", "public_endpoint", "postgres", "backup", "probe", "relay",
+    "control", "public_endpoint", "postgres", "backup", "probe", "relay", "dns",
 }
 
 
@@ -187,6 +188,9 @@ def _build(src: Source, problems: list[str]) -> Config | None:
     ctl = r.section(top, ("control",), {"socket"})
     control_socket = abs_path(r, ctl, ("control", "socket"), str(DEFAULT_CONTROL_SOCKET))
     relay = relay_section(r, top, is_hub, control_socket.parent)
+    dns = dns_section(r, top, is_hub, str(address) if address is not None else None)
+    if dns.enabled and overlay.mode != "confidential":
+        r.error(("dns", "enabled"), "needs overlay.mode: confidential (the names come from the signed roster)")
     if status.enabled and metrics.enabled and status.port == metrics.port and status.address == metrics.address:
         r.error(("metrics", "port"), f"port {metrics.port} is already used by status.port")
 
@@ -198,7 +202,7 @@ def _build(src: Source, problems: list[str]) -> Config | None:
         firewall=fw, status=status, metrics=metrics, control_socket=control_socket,
         reconcile_interval=interval, stale_after=stale_after, log_level=log_level, peers_dir=peers_dir,
         public_endpoint=public_endpoint, postgres=pg, backup=backup, overlay=overlay,
-        more_hubs=more_hubs, probe=probe, relay=relay,
+        more_hubs=more_hubs, probe=probe, relay=relay, dns=dns,
     )
 
 

@@ -183,6 +183,18 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """The overlay's resolver (`dns:`): the roster's names in `zone`, the rest forwarded."""
+
+    enabled: bool = False
+    zone: str = "dvpn.internal"
+    listen: tuple[str, ...] = ()  # (the loader fills it: a spoke's overlay address, a hub's 127.0.0.1)
+    port: int = 53
+    upstream: tuple[str, ...] = ()  # empty: systemd-resolved's upstream file, else /etc/resolv.conf
+    forward: bool = True  # False: REFUSED for names outside the zones
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     enabled: bool
     address: str
@@ -219,6 +231,7 @@ class Config:
     more_hubs: tuple[HubSpec, ...] = ()  # spokes, confidential mode: the hubs after `hub`, in order
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def hubs(self) -> tuple[HubSpec, ...]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvpnd import netif
 from dvpnd.config import peers as runbook
@@ -48,6 +48,9 @@ from dvpnd.util.fsutil import read_regular, write_yaml
 from dvpnd.util.log import REDACTOR, set_level, setup_logging
 from dvpnd.util.systemd import Notifier
 from dvpnd.wireguard.device import DeviceState, rotation_done
+
+if TYPE_CHECKING:
+    from dvpnd.dns.service import DnsService
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
@@ -85,6 +88,7 @@ class Daemon:
         self.relay = RelayControl(config)
         self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
         self.transport_judge = TransportJudge(config.relay.udp_holddown)
+        self.dns: DnsService | None = None
         self._relay_inputs: tuple[object, ...] | None = None
         self._last_result: ReconcileResult | None = None
         self.relay_active: set[str] = set()  # hubs on auto whose relay link delivers to WireGuard
@@ -252,6 +256,7 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
+                "dns": new.dns != old.dns,
                 "hubs/probe": bool(new.more_hubs or old.more_hubs) and (
                     [_route_of(h) for h in new.hubs], new.probe) != ([_route_of(h) for h in old.hubs], old.probe),
                 "overlay.mode/authority/transit_interface/private_key_file": (
@@ -375,6 +380,7 @@ class Daemon:
             hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
             failovers=self.hub_judge.failovers if self.hub_judge else 0,
             **relay_views(c, self._read_relay_status(), self.transport_judge),
+            dns=self.dns.view() if self.dns is not None else None,
         )
 
     def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
@@ -602,6 +608,11 @@ class Daemon:
         if c.confidential and c.is_hub:
             http.adopt(await httpapi.start_roster(self, str(c.hub_transit_address), c.overlay.port))
         ctl = await control.start(self, self, self.config.control_socket)
+        if c.dns.enabled:
+            from dvpnd.dns.service import DnsService  # (dnslib: imported only where names are served)
+
+            self.dns = DnsService(c, lambda: self.rosters.roster if self.rosters else None)
+            await self.dns.start()
         tasks = [asyncio.create_task(self.reconcile_loop(), name="reconcile"),
                  asyncio.create_task(self.snapshot_loop(), name="snapshot")]
         if c.confidential and not c.is_hub and self.rosters is not None:
@@ -631,6 +642,8 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             await ctl.close()
             await http.close()
+            if self.dns is not None:
+                await self.dns.close()
         log.info("dvpnd stopped")
         return self.exit_code
 

@@ -107,6 +107,19 @@ class RelayView:
 
 
 @dataclass(frozen=True)
+class DnsView:
+    """The overlay's resolver: what it answers for, where the rest goes, how it answered."""
+
+    zone: str
+    listen: tuple[str, ...]
+    names: tuple[tuple[str, str], ...]  # (name, address); empty before the first roster
+    ready: bool  # a verified roster is in (before it: SERVFAIL for the zone)
+    upstreams: tuple[str, ...]
+    upstreams_from: str
+    answers: dict[str, int] = field(default_factory=dict)  # "zone NOERROR", "forward SERVFAIL", ...
+
+
+@dataclass(frozen=True)
 class Snapshot:
     taken: float  # time.time() of the reading
     node: str
@@ -130,6 +143,7 @@ class Snapshot:
     failovers: int = 0
     transports: tuple[TransportView, ...] = ()  # a spoke: per hub
     relay: RelayView | None = None  # a hub with relay.enabled
+    dns: DnsView | None = None  # dns.enabled
 
     def wg_peers(self) -> tuple[PeerView, ...]:
         """The peers of the node's own interface (on a confidential spoke: the other spokes)."""
@@ -318,5 +332,6 @@ def render_detail(snap: Snapshot, now: float, stale_after: int) -> dict[str, Any
         "failovers": snap.failovers,
         "transports": [asdict(t) for t in snap.transports],
         "relay": asdict(snap.relay) if snap.relay is not None else None,
+        "dns": asdict(snap.dns) if snap.dns is not None else None,
         **_detail_db(snap, now),
     }

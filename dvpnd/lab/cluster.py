@@ -119,6 +119,9 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
     }
     if authority is not None:
         cfg["overlay"].update({"mode": "confidential", "authority": authority})
+        # names from the roster on every node; the rest to a stub upstream the tests run in the
+        # outside namespace (no upstream there: SERVFAIL after 2 s, nothing leaves the lab)
+        cfg["dns"] = {"enabled": True, "upstream": [OUTSIDE_PUBLIC]}
     # the TCP fallback's relay: its files in the node's directory; every hub listens on 443
     cfg["relay"] = {"config_file": str(Path(node.dir) / "relay.json"),
                     "status_file": str(Path(node.dir) / "relay-status.json")}

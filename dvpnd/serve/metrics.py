@@ -93,6 +93,16 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
         yield refused
         yield CounterMetricFamily("dvpnd_relay_dropped", "Datagrams dropped for a spoke reading too slowly",
                                   value=r.dropped)
+    if snap.dns is not None:
+        yield GaugeMetricFamily("dvpnd_dns_names", "Names the resolver answers for (the roster's)",
+                                value=len(snap.dns.names))
+        answers = CounterMetricFamily("dvpnd_dns_answers", "Queries answered, by where (zone: from the roster; "
+                                      "forward: the upstream's; other: refused) and answer code",
+                                      labels=["source", "rcode"])
+        for key, n in sorted(snap.dns.answers.items()):
+            source, _, rcode = key.partition(" ")
+            answers.add_metric([source, rcode], n)
+        yield answers
     yield GaugeMetricFamily("dvpnd_interface_up", "1 if the WireGuard interface is up", value=int(snap.interface_up))
     yield GaugeMetricFamily("dvpnd_ready", "1 once the first reconcile is done", value=int(snap.ready))
     yield GaugeMetricFamily("dvpnd_snapshot_age_seconds", "Age of the data behind this scrape",

@@ -22,6 +22,14 @@ aiohttp, a dependency of dvpnd itself).
   probe.py relay HOST PORT                    -> what the hub's relay answers an Internet client:
                                                  {"plain": HTTP status, "other_path": status,
                                                  "no_proof_close": code, "bad_proof_close": code}
+  probe.py upstream ADDRESS SECONDS           -> "ready", then for SECONDS a tiny DNS upstream on
+                                                 ADDRESS:53 (UDP): www.example.org A 198.51.100.80,
+                                                 NXDOMAIN for the rest (dnslib); then {"queries": N}
+  probe.py dnsjunk HOST N                     -> N malformed and truncated datagrams to HOST:53
+                                                 (bounded: at most 5000), then {"sent": N}
+  probe.py dnsflood HOST N ZONE               -> N queries (at most 20000) for names in ZONE and
+                                                 outside it, sent without waiting, then the
+                                                 replies for 5 s: {"sent": N, "replies": M}
 """
 
 from __future__ import annotations
@@ -274,6 +282,12 @@ def main(argv: list[str]) -> int:
         c.close()
         print(json.dumps({"sent": sent, "echoed": echoed, "error": error, "longest_wait": round(longest, 3)}))
         return 0
+    if cmd == "upstream":
+        return upstream(argv[1], float(argv[2]))
+    if cmd == "dnsflood":
+        return dnsflood(argv[1], int(argv[2]), argv[3])
+    if cmd == "dnsjunk":
+        return dnsjunk(argv[1], int(argv[2]))
     if cmd == "relay":
         import asyncio
 
@@ -309,6 +323,90 @@ async def relay(host: str, port: int) -> dict[str, object]:
             out[name] = ws.close_code
             await ws.close()
     return out
+
+
+def upstream(address: str, seconds: float) -> int:
+    from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((address, 53))
+        s.settimeout(0.2)
+        print("ready", flush=True)
+        n, end = 0, time.monotonic() + min(seconds, 600)
+        while time.monotonic() < end:
+            try:
+                data, addr = s.recvfrom(4096)
+            except TimeoutError:
+                continue
+            try:
+                q = DNSRecord.parse(data)
+            except Exception:  # noqa: BLE001
+                continue
+            n += 1
+            r = q.reply()
+            if str(q.q.qname).lower() == "www.example.org." and q.q.qtype == QTYPE.A:
+                r.add_answer(RR(q.q.qname, QTYPE.A, ttl=60, rdata=A("198.51.100.80")))
+            else:
+                r.header.rcode = RCODE.NXDOMAIN
+            s.sendto(r.pack(), addr)
+    print(json.dumps({"queries": n}))
+    return 0
+
+
+def dnsjunk(host: str, n: int) -> int:
+    import random
+
+    rnd = random.Random(7)
+    valid = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x07spoke-b\x04dvpn\x08internal\x00"
+             + b"\x00\x01\x00\x01")
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(min(n, 5000)):
+            kind = i % 4
+            if kind == 0:
+                pkt = valid[: rnd.randrange(0, len(valid))]  # truncated anywhere
+            elif kind == 1:
+                pkt = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 600)))  # noise
+            elif kind == 2:  # a label pointer loop
+                pkt = bytes.fromhex("123401000001000000000000c00c00010001")
+            else:  # counts that lie
+                pkt = bytes.fromhex("1234010000ff00ff00ff00ff") + valid[12:]
+            s.sendto(pkt, (host, 53))
+            sent += 1
+            if i % 200 == 0:
+                time.sleep(0.01)
+    print(json.dumps({"sent": sent}))
+    return 0
+
+
+def dnsflood(host: str, n: int, zone: str) -> int:
+    from dnslib import DNSRecord
+
+    n = min(n, 20000)
+    replies = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        for i in range(n):
+            name = f"q{i}.{zone}" if i % 2 else f"q{i}.example.net"
+            try:
+                s.sendto(DNSRecord.question(name).pack(), (host, 53))
+            except BlockingIOError:
+                time.sleep(0.001)
+            while True:
+                try:
+                    s.recv(4096)
+                    replies += 1
+                except BlockingIOError:
+                    break
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            try:
+                s.recv(4096)
+                replies += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+    print(json.dumps({"sent": n, "replies": replies}))
+    return 0
 
 
 if __name__ == "__main__":

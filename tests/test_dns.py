@@ -1,0 +1,223 @@
+"""The overlay's resolver: its answers (pure), where it forwards (pure), and the server on
+loopback with a stub upstream (real sockets, no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
+
+from dvpnd.dns.answer import decide, udp_limit
+from dvpnd.dns.names import render_names, reverse_zone
+from dvpnd.dns.server import MAX_INFLIGHT, Resolver
+from dvpnd.dns.upstream import find_upstreams, upstreams_from
+from dvpnd.roster.model import Member, Roster
+
+NET = IPv4Network("10.88.0.0/24")
+ROSTER = Roster(NET, 7, 0, 0, tuple(Member(n, IPv4Address(a), "t", "o") for n, a in
+                                    (("spoke-a", "10.88.0.11"), ("spoke-b", "10.88.0.12"), ("db.eu", "10.88.0.13"))))
+NAMES = render_names("dvpn.internal", NET, ROSTER)
+ZONE, REV = ("dvpn", "internal"), reverse_zone(NET)
+
+
+def ask(name: str, qtype: str = "A", names: object = NAMES, forwarding: bool = True) -> tuple[str, object]:
+    d = decide(DNSRecord.question(name, qtype), names, ZONE, REV, forwarding)  # type: ignore[arg-type]
+    if d.reply is None:
+        return d.kind, None
+    return RCODE.get(d.reply.header.rcode), ([str(r.rdata) for r in d.reply.rr] or
+                                              [QTYPE.get(r.rtype) for r in d.reply.auth])
+
+
+def test_answers_from_the_roster_with_nxdomain_and_nodata_told_apart() -> None:
+    assert ask("spoke-a.dvpn.internal") == ("NOERROR", ["10.88.0.11"])
+    assert ask("SPOKE-B.Dvpn.Internal.") == ("NOERROR", ["10.88.0.12"])  # names have no case
+    assert ask("spoke-a.dvpn.internal", "AAAA") == ("NOERROR", ["SOA"])  # NODATA: the name exists
+    assert ask("spoke-z.dvpn.internal") == ("NXDOMAIN", ["SOA"])
+    assert ask("eu.dvpn.internal") == ("NOERROR", ["SOA"])  # above db.eu: an empty non-terminal
+    assert ask("dvpn.internal", "SOA")[0] == "NOERROR" and ask("dvpn.internal", "MX") == ("NOERROR", ["SOA"])
+    assert ask("12.0.88.10.in-addr.arpa", "PTR") == ("NOERROR", ["spoke-b.dvpn.internal."])
+    assert ask("99.0.88.10.in-addr.arpa", "PTR") == ("NXDOMAIN", ["SOA"])
+    assert ask("spoke-a.dvpn.internal", "ANY") == ("NOERROR", ["10.88.0.11"])
+    d = decide(DNSRecord.question("spoke-a.dvpn.internal"), NAMES, ZONE, REV, True)
+    assert d.reply is not None and d.reply.header.aa and all(r.ttl <= 5 for r in d.reply.rr)
+
+
+def test_before_the_first_roster_the_zone_is_servfail_not_nxdomain() -> None:
+    assert render_names("dvpn.internal", NET, None) is None
+    assert ask("spoke-a.dvpn.internal", names=None) == ("SERVFAIL", [])
+    assert ask("11.0.88.10.in-addr.arpa", "PTR", names=None) == ("SERVFAIL", [])
+    assert ask("example.org", names=None) == ("forward", None)  # the rest works meanwhile
+
+
+def test_outside_the_zones_forward_or_refuse_and_never_answer_a_response() -> None:
+    assert ask("example.org") == ("forward", None)
+    assert ask("internal") == ("forward", None) and ask("xdvpn.internal") == ("forward", None)
+    assert ask("example.org", forwarding=False) == ("REFUSED", [])
+    response = DNSRecord.question("spoke-a.dvpn.internal").reply()
+    assert decide(response, NAMES, ZONE, REV, True).kind == "drop"  # no ping-pong between resolvers
+    two = DNSRecord.question("spoke-a.dvpn.internal")
+    two.add_question(*DNSRecord.question("spoke-b.dvpn.internal").questions)
+    d = decide(two, NAMES, ZONE, REV, True)
+    assert d.reply is not None and d.reply.header.rcode == RCODE.FORMERR
+    chaos = DNSRecord.question("spoke-a.dvpn.internal", "TXT", "CH")
+    d = decide(chaos, NAMES, ZONE, REV, True)
+    assert d.reply is not None and d.reply.header.rcode == RCODE.REFUSED
+
+
+def test_edns0_is_answered_and_bounds_the_udp_reply() -> None:
+    q = DNSRecord.question("spoke-a.dvpn.internal")
+    assert udp_limit(q) == 512
+    q.add_ar(EDNS0(udp_len=4096))
+    assert udp_limit(q) == 1232  # ours caps it
+    d = decide(q, NAMES, ZONE, REV, True)
+    assert d.reply is not None and [r.rtype for r in d.reply.ar] == [QTYPE.OPT]
+
+
+def test_upstreams_never_lead_back_to_dvpnd(tmp_path: Path) -> None:
+    text = ("# generated\nnameserver 127.0.0.11\nnameserver 127.0.0.53\nnameserver 10.88.0.11\n"
+            "nameserver 10.88.0.12\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver junk\n"
+            "nameserver 192.0.2.53\nnameserver 198.51.100.53\nnameserver 203.0.113.53\nnameserver 203.0.113.54\n")
+    assert upstreams_from(text, ["10.88.0.11"], NET) == ["192.0.2.53", "fe80::1", "198.51.100.53"]
+    resolved, stub = tmp_path / "resolved.conf", tmp_path / "resolv.conf"
+    stub.write_text("nameserver 127.0.0.53\n")
+    assert find_upstreams((), ["10.88.0.11"], NET, [resolved, stub])[0] == []  # only the stub: nobody
+    resolved.write_text("nameserver 192.0.2.1\n")
+    assert find_upstreams((), ["10.88.0.11"], NET, [resolved, stub]) == (["192.0.2.1"], str(resolved))
+    assert find_upstreams(("198.51.100.1",), [], NET, [resolved])[1] == "dns.upstream"
+
+
+# --- on loopback -------------------------------------------------------------------------------
+
+class Stub(asyncio.DatagramProtocol):
+    """An upstream: answers www.example.org, and lies as asked (another ID, another question)."""
+
+    def __init__(self, lie: str = "") -> None:
+        self.lie = lie
+        self.seen = 0
+        self.t: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, t: asyncio.BaseTransport) -> None:
+        self.t = t  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.seen += 1
+        q = DNSRecord.parse(data)
+        if self.lie == "silent":
+            return
+        r = q.reply()
+        r.add_answer(RR(q.q.qname, QTYPE.A, ttl=60, rdata=A("198.51.100.80")))
+        if self.lie == "big":
+            for i in range(40):
+                r.add_answer(RR(q.q.qname, QTYPE.TXT, rdata=TXT("x" * 60 + str(i))))
+        if self.lie == "id":
+            r.header.id ^= 1
+        if self.lie == "question":
+            r = DNSRecord.question("evil.example.org").reply()
+            r.header.id = q.header.id
+            r.add_answer(RR("evil.example.org", QTYPE.A, rdata=A("203.0.113.66")))
+        assert self.t is not None
+        self.t.sendto(r.pack(), addr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def query(port: int, name: str, qtype: str = "A", tcp: bool = False, timeout: float = 5) -> DNSRecord:
+    q = DNSRecord.question(name, qtype)
+    if tcp:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        wire = q.pack()
+        w.write(struct.pack("!H", len(wire)) + wire)
+        (n,) = struct.unpack("!H", await asyncio.wait_for(r.readexactly(2), timeout))
+        data = await r.readexactly(n)
+        w.close()
+        return DNSRecord.parse(data)
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    class P(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if not got.done():
+                got.set_result(data)
+
+    t, _ = await loop.create_datagram_endpoint(P, remote_addr=("127.0.0.1", port))
+    try:
+        t.sendto(q.pack())
+        return DNSRecord.parse(await asyncio.wait_for(got, timeout))
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("lie", ["", "id", "question", "silent", "big"])
+def test_the_server_answers_and_takes_only_a_matching_answer_from_upstream(lie: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stub = Stub(lie)
+        st, _ = await loop.create_datagram_endpoint(lambda: stub, local_addr=("127.0.0.2", 0))
+        port = free_port()
+        names: list[object] = [NAMES]
+        r = Resolver(lambda: names[0], ZONE, REV, lambda: ["127.0.0.2"], port=port)  # type: ignore[arg-type,return-value]
+        r.upstream_port = st.get_extra_info("sockname")[1]
+        await r.start(["127.0.0.1"], port)
+        try:
+            a = await query(port, "spoke-b.dvpn.internal")
+            assert [str(x.rdata) for x in a.rr] == ["10.88.0.12"]
+            assert [str(x.rdata) for x in (await query(port, "spoke-b.dvpn.internal", tcp=True)).rr] == ["10.88.0.12"]
+            fwd = await query(port, "www.example.org")
+            if lie == "":
+                assert RCODE.get(fwd.header.rcode) == "NOERROR" and [str(x.rdata) for x in fwd.rr] == ["198.51.100.80"]
+            elif lie == "big":  # more than 512 bytes: TC, so the client asks again over TCP
+                assert fwd.header.tc and not fwd.rr
+            else:  # another ID, another question, or nothing: SERVFAIL after the timeout, never the lie
+                assert RCODE.get(fwd.header.rcode) == "SERVFAIL" and not fwd.rr
+            names[0] = None  # (as before the first roster)
+            assert RCODE.get((await query(port, "spoke-b.dvpn.internal")).header.rcode) == "SERVFAIL"
+        finally:
+            await r.close()
+            st.close()
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_junk_and_a_flood_cost_a_bounded_amount_and_answers_go_on() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stub = Stub("silent")  # every forwarded query waits its full timeout
+        st, _ = await loop.create_datagram_endpoint(lambda: stub, local_addr=("127.0.0.2", 0))
+        port = free_port()
+        r = Resolver(lambda: NAMES, ZONE, REV, lambda: ["127.0.0.2"], port=port)
+        r.upstream_port = st.get_extra_info("sockname")[1]
+        await r.start(["127.0.0.1"], port)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
+                for i in range(2000):
+                    junk = [b"", b"\x00" * 11, b"\xff" * 700, DNSRecord.question("a.example").pack()[:20],
+                            bytes(5000)][i % 5]
+                    s.sendto(junk, ("127.0.0.1", port))
+                    s.sendto(DNSRecord.question(f"n{i}.example.net").pack(), ("127.0.0.1", port))
+                    if i % 10 == 0:
+                        await asyncio.sleep(0.001)  # (paced, so the kernel's buffer drops none)
+            await asyncio.sleep(0.5)
+            assert r.inflight <= MAX_INFLIGHT and stub.seen <= MAX_INFLIGHT + 50
+            a = await query(port, "spoke-a.dvpn.internal", timeout=2)  # the zone is not held up
+            assert [str(x.rdata) for x in a.rr] == ["10.88.0.11"]
+            # dropped unanswered; and past MAX_INFLIGHT waiting forwards, SERVFAIL at once
+            assert r.counts[("malformed", "-")] >= 1000 and r.counts[("forward", "SERVFAIL")] >= 500
+            # TCP: a client that sends half a length and stops is dropped at TCP_IDLE; the cap holds
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(70)]
+            await asyncio.sleep(0.3)
+            assert r.tcp_clients <= 64
+            for _, w in conns:
+                w.close()
+        finally:
+            await r.close()
+            st.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
