@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("DVPN_LAB_DIR", "/run/dvpn-bench-lab")
 os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 
-from bench import confidential, dataplane, hubs, pgbackup, tcp
+from bench import confidential, dataplane, dns, hubs, pgbackup, tcp
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
 from dvpnd.util.procutil import wait_exit
@@ -154,7 +154,7 @@ def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a minute or two")
-    ap.add_argument("--only", choices=("control", "daemon", "data", "confidential", "hubs", "tcp", "backup"),
+    ap.add_argument("--only", choices=("control", "daemon", "data", "confidential", "hubs", "tcp", "dns", "backup"),
                     action="append")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -165,7 +165,7 @@ def main() -> int:
     lab.down()
     try:
         for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run),
-                         ("confidential", confidential.run), ("hubs", hubs.run), ("tcp", tcp.run),
+                         ("confidential", confidential.run), ("hubs", hubs.run), ("tcp", tcp.run), ("dns", dns.run),
                          ("backup", pgbackup.run)):
             if args.only and name not in args.only:
                 continue

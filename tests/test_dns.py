@@ -221,3 +221,51 @@ def test_junk_and_a_flood_cost_a_bounded_amount_and_answers_go_on() -> None:
             await r.close()
             st.close()
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# --- dns: in dvpnd.yaml ---------------------------------------------------------------------------
+
+CONF = """\
+role: spoke
+name: spoke-a
+overlay: {mode: confidential, network: 10.88.0.0/24, address: 10.88.0.11, min_serial: 1,
+          authority: "rDil+hYsR15HZgPxNGP9i7B8ixZ/Wc5ppMGg/OS9hoY="}
+hub: {public_key: Pz2bp3hT4R0pt40UA0jT0rfnpbqLkDHIkVLazU5vAW4=, endpoint: "192.0.2.10:51820"}
+"""
+
+
+@pytest.mark.parametrize("dns, problem", [
+    ("{enabled: true, zone: 'bad_zone.internal'}", "dns.zone: 'bad_zone.internal' is not a domain name"),
+    ("{enabled: true, zone: 0.88.10.in-addr.arpa}", "is a reverse zone"),
+    ("{enabled: true, listen: [10.88.0.11, nope]}", "dns.listen[1]: 'nope' is not an IP address"),
+    ("{enabled: true, listen: []}", "dns.listen: needs at least one address"),
+    ("{enabled: true, port: 70000}", "out of range"),
+    ("{enabled: true, upstream: 8.8.8.8.8}", "dns.upstream: '8.8.8.8.8' is not an IP address"),
+    ("{enabled: yes please}", "dns.enabled"),
+    ("{enable: true}", "dns.enable"),
+])
+def test_bad_dns_keys_are_refused_by_name(tmp_path: Path, dns: str, problem: str) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
+
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(CONF + f"dns: {dns}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert any(problem in x for x in e.value.problems), e.value.problems
+
+
+def test_dns_defaults_and_routed_mode(tmp_path: Path) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.errors import ConfigError
+
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(CONF + "dns: {enabled: true, zone: Names.Example.}\n")
+    d = load_config(p).dns
+    assert (d.enabled, d.zone, d.listen, d.port, d.upstream, d.forward) == (
+        True, "names.example", ("10.88.0.11",), 53, (), True)
+    p.write_text(CONF.replace("mode: confidential, ", "").replace("min_serial: 1,", "").replace(
+        'authority: "rDil+hYsR15HZgPxNGP9i7B8ixZ/Wc5ppMGg/OS9hoY="', "") + "dns: {enabled: true}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert any("needs overlay.mode: confidential" in x for x in e.value.problems), e.value.problems
