@@ -119,6 +119,14 @@ class Lab:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (KiB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 class Pinger:
     """A 50 Hz ping in a node, run to completion so no packet is left in flight."""
 

@@ -15,7 +15,7 @@ import pytest
 from dvpnd.lab import cluster as lab
 from dvpnd.roster.model import Member
 from dvpnd.wireguard.keys import encode_key, generate_private_key, public_key
-from tests.lab.conftest import PROBE, Lab
+from tests.lab.conftest import PROBE, Lab, rss_kib
 
 pytestmark = pytest.mark.root
 SPOKES = ("spoke-a", "spoke-b", "spoke-c")
@@ -109,17 +109,11 @@ def test_a_member_added_resolves_everywhere_within_5s_and_a_removed_one_stops(C:
             lab.publish(C.nodes["hub"], auth.roster_file)
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def test_junk_and_a_flood_leave_the_resolver_answering_with_its_memory_bounded(C: Lab) -> None:
     a = C.ip("spoke-a")
     pid = C.pid("spoke-a")
-    before = _rss_kib(pid)
+    before = rss_kib(pid)
     r = json.loads(C.run("spoke-a", sys.executable, PROBE, "dnsjunk", a, "4000").stdout)
     assert r["sent"] == 4000
     # a flood: 10,000 queries sent without waiting, half of them for names outside the zone
@@ -127,7 +121,7 @@ def test_junk_and_a_flood_leave_the_resolver_answering_with_its_memory_bounded(C
     r = json.loads(C.run("spoke-a", sys.executable, PROBE, "dnsflood", a, "10000", ZONE, timeout=120).stdout)
     print(f"\na flood of {r['sent']} queries: {r['replies']} answered")
     assert dig(C, "spoke-a", a, f"spoke-b.{ZONE}") == ("NOERROR", [C.ip("spoke-b")])
-    after = _rss_kib(pid)
+    after = rss_kib(pid)
     print(f"4,000 malformed datagrams and the flood: dvpnd RSS {before} -> {after} KiB")
     assert after - before < 16 * 1024
     answers = json.loads(C.dvpnctl("spoke-a", "dns", "--json").stdout)["answers"]

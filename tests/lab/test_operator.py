@@ -16,7 +16,7 @@ import yaml
 
 from dvpnd.lab import cluster as lab
 from dvpnd.wireguard.keys import decode_key
-from tests.lab.conftest import Lab, Pinger
+from tests.lab.conftest import Lab, Pinger, rss_kib
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 SPOKES = ("spoke-a", "spoke-b", "spoke-c")
@@ -222,12 +222,6 @@ def test_a_frozen_wireguard_go_is_replaced(L: Lab) -> None:
     assert f"wireguard-go (pid {old}) for wg0 does not answer on its socket; replacing it" in log
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) -> None:
     import sys
@@ -239,7 +233,7 @@ def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) 
 
     pid = L.pid("spoke-a")
     url = f"http://{L.public('spoke-a')}:8000/status"
-    rss_before = _rss_kib(pid)
+    rss_before = rss_kib(pid)
     idle = L.popen("outside", sys.executable, PROBE, "idle", L.public("spoke-a"), "8000", "3000",
                    # Connections still in the accept backlog (512) start their clock when accepted.
                    "--seconds", str(2 * HEADER_TIMEOUT + 5))
@@ -250,7 +244,7 @@ def test_thousands_of_idle_connections_neither_starve_requests_nor_stay(L: Lab) 
         code, body = curl(L, "outside", url)
         assert code == 200 and json.loads(body)["node"] == "spoke-a"
     per_request = (time.monotonic() - t0) / 20
-    rss_held = _rss_kib(pid)
+    rss_held = rss_kib(pid)
     result = json.loads(idle.stdout.readline())
     idle.communicate(timeout=30)
     print(f"\nidle: {result}, rss {rss_before} -> {rss_held} KiB, {per_request * 1000:.0f} ms per curl")
@@ -268,13 +262,13 @@ def test_a_flood_on_the_public_page_costs_dvpnd_at_most_50_mib(L: Lab) -> None:
     pid = L.pid("spoke-a")
     host = L.public("spoke-a")
     url = f"http://{host}:8000/status"
-    rss_before = _rss_kib(pid)
+    rss_before = rss_kib(pid)
     flood = L.popen("outside", sys.executable, PROBE, "flood", host, "8000",
                     "--pipeline", str(29 << 20), "--half", "1000", "--seconds", "25")
     peak, answered, took = rss_before, 0, []
     t0 = time.monotonic()
     while flood.poll() is None and time.monotonic() - t0 < 40:
-        peak = max(peak, _rss_kib(pid))
+        peak = max(peak, rss_kib(pid))
         t1 = time.monotonic()
         code, body = curl(L, "outside", url)
         took.append(round(time.monotonic() - t1, 2))
@@ -282,7 +276,7 @@ def test_a_flood_on_the_public_page_costs_dvpnd_at_most_50_mib(L: Lab) -> None:
         time.sleep(0.2)
     out, err = flood.communicate(timeout=30)
     result = json.loads(out.strip().splitlines()[-1])
-    rss_after = _rss_kib(pid)
+    rss_after = rss_kib(pid)
     print(f"\nflood: {result}; dvpnd rss {rss_before} KiB before, peak {peak}, after {rss_after}; "
           f"{answered} status requests answered during the flood, in {took} s")
     assert answered >= 5, "the page must keep answering under the flood"
