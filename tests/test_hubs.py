@@ -139,8 +139,9 @@ def test_paths_keep_a_roamed_endpoint_through_a_working_hub_and_leave_a_dead_one
 
 def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Path) -> None:
     """hub works for this spoke but not for member 12 (the router drops hub <-> that member): the
-    judge marks that one path out after two unanswered probes, and the selector moves member 12
-    alone to hub-b, even though hub is active and a roamed endpoint there would otherwise stay."""
+    judge marks that one path out after two probes unanswered for a whole window each, and the
+    selector moves member 12 alone to hub-b, even though hub is active and a roamed endpoint there
+    would otherwise stay."""
     p = tmp_path / "dvpnd.yaml"
     p.write_text(TWO)
     c = load_config(p)
@@ -153,6 +154,7 @@ def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Pa
         j.answered(K1, t, m13.overlay_key)
         j.answered(K2, t, m13.overlay_key)
         j.answered(K2, t, m12.overlay_key)  # 12 answers through hub-b only
+        j.missed(K1, m12.overlay_key)  # (the prober, a window after each unanswered probe)
     choice, moved = j.judge(0.5)
     assert choice is not None and choice.active == K1 and not moved and choice.bad == {(m12.overlay_key, K1)}
     assert plan.peer_paths(c, m12, choice).choose("10.89.0.12:51821") == "10.90.0.12:51821"
@@ -164,6 +166,46 @@ def test_a_member_cut_off_from_one_hub_is_reached_through_the_other(tmp_path: Pa
     choice, _ = j.judge(0.8)  # then roaming may keep any working hub again
     assert choice is not None and not choice.moved
     assert plan.peer_paths(c, m12, choice).choose("10.90.0.12:51821") is None
+
+
+def test_no_hub_wins_by_handshaking_first_when_the_probes_begin() -> None:
+    """Seen in the lab: dvpnd started a little slower, the first window passed before any tunnel
+    had handshaken, and the hub that answered first (hub-b) took the overlay."""
+    from dvpnd.overlay.health import STARTUP_GRACE
+
+    j = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    j.begin(3.0)  # the probes begin 3 s after dvpnd started
+    j.answered(K2, 3.5, "m")  # hub-b's tunnel is up first
+    choice, moved = j.judge(3.6)
+    assert choice is not None and choice.active == K1 and not moved
+    j.answered(K1, 4.0, "m")
+    assert j.judge(4.1)[0].active == K1  # type: ignore[union-attr]
+    # a hub that never answers is left once the grace is over
+    j2 = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    j2.begin(3.0)
+    for t in (3.5, 4.5, 6.0, 7.5, 8.0 + STARTUP_GRACE):
+        j2.answered(K2, t, "m")
+    choice, moved = j2.judge(8.0 + STARTUP_GRACE + 0.01)
+    assert choice is not None and choice.active == K2 and moved
+
+
+def test_a_late_answer_is_no_miss_and_only_a_whole_window_unanswered_is() -> None:
+    """Seen in CI: on a busy machine an echo came back after the next probe to the same member
+    had gone out, and counting probes sent (not probes overdue) marked a working path out."""
+    from dvpnd.overlay.health import Prober
+
+    j = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    p = Prober(j, lambda: [], lambda choice: None, clock=lambda: 0.0)
+    w = PROBE.window
+    p.pending = {1: (K1, "m", 0.0), 2: (K1, "m", 0.4), 3: (K2, "m", 0.4)}
+    p.expire(w * 0.9)  # both still within their window: no miss, however many are out
+    assert not j.misses and len(p.pending) == 3
+    j.answered(K1, w, "m")  # (a late answer: it resets, as it should)
+    p.pending.pop(1)
+    p.expire(0.4 + w * 1.01)  # 2 and 3 unanswered for a whole window
+    assert j.misses == {("m", K1): 1, ("m", K2): 1} and not p.pending
+    choice, _ = j.judge(0.4 + w * 1.01)
+    assert choice is not None and not choice.bad  # one miss is not a cut
 
 
 def test_with_every_path_out_the_device_is_left_as_it_is(tmp_path: Path) -> None:

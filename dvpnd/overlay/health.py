@@ -33,7 +33,9 @@ from dvpnd.daemon.status import HubView
 from dvpnd.overlay.plan import HubChoice
 
 log = logging.getLogger("dvpnd.hubs")
-MISSES_BAD = 2  # probes to one member through one hub left unanswered in a row: that path is out
+STARTUP_GRACE = 5.0  # seconds every hub counts as up when the probes begin: the tunnels handshake first
+MISSES_BAD = 2  # probes to one member through one hub unanswered in a row, each for a whole
+# `probe.window`: that path is out (a late answer is no miss: a busy machine is not a cut)
 
 
 @dataclass
@@ -68,10 +70,20 @@ class HubJudge:
             self.state[key] = HubHealth(key, name, self.started, self.started - self.probe.holddown)
         self.active = self.hubs[0][0] if self.hubs else None
 
+    def begin(self, now: float) -> None:
+        """The probes begin: a hub not yet heard from counts as up for STARTUP_GRACE more seconds,
+        so that the hub whose tunnel happens to handshake first does not win (seen in the lab: a
+        slower start, and the spokes began on their second hub)."""
+        for h in self.state.values():
+            if h.answers == 0:
+                h.last_answer = now + STARTUP_GRACE
+
     def sent(self, key: str, member: str | None = None) -> None:
         self.state[key].probes += 1
-        if member is not None:
-            self.misses[(member, key)] = self.misses.get((member, key), 0) + 1
+
+    def missed(self, key: str, member: str) -> None:
+        """A probe to `member` through hub `key` went unanswered for a whole window."""
+        self.misses[(member, key)] = self.misses.get((member, key), 0) + 1
 
     def answered(self, key: str, now: float, member: str | None = None) -> None:
         h = self.state[key]
@@ -140,7 +152,8 @@ class HubJudge:
             h = self.state[key]
             out.append(HubView(name=h.name, public_key=key, up=h.up(now, self.probe.window), in_use=key == self.active,
                                probes=h.probes, answers=h.answers,
-                               last_answer_age=None if h.last_answer is None else round(now - h.last_answer, 1)))
+                               last_answer_age=None if h.last_answer is None or h.answers == 0
+                               else round(now - h.last_answer, 1)))
         return tuple(out)
 
 
@@ -189,7 +202,7 @@ class Prober:
         self.clock = clock
         self.ident = int.from_bytes(os.urandom(2), "big")
         self.seq = 0
-        self.pending: dict[int, tuple[str, str]] = {}  # seq -> (hub key, member key)
+        self.pending: dict[int, tuple[str, str, float]] = {}  # seq -> (hub key, member key, sent at)
         self.alive: dict[str, float] = {}  # member key -> its last answer through any hub
         self.last_bad: frozenset[tuple[str, str]] = frozenset()
         self.turn = 0
@@ -221,6 +234,13 @@ class Prober:
         self.turn += 1
         return pool[self.turn % len(pool)]
 
+    def expire(self, now: float) -> None:
+        """Probes unanswered for a whole window count as misses (and are forgotten)."""
+        window = self.judge.probe.window
+        for seq in [s for s, (_, _, t) in self.pending.items() if now - t > window]:
+            hub, member, _ = self.pending.pop(seq)
+            self.judge.missed(hub, member)
+
     async def run(self, stopping: asyncio.Event) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         sock.setblocking(False)
@@ -230,6 +250,7 @@ class Prober:
         self.sock = sock
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self._receive, sock)
+        self.judge.begin(self.clock())
         try:
             while not stopping.is_set():
                 now = self.clock()
@@ -241,15 +262,13 @@ class Prober:
                     if addr is None or target is None:
                         continue
                     self.seq = (self.seq + 1) & 0xFFFF
-                    self.pending[self.seq] = (key, target[0])
+                    self.pending[self.seq] = (key, target[0], now)
                     self.judge.sent(key, target[0])
                     try:
                         sock.sendto(render_echo(self.ident, self.seq), (str(addr), 0))
                     except OSError:
                         pass  # no route through this hub right now: no answer, which says so
-                if len(self.pending) > 4096:
-                    for s in list(self.pending)[:2048]:
-                        del self.pending[s]
+                self.expire(now)
                 choice, moved = self.judge.judge(now)
                 if moved:
                     log.warning("overlay: %s", self.judge.reason)
