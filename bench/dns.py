@@ -49,10 +49,10 @@ def highest_rate(L: Lab, server: str, port: int, qfile: Path, secs: float) -> fl
     return best
 
 
-def extra_members(n: int, old_network_base: int) -> tuple[Member, ...]:
+def extra_members(n: int, old_network_base: int, first: int = 0) -> tuple[Member, ...]:
     return tuple(Member(f"node{i}", IPv4Address(old_network_base + 100 + i),
                         encode_key(public_key(generate_private_key())), encode_key(public_key(generate_private_key())))
-                 for i in range(n))
+                 for i in range(first, first + n))
 
 
 def rss_mib(pid: int) -> float:
@@ -103,7 +103,7 @@ def run(quick: bool) -> list[Figure]:
         during_proc = L.popen("spoke-a", "dnsperf", "-s", server, "-p", "53", "-d", str(qfile), "-l", str(secs),
                               "-Q", "1000", "-c", "4", "-t", "1", "-v")
         time.sleep(1.5)
-        auth.amend(members + extra_members(1, base + MEMBERS), 3600)
+        auth.amend(members + extra_members(1, base, first=MEMBERS), 3600)
         lab.publish(L.nodes["hub"], auth.roster_file)
         out, _ = during_proc.communicate(timeout=secs + 60)
         during = [float(x.split()[-1]) * 1000 for x in out.splitlines() if x.startswith("> NOERROR")]
