@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from dnslib import RCODE, DNSError, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSRecord
 
-from dvpnd.dns.answer import Decision, decide, same_question, truncated, udp_limit
+from dvpnd.dns.answer import EDNS_PAYLOAD, Decision, decide, same_question, truncated, udp_limit
 from dvpnd.dns.names import Names
 
 log = logging.getLogger("dvpnd.dns")
@@ -185,7 +185,9 @@ class Resolver:
     def _failed(self, query: DNSRecord, why: str) -> DNSRecord:
         r = query.reply(ra=1, aa=0)
         r.header.rcode = RCODE.SERVFAIL
-        r.ar = [x for x in query.ar if x.rtype == 41]
+        r.ar = []
+        if any(x.rtype == QTYPE.OPT for x in query.ar):  # (ours, as every answer: never the client's echoed)
+            r.add_ar(EDNS0(udp_len=EDNS_PAYLOAD))
         self.counts[("forward", "SERVFAIL")] += 1
         return r
 
