@@ -211,6 +211,48 @@ def test_past_the_per_source_cap_the_oldest_idle_connection_makes_room() -> None
     run(go)
 
 
+def test_a_request_unread_in_a_burst_of_accepts_is_not_evicted() -> None:
+    """Regression (a flaky lab test): the loop accepts a backlog in one go and runs every
+    connection_made before the first read, so the idle connections accepted after a client's
+    evicted it, its request still unread in the kernel."""
+    async def go() -> None:
+        async with page(Limits(max_per_source=4, max_connections=10)) as (port, table):
+            # blocking connects: the server's loop runs only at the next await, so all of these
+            # sit in the accept backlog together, the client's request already sent
+            idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+            mine = socket.create_connection(("127.0.0.1", port))
+            mine.sendall(GET)
+            idle += [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+            try:
+                mine.setblocking(False)
+                loop = asyncio.get_running_loop()
+                head = await asyncio.wait_for(loop.sock_recv(mine, 4096), 3)
+                assert head.startswith(b"HTTP/1.1 200"), head
+            finally:
+                for s in [mine, *idle]:
+                    s.close()
+    run(go)
+
+
+def test_a_burst_of_idle_connections_evicts_one_per_new_one_and_refuses_none() -> None:
+    """Regression: an evicted connection stays in the table until the loop runs its
+    connection_lost; counted against the cap, a burst of accepts evicted more and more of
+    the live ones and then refused new connections (a client's among them)."""
+    async def go() -> None:
+        async with page(Limits(max_per_source=4, max_connections=10)) as (port, table):
+            burst = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+            try:
+                for _ in range(50):
+                    await asyncio.sleep(0.02)
+                    if table.evicted + table.refused >= 36:
+                        break
+                assert (table.evicted, table.refused, len(table.open)) == (36, 0, 4)
+            finally:
+                for s in burst:
+                    s.close()
+    run(go)
+
+
 def test_when_every_connection_is_busy_a_new_one_is_refused() -> None:
     async def go() -> None:
         release = asyncio.Event()

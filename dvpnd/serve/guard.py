@@ -17,6 +17,10 @@ aiohttp version:
   `response_timeout`; it is closed after `max_requests` requests;
 - at most `max_connections` connections, and `max_per_source` from one address: past a cap
   the oldest connection that is waiting for a request makes room, or the new one is refused.
+  A connection whose request is already in the kernel's receive queue, unread, is not waiting
+  (a burst of accepts runs every `connection_made` before the first read: without this a
+  client's fresh connection could be evicted, its request unread, by the idle ones accepted
+  after it).
   Behind a proxy such as dstack-gateway every client has the proxy's address, so there the
   per-source cap is the page's real cap.
 """
@@ -24,7 +28,10 @@ aiohttp version:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,20 +72,33 @@ class ConnectionTable:
         self.closed_slow = 0
         self.closed_oversize = 0
 
+    def live(self) -> list[GuardedConnection]:
+        """The open connections that are not being closed: an evicted connection stays in
+        `open` until the loop runs its connection_lost, and a burst of accepts runs many
+        connection_made first; counting those would evict more and more, then refuse."""
+        return [c for c in self.open.values() if not c.closing]
+
     def sources(self, source: str) -> list[GuardedConnection]:
-        return [c for c in self.open.values() if c.source == source]
+        return [c for c in self.live() if c.source == source]
 
     def admit(self, conn: GuardedConnection) -> bool:
         """Make room for `conn` under both caps; False if it must be refused."""
         for scope, cap in ((self.sources(conn.source), self.limits.max_per_source),
-                           (list(self.open.values()), self.limits.max_connections)):
-            if len(scope) < cap:
+                           (self.live(), self.limits.max_connections)):
+            need = len(scope) - cap + 1
+            if need <= 0:
                 continue
-            idle = sorted((c for c in scope if c.waiting and not c.closing), key=lambda c: c.since)
-            if len(scope) - len(idle) >= cap:
+            victims: list[GuardedConnection] = []
+            # oldest first; the kernel is asked about unread bytes only until enough are found
+            for c in sorted((c for c in scope if c.waiting), key=lambda c: c.since):
+                if c.idle():
+                    victims.append(c)
+                    if len(victims) == need:
+                        break
+            if len(victims) < need:
                 self.refused += 1
                 return False
-            for c in idle[: len(scope) - cap + 1]:
+            for c in victims:
                 self.evicted += 1
                 c.close()
         return True
@@ -155,6 +175,10 @@ class GuardedConnection(asyncio.BufferedProtocol):
 
     # --- ours -------------------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """Waiting for a request, and none is unread in the kernel: a candidate to evict."""
+        return self.waiting and not self.closing and unread(self.transport) == 0
+
     def close(self) -> None:
         if self.closing or self.transport is None:
             return
@@ -229,6 +253,19 @@ class GuardedConnection(asyncio.BufferedProtocol):
         elif not full and self.paused:
             self.paused = False
             self.transport.resume_reading()
+
+
+def unread(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes in the socket's receive queue that nobody has read yet (FIONREAD); 0 when the
+    transport has no socket."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return 0
+    try:
+        got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", got)[0])
 
 
 def protocol_factory(make_inner: Callable[[], asyncio.Protocol],
