@@ -269,3 +269,83 @@ def test_dns_defaults_and_routed_mode(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert any("needs overlay.mode: confidential" in x for x in e.value.problems), e.value.problems
+
+
+RESOLVECTL_STATUS = """Global
+       Protocols: +LLMNR +mDNS -DNSOverTLS DNSSEC=no/unsupported
+resolv.conf mode: stub
+
+Link 2 (eth0)
+Current Scopes: DNS
+     Protocols: +DefaultRoute +LLMNR -mDNS -DNSOverTLS DNSSEC=no/unsupported
+
+Link 5 (wg0)
+Current Scopes: none
+     Protocols: -DefaultRoute +LLMNR -mDNS -DNSOverTLS DNSSEC=no/unsupported
+"""
+
+
+def test_resolved_gets_the_zones_as_routing_only_domains_on_the_overlay_link(tmp_path: Path) -> None:
+    from dvpnd.config.load import load_config
+    from dvpnd.dns.resolved import parse_links, render_commands, render_link_dns, same_namespace
+
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(CONF + "dns: {enabled: true}\n")
+    want = render_link_dns(load_config(p))
+    assert render_commands(want) == [
+        ["resolvectl", "dns", "wg0", "10.88.0.11"],
+        ["resolvectl", "domain", "wg0", "~dvpn.internal", "~0.88.10.in-addr.arpa"],
+        ["resolvectl", "default-route", "wg0", "false"]]
+    p.write_text(CONF + "dns: {enabled: true, port: 5353}\n")
+    assert render_link_dns(load_config(p)).servers == ("10.88.0.11:5353",)
+
+    theirs = parse_links(RESOLVECTL_STATUS)
+    assert theirs == {(2, "eth0"), (5, "wg0")}
+    assert same_namespace(theirs, {(1, "lo"), (2, "eth0"), (5, "wg0")}, "wg0")
+    # a lab node or a unit in a namespace of its own: resolved's links are not ours; setting
+    # "index 5" would change an unrelated link of the machine
+    assert not same_namespace(theirs, {(1, "lo"), (2, "eth0"), (3, "wg0")}, "wg0")
+    assert not same_namespace(theirs, {(1, "lo"), (2, "eth0"), (5, "wg0"), (6, "x")} - {(2, "eth0")}, "wg0")
+    assert not same_namespace(parse_links("Link 2 (eth0)\n"), {(2, "eth0")}, "wg0")
+    assert not same_namespace(set(), {(5, "wg0")}, "wg0")
+
+
+@pytest.mark.process
+def test_the_service_sets_resolved_once_per_link_and_only_in_its_namespace(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in `resolvectl` on PATH (systemd-resolved is exercised for real in the VM test)."""
+    from dvpnd.config.load import load_config
+    from dvpnd.dns import resolved
+    from dvpnd.dns.service import DnsService
+
+    index = socket.if_nameindex()[0]  # (this process's first link stands in for wg0)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    status = tmp_path / "status"
+    fake = bin_dir / "resolvectl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = status ] && cat {status}\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", tmp_path)
+    p = tmp_path / "dvpnd.yaml"
+    p.write_text(CONF + f"wireguard: {{interface: {index[1]}}}\ndns: {{enabled: true}}\n")
+    config = load_config(p)
+    assert config.wireguard.interface == index[1]
+
+    async def go() -> list[str]:
+        svc = DnsService(config, lambda: ROSTER)
+        status.write_text(f"Link {index[0] + 100} ({index[1]})\n")  # another namespace's links
+        await svc.tend_resolved()
+        assert "another namespace" in svc.system, svc.system
+        status.write_text("".join(f"Link {i} ({n})\n" for i, n in socket.if_nameindex()))
+        await svc.tend_resolved()  # the same link: not asked again
+        svc._system_index = None  # the link made again
+        await svc.tend_resolved()
+        await svc.tend_resolved()
+        assert svc.system.startswith(f"systemd-resolved: {index[1]} (index {index[0]})"), svc.system
+        return calls.read_text().splitlines()
+
+    assert asyncio.run(go()) == [
+        "status --no-pager",
+        "status --no-pager", f"dns {index[1]} 10.88.0.11", f"domain {index[1]} ~dvpn.internal ~0.88.10.in-addr.arpa",
+        f"default-route {index[1]} false"]

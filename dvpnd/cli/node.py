@@ -77,9 +77,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
         return 0
     print(f"zone {d['zone']} on {', '.join(d['listen'])}"
           + ("" if d["ready"] else " (no verified roster yet: SERVFAIL for the zone)"))
+    if d.get("problem"):
+        print(f"NOT ANSWERING: {d['problem']}")
     for name, address in d["names"]:
         print(f"  {name:<40} {address}")
     print(f"other names: {', '.join(d['upstreams']) or 'nobody'} (from {d['upstreams_from']})")
+    if d.get("system"):
+        print(f"this machine: {d['system']}")
     if d["answers"]:
         print("answers: " + ", ".join(f"{k} {v}" for k, v in d["answers"].items()))
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 from dvpnd.config.fields import Reader, check_ip, check_port
 from dvpnd.config.model import DnsConfig
 
-DNS_KEYS = {"enabled", "zone", "listen", "port", "upstream", "forward"}
+DNS_KEYS = {"enabled", "zone", "listen", "port", "upstream", "forward", "resolved"}
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -52,4 +52,5 @@ def dns_section(r: Reader, top: dict[str, Any], is_hub: bool, address: str | Non
         port=r.get(m, ("dns", "port"), int, default=d.port, check=check_port),
         upstream=upstream,
         forward=r.get(m, ("dns", "forward"), bool, default=d.forward),
+        resolved=r.get(m, ("dns", "resolved"), bool, default=d.resolved),
     )

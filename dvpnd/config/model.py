@@ -192,6 +192,7 @@ class DnsConfig:
     port: int = 53
     upstream: tuple[str, ...] = ()  # empty: systemd-resolved's upstream file, else /etc/resolv.conf
     forward: bool = True  # False: REFUSED for names outside the zones
+    resolved: bool = True  # route the zones here through systemd-resolved, where it runs in this namespace
 
 
 @dataclass(frozen=True)

@@ -628,6 +628,8 @@ class Daemon:
         if self.hub_judge is not None:
             self.prober = prober = Prober(self.hub_judge, self._probe_targets, self._hub_changed)
             tasks.append(asyncio.create_task(prober.run(self.stopping), name="hub probes"))
+        if self.dns is not None:
+            tasks.append(asyncio.create_task(self.dns.tend(self.stopping), name="dns"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))
             if self.config.backup.enabled:

@@ -117,6 +117,8 @@ class DnsView:
     upstreams: tuple[str, ...]
     upstreams_from: str
     answers: dict[str, int] = field(default_factory=dict)  # "zone NOERROR", "forward SERVFAIL", ...
+    problem: str | None = None  # why it does not answer at all (its port could not be bound)
+    system: str = ""  # how the machine's resolver routes the zones here (systemd-resolved), or why not
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Snapshot:
                 if t.transport == "tcp" and not t.connected]
         if self.relay is not None and not self.relay.running:
             out.append("relay: dvpn-relay is not running")
+        if self.dns is not None and self.dns.problem:
+            out.append(f"dns: {self.dns.problem}")
         pgv = self.postgres
         if pgv is not None:
             if not pgv.up:

@@ -96,6 +96,8 @@ def collect_snapshot(snap: Snapshot, counters: Counters, stale_after: int, now: 
     if snap.dns is not None:
         yield GaugeMetricFamily("dvpnd_dns_names", "Names the resolver answers for (the roster's)",
                                 value=len(snap.dns.names))
+        yield GaugeMetricFamily("dvpnd_dns_listening", "1 if the resolver holds its listen addresses",
+                                value=int(snap.dns.problem is None))
         answers = CounterMetricFamily("dvpnd_dns_answers", "Queries answered, by where (zone: from the roster; "
                                       "forward: the upstream's; other: refused) and answer code",
                                       labels=["source", "rcode"])
