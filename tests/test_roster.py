@@ -68,6 +68,10 @@ def test_a_signed_roster_verifies_and_any_change_breaks_it(auth: Authority) -> N
     (lambda ms: ms + (replace(member(9), address=IPv4Address("10.88.0.1")),), "not a member address"),
     (lambda ms: ms + (replace(member(9), address=IPv4Address("10.99.0.5")),), "not a member address"),
     (lambda ms: ms + (replace(member(9), overlay_key="A" * 43 + "="),), "all-zero"),
+    (lambda ms: ms + (replace(member(9), aliases=("spoke-1",)),), "name spoke-1 is also spoke-1's"),
+    (lambda ms: (replace(ms[0], aliases=("pg",)), replace(ms[1], aliases=("pg",))), "name pg is also spoke-1's"),
+    (lambda ms: ms + (replace(member(9), aliases=("Bad_Alias",)),), "alias 'Bad_Alias' is not a DNS label"),
+    (lambda ms: ms + (replace(member(9), aliases=tuple(f"a{i}" for i in range(9))),), "aliases must be a list of 1 to 8"),
 ])
 def test_a_bad_member_refuses_the_whole_roster_naming_it(auth: Authority, change, words) -> None:  # type: ignore[no-untyped-def]
     r = roster()
@@ -75,6 +79,20 @@ def test_a_bad_member_refuses_the_whole_roster_naming_it(auth: Authority, change
     with pytest.raises(RosterError) as e:
         verify_document(auth.sign(bad), Ed25519Verifier(auth.public()), "roster.json")
     assert e.value.reason == "malformed" and words in str(e.value) and "roster.json: members[" in str(e.value)
+
+
+def test_aliases_are_signed_and_a_roster_without_them_is_unchanged(auth: Authority) -> None:
+    r = roster()
+    plain = render_payload(r)
+    assert b"aliases" not in plain  # rosters signed before aliases verify byte for byte as before
+    with_alias = replace(r, members=(replace(r.members[0], aliases=("pg-a", "db")), *r.members[1:]))
+    got, _ = verify_document(auth.sign(with_alias), Ed25519Verifier(auth.public()), "doc")
+    assert got.member("spoke-1").aliases == ("pg-a", "db")  # type: ignore[union-attr]
+    doc = json.loads(auth.sign(with_alias))
+    doc["payload"] = doc["payload"].replace('"pg-a"', '"pg-b"')
+    with pytest.raises(RosterError) as e:  # an alias is as signed as the member's keys
+        verify_document(json.dumps(doc).encode(), Ed25519Verifier(auth.public()), "doc")
+    assert e.value.reason == "signature"
 
 
 def test_oversized_or_nested_documents_are_refused_before_any_signature_work(auth: Authority) -> None:
@@ -353,3 +371,29 @@ def test_dvpnctl_publish_hands_dvpnd_a_copy_it_can_read(tmp_path: Path, auth: Au
     (tmp_path / "state").rmdir()  # dvpnd never ran with this config: said, nothing written
     with pytest.raises(DvpnError, match=f"{tmp_path}/state: cannot hand dvpnd the roster"):
         cmd_roster_publish(args)
+
+
+def test_dvpnctl_roster_aliases_are_checked_and_signed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dvpnd.cli.main import main
+    from dvpnd.dns.names import render_names
+
+    d = str(tmp_path / "auth")
+    assert main(["authority", "init", "--dir", d]) == 0
+    assert main(["roster", "add", "spoke-a", "--dir", d, "--transit-key", key(), "--overlay-key", key(),
+                 "--alias", "pg-a", "--alias", "PG-A"]) == 0
+    assert main(["roster", "add", "spoke-b", "--dir", d, "--transit-key", key(), "--overlay-key", key(),
+                 "--alias", "pg-a"]) == 2  # spoke-a's already
+    assert "alias pg-a is spoke-a's" in capsys.readouterr().err
+    assert main(["roster", "add", "spoke-b", "--dir", d, "--transit-key", key(), "--overlay-key", key()]) == 0
+    assert main(["roster", "alias", "spoke-b", "spoke-a", "--dir", d]) == 2  # another member's name
+    assert main(["roster", "alias", "spoke-b", "no_label", "--dir", d]) == 2
+    serial = Authority(Path(d)).current().serial  # type: ignore[union-attr]
+    assert main(["roster", "alias", "spoke-b", "pg-b", "db", "--dir", d]) == 0
+    r = Authority(Path(d)).current()
+    assert r is not None and r.serial == serial + 1
+    assert [(m.name, m.aliases) for m in r.members] == [("spoke-a", ("pg-a",)), ("spoke-b", ("pg-b", "db"))]
+    names = render_names("dvpn.internal", NET, r)
+    assert names is not None and dict(names.listing())["pg-b.dvpn.internal"] == "10.88.0.12"
+    assert dict(names.listing())["db.dvpn.internal"] == "10.88.0.12"
+    assert main(["roster", "alias", "spoke-b", "--dir", d]) == 0  # none: cleared
+    assert Authority(Path(d)).current().member("spoke-b").aliases == ()  # type: ignore[union-attr]

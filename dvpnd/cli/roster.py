@@ -20,7 +20,7 @@ from dvpnd.cli.common import BadInput
 from dvpnd.config.model import DEFAULT_NETWORK, DEFAULT_TRANSIT_NETWORK
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
-from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError
+from dvpnd.roster.model import LABEL_RE, MAX_ALIASES, Member, Roster, RosterError
 from dvpnd.util.fsutil import read_regular
 from dvpnd.wireguard.keytext import decode_key
 
@@ -56,8 +56,15 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--address", type=IPv4Address, help="its overlay address (default: the next free one from .11)")
     p.add_argument("--network", type=IPv4Network, default=IPv4Network(DEFAULT_NETWORK),
                    help="the overlay (for the first member only)")
+    p.add_argument("--alias", action="append", default=[], metavar="LABEL",
+                   help="another name for its address in the overlay's DNS (repeatable), e.g. pg-a")
     p.add_argument("--valid", type=_duration_days, default=90 * DAY, help="how long the new roster is valid (90d)")
     p.set_defaults(func=cmd_roster_add)
+    p = with_dir(ros.add_parser("alias", help="set a member's aliases (none: clear them); sign a new roster"))
+    p.add_argument("name")
+    p.add_argument("aliases", nargs="*", metavar="LABEL")
+    p.add_argument("--valid", type=_duration_days, default=90 * DAY, help="how long the new roster is valid (90d)")
+    p.set_defaults(func=cmd_roster_alias)
     p = with_dir(ros.add_parser("remove", help="remove a member; sign a new roster"))
     p.add_argument("name")
     p.add_argument("--valid", type=_duration_days, default=90 * DAY)
@@ -140,12 +147,43 @@ def cmd_roster_add(args: argparse.Namespace) -> int:
         if address is None:
             raise BadInput(f"no free address left in {network}")
     member = Member(name=args.name, address=address, transit_key=_key(args.transit_key, "--transit-key"),
-                    overlay_key=_key(args.overlay_key, "--overlay-key"))
+                    overlay_key=_key(args.overlay_key, "--overlay-key"),
+                    aliases=_aliases(args.alias, members, args.name))
     new = _sign(auth, members + (member,), args.valid, network)
     _published(auth, new, f"added {member.name} at {member.address}")
     print(f"\n# the spoke's join settings (its dvpnd.yaml):\noverlay:\n  mode: confidential\n"
           f"  network: {network}\n  address: {member.address}\n  authority: {auth.public()}\n"
           f"  min_serial: {new.serial}   # it refuses any older roster, even with no state of its own")
+    return 0
+
+
+def _aliases(given: list[str], members: tuple[Member, ...], owner: str) -> tuple[str, ...]:
+    """The aliases for `owner`, checked: DNS labels, at most MAX_ALIASES, no one else's name or alias."""
+    out: list[str] = []
+    for a in given:
+        a = a.lower()
+        if not LABEL_RE.match(a):
+            raise BadInput(f"alias {a!r} is not a DNS label (a-z, 0-9 and '-', at most 63)")
+        if a == owner or a in out:
+            continue
+        for m in members:
+            if m.name != owner and (a == m.name or a in m.aliases):
+                raise BadInput(f"alias {a} is {m.name}'s name already" if a == m.name else f"alias {a} is {m.name}'s")
+        out.append(a)
+    if len(out) > MAX_ALIASES:
+        raise BadInput(f"{len(out)} aliases: at most {MAX_ALIASES}")
+    return tuple(out)
+
+
+def cmd_roster_alias(args: argparse.Namespace) -> int:
+    auth = Authority(args.dir)
+    old, m = _existing(auth, args.name)
+    changed = replace(m, aliases=_aliases(args.aliases, old.members, m.name))
+    if changed == m:
+        print(f"{m.name}: aliases unchanged ({', '.join(m.aliases) or 'none'}); no new roster")
+        return 0
+    new = _sign(auth, tuple(changed if x.name == m.name else x for x in old.members), args.valid)
+    _published(auth, new, f"{m.name}: aliases {', '.join(changed.aliases) or 'none'}")
     return 0
 
 
@@ -207,12 +245,14 @@ def cmd_roster_show(args: argparse.Namespace) -> int:
         print(json.dumps({"serial": roster.serial, "issued": roster.issued, "expires": roster.expires,
                           "network": str(roster.network),
                           "members": [{"name": m.name, "address": str(m.address), "transit_key": m.transit_key,
-                                       "overlay_key": m.overlay_key} for m in roster.members]}, indent=2))
+                                       "overlay_key": m.overlay_key, "aliases": list(m.aliases)}
+                                      for m in roster.members]}, indent=2))
         return 0
     print(f"serial {roster.serial}, {roster.network}, expires "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(roster.expires))}")
     for m in roster.members:
-        print(f"  {m.name:<16} {str(m.address):<15} transit {m.transit_key}  overlay {m.overlay_key}")
+        print(f"  {m.name:<16} {str(m.address):<15} transit {m.transit_key}  overlay {m.overlay_key}"
+              + (f"  aliases {', '.join(m.aliases)}" if m.aliases else ""))
     return 0
 
 

@@ -1,6 +1,7 @@
 """What the overlay's resolver answers for (pure): the names of the verified roster.
 
-`NAME.ZONE` -> the member's overlay address, and the reverse zone of the overlay prefix
+`NAME.ZONE` -> the member's overlay address (and `ALIAS.ZONE` for each of its signed aliases,
+such as `pg-a`), and the reverse zone of the overlay prefix
 (`11.0.88.10.in-addr.arpa` -> `NAME.ZONE`). Nothing else: a name the roster does not sign is
 not the overlay's. (A service name such as `primary.pg.ZONE` would have to come from signed,
 agreed state; the PostgreSQL primary is each spoke's own config, and two spokes answering it
@@ -65,6 +66,9 @@ def render_names(zone: str, network: IPv4Network, roster: Roster | None,
         forward[full] = address
         if address in network:
             backward[reverse_name(address)] = full
+    for m in roster.members:  # aliases: forward only (the reverse names the member)
+        for a in m.aliases:
+            forward.setdefault((*_labels(a), *z), m.address)
     return Names(zone=z, reverse=reverse_zone(network), network=network, forward=forward, backward=backward,
                  serial=roster.serial)
 

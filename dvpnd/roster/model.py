@@ -32,6 +32,8 @@ MAX_MEMBERS = 4096
 MAX_INT = 2**53  # exact in every JSON implementation
 LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 MEMBER_KEYS = {"name", "address", "transit_key", "overlay_key"}
+OPTIONAL_MEMBER_KEYS = {"aliases"}  # (written only when not empty: rosters without them are unchanged)
+MAX_ALIASES = 8
 PAYLOAD_KEYS = {"network", "serial", "issued", "expires", "members"}
 # Why a roster was refused: the label of dvpn_roster_refused_total{reason}.
 REASONS = ("signature", "expired", "older", "malformed", "network")
@@ -50,6 +52,7 @@ class Member:
     address: IPv4Address
     transit_key: str
     overlay_key: str
+    aliases: tuple[str, ...] = ()  # more names for its address (the overlay's DNS), e.g. "pg-a"
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ def split_document(data: bytes, origin: str) -> Document:
 
 
 def _member(m: Any, where: str, network: IPv4Network, reserved: set[IPv4Address]) -> Member:
-    if not isinstance(m, dict) or set(m) != MEMBER_KEYS:
-        raise RosterError("malformed", f"{where}: a member has exactly {', '.join(sorted(MEMBER_KEYS))}")
+    if not isinstance(m, dict) or not MEMBER_KEYS <= set(m) <= MEMBER_KEYS | OPTIONAL_MEMBER_KEYS:
+        raise RosterError("malformed", f"{where}: a member has exactly {', '.join(sorted(MEMBER_KEYS))}"
+                                       f" (and optionally {', '.join(sorted(OPTIONAL_MEMBER_KEYS))})")
     name = m["name"]
     if not isinstance(name, str) or not LABEL_RE.match(name):
         raise RosterError("malformed", f"{where}: name {str(name)[:70]!r} is not a DNS label "
@@ -119,7 +123,14 @@ def _member(m: Any, where: str, network: IPv4Network, reserved: set[IPv4Address]
                 raise ValueError("is the all-zero key")
         except ValueError as e:
             raise RosterError("malformed", f"{where}: {k} {e}") from None
-    return Member(name=name, address=addr, transit_key=m["transit_key"], overlay_key=m["overlay_key"])
+    aliases = m.get("aliases", [])
+    if "aliases" in m and (not isinstance(aliases, list) or not 0 < len(aliases) <= MAX_ALIASES):
+        raise RosterError("malformed", f"{where}: aliases must be a list of 1 to {MAX_ALIASES} DNS labels")
+    for a in aliases:
+        if not isinstance(a, str) or not LABEL_RE.match(a):
+            raise RosterError("malformed", f"{where}: alias {str(a)[:70]!r} is not a DNS label")
+    return Member(name=name, address=addr, transit_key=m["transit_key"], overlay_key=m["overlay_key"],
+                  aliases=tuple(aliases))
 
 
 def parse_payload(payload: bytes, origin: str) -> Roster:
@@ -152,7 +163,7 @@ def parse_payload(payload: bytes, origin: str) -> Roster:
         where = f"{origin}: members[{i}]"
         m = _member(item, where, network, reserved)
         for what, value in (("name", m.name), ("address", m.address), ("transit_key", m.transit_key),
-                            ("overlay_key", m.overlay_key)):
+                            ("overlay_key", m.overlay_key), *(("name", a) for a in m.aliases)):
             if value in seen:
                 raise RosterError("malformed", f"{where} ({m.name}): {what} {value} is also {seen[value]}'s")
             seen[value] = m.name
@@ -167,7 +178,8 @@ def render_payload(roster: Roster) -> bytes:
         "network": str(roster.network), "serial": roster.serial, "issued": roster.issued,
         "expires": roster.expires,
         "members": [{"name": m.name, "address": str(m.address), "transit_key": m.transit_key,
-                     "overlay_key": m.overlay_key} for m in sorted(roster.members, key=lambda mm: mm.address)],
+                     "overlay_key": m.overlay_key, **({"aliases": list(m.aliases)} if m.aliases else {})}
+                    for m in sorted(roster.members, key=lambda mm: mm.address)],
     }, separators=(",", ":")).encode()
 
 

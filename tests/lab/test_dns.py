@@ -84,7 +84,7 @@ def test_a_member_added_resolves_everywhere_within_5s_and_a_removed_one_stops(C:
     old = auth.current()
     assert old is not None
     extra = Member("spoke-x", IPv4Address("10.88.0.99"), encode_key(public_key(generate_private_key())),
-                   encode_key(public_key(generate_private_key())))
+                   encode_key(public_key(generate_private_key())), aliases=("pg-x",))
     try:
         t0 = time.monotonic()
         auth.amend(old.members + (extra,), 3600)
@@ -94,6 +94,7 @@ def test_a_member_added_resolves_everywhere_within_5s_and_a_removed_one_stops(C:
                    lambda s=s: dig(C, s, C.ip(s), f"spoke-x.{ZONE}") == ("NOERROR", ["10.88.0.99"]),
                    timeout=10, step=0.1)
         added = time.monotonic() - t0
+        assert dig(C, "spoke-b", C.ip("spoke-b"), f"pg-x.{ZONE}") == ("NOERROR", ["10.88.0.99"])  # its signed alias
         t0 = time.monotonic()
         auth.amend(old.members, 3600)
         lab.publish(C.nodes["hub"], auth.roster_file)
