@@ -23,6 +23,7 @@ import time
 from bench.dataplane import ROOT, Lab
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
+from dvpnd.lab.node import wait_for as wait
 
 HZ = 100
 PROBE = str(ROOT / "tests" / "lab" / "probe.py")
@@ -39,15 +40,6 @@ def revive_hub(L: Lab, name: str = "hub") -> None:
 def in_use(L: Lab, spoke: str) -> str | None:
     hubs = L.ctl(spoke, "status").get("status", {}).get("hubs", [])
     return next((h["name"] for h in hubs if h["in_use"]), None)
-
-
-def wait(what: str, cond: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _lost(proc: object) -> tuple[int, int]:

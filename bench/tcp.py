@@ -21,6 +21,7 @@ import yaml
 from bench.dataplane import Lab, iperf, rtts
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
+from dvpnd.lab.node import wait_for as wait
 
 HZ = 50
 MANY = 100
@@ -29,15 +30,6 @@ MANY = 100
 def transport(L: Lab, spoke: str) -> str:
     st = L.ctl(spoke, "status").get("status", {})
     return str((st.get("transports") or [{}])[0].get("transport"))
-
-
-def wait(what: str, cond: object, timeout: float, step: float = 0.1) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():  # type: ignore[operator]
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def ping_ok(L: Lab, src: str, dst: str) -> bool:

@@ -72,6 +72,12 @@ def wait_until(cond: Callable[[], T | None], timeout: float, step: float, failed
         time.sleep(step)
 
 
+def wait_for(what: str, cond: Callable[[], T | None], timeout: float = 30, step: float = 0.25) -> T:
+    """wait_until, failing with "timed out after Ns waiting for WHAT" (the lab tests and the
+    benchmarks)."""
+    return wait_until(cond, timeout, step, lambda: f"timed out after {timeout}s waiting for {what}")
+
+
 def pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:
     if not pid:
         return False

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ os.environ["DVPN_LAB_DIR"] = "/run/dvpn-test-lab"
 os.environ["DVPN_LAB_PREFIX"] = "dvpnt-"
 
 from dvpnd.lab import cluster as lab
+from dvpnd.lab.node import wait_for
 from dvpnd.serve import control
 
 PROBE = str(Path(__file__).with_name("probe.py"))
@@ -110,13 +110,7 @@ class Lab:
                         check=False).returncode == 0
 
     def wait(self, what: str, cond: Any, timeout: float = 30, step: float = 0.25) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = cond()
-            if v:
-                return v
-            time.sleep(step)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return wait_for(what, cond, timeout, step)
 
 
 def rss_kib(pid: int) -> int:
