@@ -1,0 +1,170 @@
+"""pgBackRest for a spoke's PostgreSQL server (pure): its configuration, the server's archive
+settings, and the command lines dvpnd runs (issue 19; not wired into dvpnd's schedule yet).
+
+One stanza per cluster (the primary and its replicas share it: whichever is primary archives
+and backs up). Repositories: 1 is local (posix, on the spoke's volume), 2 is offsite
+(S3-compatible) and encrypted on the spoke (aes-256-cbc, pgBackRest's repository cipher).
+
+Everything pgBackRest writes lives under one home directory on the volume: spool (asynchronous
+archive-push), lock (its default, /tmp/pgbackrest, is split by the unit's PrivateTmp) and log;
+Dstack's root filesystem is read-only. Secrets (the S3 key pair, the cipher passphrase) are not
+in the main file: they go in a file of their own in the include directory (`conf.d`, mode
+0600, the postgres user's), so the main file can be shown and logged.
+
+pgBackRest's config format is INI: one `key=value` per line, no quoting, so no value may hold
+a newline (render refuses one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvpnd.errors import DvpnError
+
+CIPHER = "aes-256-cbc"
+STANZA_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+class PgBackRestConfError(DvpnError):
+    pass
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str  # host[:port], no scheme: pgBackRest speaks HTTPS
+    bucket: str
+    region: str
+    uri_style: str = "host"  # "path" for MinIO-style servers
+    ca_file: Path | None = None  # pin a private CA (verification stays on)
+
+
+@dataclass(frozen=True)
+class Repo:
+    index: int  # 1: local, 2: offsite
+    path: str  # a directory (posix) or a prefix in the bucket (s3)
+    retention_full: int
+    s3: S3 | None = None
+    encrypted: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    stanza: str
+    pg_path: Path  # the data directory
+    pg_port: int
+    pg_socket: Path
+    home: Path  # spool/, lock/, log/, conf.d/ and pgbackrest.conf
+    repos: tuple[Repo, ...]
+    process_max: int = 2
+    archive_timeout: int = 60  # seconds; the most WAL a lost spoke can take with it
+    compress_type: str = "lz4"
+
+    @property
+    def conf(self) -> Path:
+        return self.home / "pgbackrest.conf"
+
+    @property
+    def include_dir(self) -> Path:
+        return self.home / "conf.d"
+
+    @property
+    def secrets(self) -> Path:
+        return self.include_dir / "secrets.conf"
+
+
+def _line(key: str, value: object) -> str:
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise PgBackRestConfError(f"pgBackRest setting {key}: a value may not hold a line break")
+    return f"{key}={text}"
+
+
+def render_conf(plan: Plan) -> str:
+    """pgbackrest.conf: no secret in it."""
+    if not STANZA_RE.fullmatch(plan.stanza):
+        raise PgBackRestConfError(f"stanza {plan.stanza[:40]!r}: letters, digits, '.', '_' and '-' only "
+                                  "(it names a section of the file and a directory of the repository)")
+    g = [
+        "# Written by dvpnd; secrets are in conf.d/secrets.conf (0600).",
+        "[global]",
+        _line("spool-path", plan.home / "spool"),
+        _line("lock-path", plan.home / "lock"),
+        _line("log-path", plan.home / "log"),
+        "log-level-console=warn",
+        "log-level-file=info",
+        "log-level-stderr=error",
+        _line("compress-type", plan.compress_type),
+        _line("process-max", plan.process_max),
+        "archive-async=y",
+        _line("archive-timeout", plan.archive_timeout),
+        "start-fast=y",
+        "delta=y",
+    ]
+    for r in plan.repos:
+        k = f"repo{r.index}"
+        g.append(_line(f"{k}-path", r.path))
+        g.append(_line(f"{k}-retention-full", r.retention_full))
+        if r.s3 is not None:
+            g += [f"{k}-type=s3", _line(f"{k}-s3-endpoint", r.s3.endpoint), _line(f"{k}-s3-bucket", r.s3.bucket),
+                  _line(f"{k}-s3-region", r.s3.region), _line(f"{k}-s3-uri-style", r.s3.uri_style)]
+            if r.s3.ca_file is not None:
+                g.append(_line(f"{k}-storage-ca-file", r.s3.ca_file))
+        else:
+            g.append(f"{k}-type=posix")
+        if r.encrypted:
+            g.append(f"{k}-cipher-type={CIPHER}")
+    s = [
+        "",
+        f"[{plan.stanza}]",
+        _line("pg1-path", plan.pg_path),
+        _line("pg1-port", plan.pg_port),
+        _line("pg1-socket-path", plan.pg_socket),
+    ]
+    return "\n".join(g + s) + "\n"
+
+
+def render_secrets(plan: Plan, s3_key: str = "", s3_secret: str = "", passphrase: str = "") -> str:
+    """conf.d/secrets.conf: the offsite repository's key pair and cipher passphrase."""
+    lines = ["[global]"]
+    for r in plan.repos:
+        k = f"repo{r.index}"
+        if r.s3 is not None:
+            if not s3_key or not s3_secret:
+                raise PgBackRestConfError(f"repository {r.index} (S3) needs a key and a secret")
+            lines += [_line(f"{k}-s3-key", s3_key), _line(f"{k}-s3-key-secret", s3_secret)]
+        if r.encrypted:
+            if len(passphrase) < 20:
+                raise PgBackRestConfError(f"repository {r.index}: the cipher passphrase is shorter than 20 characters")
+            lines.append(_line(f"{k}-cipher-pass", passphrase))
+    return "\n".join(lines) + "\n"
+
+
+def base_argv(plan: Plan, binary: str = "pgbackrest") -> list[str]:
+    return [binary, f"--config={plan.conf}", f"--config-include-path={plan.include_dir}", f"--stanza={plan.stanza}"]
+
+
+def archive_settings(plan: Plan, binary: str = "pgbackrest") -> dict[str, str]:
+    """The server's archive settings (postgresql.auto.conf on the primary)."""
+    cmd = " ".join(base_argv(plan, binary)) + " archive-push %p"
+    return {"archive_mode": "on", "archive_command": cmd, "archive_timeout": str(plan.archive_timeout)}
+
+
+def backup_argv(plan: Plan, kind: str, repo: int) -> list[str]:
+    if kind not in ("full", "diff", "incr"):
+        raise PgBackRestConfError(f"backup type {kind!r}: full, diff or incr")
+    return [*base_argv(plan), f"--repo={repo}", f"--type={kind}", "backup"]
+
+
+def restore_argv(plan: Plan, target: Path, to: str, repo: int) -> list[str]:
+    """A restore into `target` (an empty directory: never the live one), to `latest` or a time
+    ('2026-11-26 13:05:00+00'), with archiving off in the copy (a drill or a restore never
+    pushes WAL into the stanza it came from). The copy gets its own configuration only when
+    started; it starts in recovery, then promotes at the target."""
+    if target.resolve() == plan.pg_path.resolve():
+        raise PgBackRestConfError(f"{target} is the live data directory")
+    argv = [*base_argv(plan), f"--repo={repo}", f"--pg1-path={target}", "--archive-mode=off"]
+    if to != "latest":
+        argv += ["--type=time", f"--target={to}", "--target-action=promote"]
+    return [*argv, "restore"]
