@@ -1,22 +1,12 @@
-"""pgBackRest's configuration as dvpnd renders it (pure), and the same files driving the real
-pgBackRest 2.45 against a real PostgreSQL 15 (as root: the server and pgBackRest run as the
-postgres user, on a Unix socket only): a full backup into the local repository, WAL archived
-asynchronously by the server's archive_command, and a point-in-time restore that brings a
-dropped table back with every row, with archiving off in the copy."""
+"""pgBackRest's configuration as dvpnd renders it (pure). The same files drive the real
+pgBackRest against a real PostgreSQL in tests/lab/test_pgbackrest.py."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from dvpnd.postgres.conf import render_auto_conf
 from dvpnd.postgres.pgbackrest import (
     S3,
     PgBackRestConfError,
@@ -24,13 +14,10 @@ from dvpnd.postgres.pgbackrest import (
     Repo,
     archive_settings,
     backup_argv,
-    base_argv,
     render_conf,
     render_secrets,
     restore_argv,
 )
-
-BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def plan(home: Path, **kw: object) -> Plan:
@@ -79,82 +66,3 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
     assert "--type=time" not in restore_argv(p, tmp_path / "scratch", "latest", 1)
     with pytest.raises(PgBackRestConfError, match="live data directory"):
         restore_argv(p, tmp_path / "data", "latest", 1)
-
-
-# --- the real parts -------------------------------------------------------------------------
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    u = pwd.getpwnam("postgres")
-    return ["setpriv", f"--reuid={u.pw_uid}", f"--regid={u.pw_gid}", "--init-groups", "--", *argv]
-
-
-def _run(argv: list[str], timeout: float = 120) -> str:
-    r = subprocess.run(_as_postgres(argv), capture_output=True, text=True, timeout=timeout, cwd="/")
-    assert r.returncode == 0, f"{' '.join(argv)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-
-def _sql(sock: Path, port: int, sql: str) -> str:
-    return _run([str(BIN / "psql"), "-X", "-h", str(sock), "-p", str(port), "-U", "postgres", "-d", "postgres",
-                 "-Atqc", sql]).strip()
-
-
-@pytest.mark.process
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (PostgreSQL and pgBackRest run as postgres)")
-def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repository() -> None:
-    assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
-    home = Path(tempfile.mkdtemp(prefix="dvpn-pgbr-", dir="/var/tmp"))
-    pids: list[Path] = []
-    try:
-        os.chmod(home, 0o755)
-        u = pwd.getpwnam("postgres")
-        for d in ("data", "restored", "sock", "logs", "repo", "pgbackrest", "pgbackrest/conf.d"):
-            (home / d).mkdir(mode=0o700)
-            os.chown(home / d, u.pw_uid, u.pw_gid)
-        port = 55000 + os.getpid() % 1000
-        p = Plan(stanza="lab", pg_path=home / "data", pg_port=port, pg_socket=home / "sock", home=home / "pgbackrest",
-                 repos=(Repo(1, str(home / "repo"), 2),), process_max=2, archive_timeout=5)
-        for path, text in ((p.conf, render_conf(p)), (p.secrets, render_secrets(p))):
-            path.write_text(text)
-            os.chown(path, u.pw_uid, u.pw_gid)
-            path.chmod(0o600)
-        _run([str(BIN / "initdb"), "-D", str(p.pg_path), "-A", "trust", "-U", "postgres", "--no-sync"])
-        auto = p.pg_path / "postgresql.auto.conf"
-        auto.write_text(render_auto_conf(auto.read_text(), {**archive_settings(p), "listen_addresses": "",
-                                                            "unix_socket_directories": str(p.pg_socket),
-                                                            "port": str(port)}))
-        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-l", str(home / "logs" / "data.log"), "start"])
-        pids.append(p.pg_path)
-        _run([*base_argv(p), "stanza-create"])
-        _run([*base_argv(p), "check"])
-        _run(backup_argv(p, "full", 1), timeout=300)
-        _sql(p.pg_socket, port, "CREATE TABLE t AS SELECT g AS i FROM generate_series(1, 1000) g")
-        time.sleep(1.1)
-        target = _sql(p.pg_socket, port, "SELECT now()")
-        time.sleep(1.1)
-        _sql(p.pg_socket, port, "DROP TABLE t")
-        _run([*base_argv(p), "check"])  # switches WAL and waits until it is archived
-        info = _run([*base_argv(p), "info"])
-        assert "full backup" in info and "wal archive min/max" in info, info
-        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-m", "fast", "stop"])
-        pids.remove(p.pg_path)
-
-        restored = home / "restored"
-        _run(restore_argv(p, restored, target, 1), timeout=300)
-        rauto = restored / "postgresql.auto.conf"
-        rauto.write_text(render_auto_conf(rauto.read_text(), {"port": str(port + 1)}))
-        _run([str(BIN / "pg_ctl"), "-D", str(restored), "-w", "-t", "120", "-l", str(home / "logs" / "restored.log"), "start"])
-        pids.append(restored)
-        deadline = time.monotonic() + 60
-        while _sql(p.pg_socket, port + 1, "SELECT pg_is_in_recovery()") != "f":
-            assert time.monotonic() < deadline, (home / "logs" / "restored.log").read_text()[-2000:]
-            time.sleep(0.5)
-        assert _sql(p.pg_socket, port + 1, "SELECT count(*), sum(i) FROM t") == "1000|500500"
-        assert _sql(p.pg_socket, port + 1, "SHOW archive_mode") == "off"  # a copy never archives into the stanza
-    finally:
-        for running in pids:
-            subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
-                           capture_output=True, timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
-

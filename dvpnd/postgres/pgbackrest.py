@@ -33,11 +33,13 @@ class PgBackRestConfError(DvpnError):
 
 @dataclass(frozen=True)
 class S3:
-    endpoint: str  # host[:port], no scheme: pgBackRest speaks HTTPS
+    endpoint: str  # a host name, no scheme or port: pgBackRest speaks HTTPS
     bucket: str
     region: str
     uri_style: str = "host"  # "path" for MinIO-style servers
     ca_file: Path | None = None  # pin a private CA (verification stays on)
+    host: str | None = None  # connect here rather than to the endpoint's address (TLS still checks the endpoint)
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,10 @@ def render_conf(plan: Plan) -> str:
                   _line(f"{k}-s3-region", r.s3.region), _line(f"{k}-s3-uri-style", r.s3.uri_style)]
             if r.s3.ca_file is not None:
                 g.append(_line(f"{k}-storage-ca-file", r.s3.ca_file))
+            if r.s3.host is not None:
+                g.append(_line(f"{k}-storage-host", r.s3.host))
+            if r.s3.port is not None:
+                g.append(_line(f"{k}-storage-port", r.s3.port))
         else:
             g.append(f"{k}-type=posix")
         if r.encrypted:
