@@ -334,6 +334,10 @@ def test_the_service_sets_resolved_once_per_link_and_only_in_its_namespace(tmp_p
 
     async def go() -> list[str]:
         svc = DnsService(config, lambda: ROSTER)
+        monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", tmp_path / "absent")
+        await svc.tend_resolved()  # resolved not running (yet): looked for again next time, nothing run
+        assert "not running" in svc.system and svc._system_index is None and not calls.exists()
+        monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", tmp_path)
         status.write_text(f"Link {index[0] + 100} ({index[1]})\n")  # another namespace's links
         await svc.tend_resolved()
         assert "another namespace" in svc.system, svc.system

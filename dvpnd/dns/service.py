@@ -79,7 +79,8 @@ class DnsService:
             return  # not made yet
         if index == self._system_index:
             return
-        why, retry = resolved.available(), False
+        why = resolved.available()
+        retry = why is not None  # resolved may start after dvpnd: looked for again (no process started)
         if why is None:
             want = resolved.render_link_dns(self.config)
             why, retry = await resolved.apply_link_dns(want)

@@ -54,29 +54,47 @@ def _sql(sock: Path, port: int, sql: str) -> str:
                  "-Atqc", sql]).strip()
 
 
-def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repository() -> None:
-    assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
+def _workdir(*extra: str) -> Path:
+    """A directory under /var/tmp with the subdirectories a test cluster and pgBackRest use,
+    the postgres user's (removed by the caller)."""
     home = Path(tempfile.mkdtemp(prefix="dvpn-pgbr-", dir="/var/tmp"))
-    pids: list[Path] = []
     try:
         os.chmod(home, 0o755)
         u = pwd.getpwnam("postgres")
-        for d in ("data", "restored", "sock", "logs", "repo", "pgbackrest", "pgbackrest/conf.d", "pgbackrest/log"):
+        for d in ("data", "sock", "logs", "repo", "pgbackrest", "pgbackrest/conf.d", "pgbackrest/log", *extra):
             (home / d).mkdir(mode=0o700)
             os.chown(home / d, u.pw_uid, u.pw_gid)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    return home
+
+
+def _start_primary(home: Path, p: Plan, secrets: str) -> None:
+    """pgBackRest's files for `p` (the postgres user's, 0600), a new cluster in p.pg_path on a
+    Unix socket only, archiving through pgBackRest, started."""
+    u = pwd.getpwnam("postgres")
+    for path, text in ((p.conf, render_conf(p)), (p.secrets, secrets)):
+        path.write_text(text)
+        os.chown(path, u.pw_uid, u.pw_gid)
+        path.chmod(0o600)
+    _run([str(BIN / "initdb"), "-D", str(p.pg_path), "-A", "trust", "-U", "postgres", "--no-sync"])
+    auto = p.pg_path / "postgresql.auto.conf"
+    auto.write_text(render_auto_conf(auto.read_text(), {**archive_settings(p), "listen_addresses": "",
+                                                        "unix_socket_directories": str(p.pg_socket),
+                                                        "port": str(p.pg_port)}))
+    _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-l", str(home / "logs" / "data.log"), "start"])
+
+
+def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repository() -> None:
+    assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
+    home = _workdir("restored")
+    pids: list[Path] = []
+    try:
         port = 55000 + os.getpid() % 1000
         p = Plan(stanza="lab", pg_path=home / "data", pg_port=port, pg_socket=home / "sock", home=home / "pgbackrest",
                  repos=(Repo(1, str(home / "repo"), 2),), process_max=2, archive_timeout=5)
-        for path, text in ((p.conf, render_conf(p)), (p.secrets, render_secrets(p))):
-            path.write_text(text)
-            os.chown(path, u.pw_uid, u.pw_gid)
-            path.chmod(0o600)
-        _run([str(BIN / "initdb"), "-D", str(p.pg_path), "-A", "trust", "-U", "postgres", "--no-sync"])
-        auto = p.pg_path / "postgresql.auto.conf"
-        auto.write_text(render_auto_conf(auto.read_text(), {**archive_settings(p), "listen_addresses": "",
-                                                            "unix_socket_directories": str(p.pg_socket),
-                                                            "port": str(port)}))
-        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-l", str(home / "logs" / "data.log"), "start"])
+        _start_primary(home, p, render_secrets(p))
         pids.append(p.pg_path)
         _run([*base_argv(p), "stanza-create"])
         _run([*base_argv(p), "check"])
@@ -211,16 +229,12 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
     if not moto.exists():
         pytest.skip(f"{moto} missing: ./dev test makes the venv with the test extras (moto)")
     assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
-    home = Path(tempfile.mkdtemp(prefix="dvpn-pgbr-", dir="/var/tmp"))
+    home = _workdir("tls")
     server: subprocess.Popen[bytes] | None = None
     tunnel: subprocess.Popen[bytes] | None = None
     running: Path | None = None
     try:
-        os.chmod(home, 0o755)
         u = pwd.getpwnam("postgres")
-        for d in ("data", "sock", "logs", "repo", "pgbackrest", "pgbackrest/conf.d", "pgbackrest/log", "tls"):
-            (home / d).mkdir(mode=0o700)
-            os.chown(home / d, u.pw_uid, u.pw_gid)
         ca, cert, key = _tls_pair(home / "tls")
         for f in (ca, cert, key):
             os.chown(f, u.pw_uid, u.pw_gid)
@@ -253,17 +267,7 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
                         Repo(2, "/spokes", 2, S3(S3_NAME, "dvpn-offsite", "us-east-1", "path", ca, "127.0.0.1", s3_port),
                              True)),
                  archive_timeout=5, compress_type="gz")
-        for path, text in ((p.conf, render_conf(p)),
-                           (p.secrets, render_secrets(p, "AKIATEST", "test-secret", "correct horse battery staple 2026"))):
-            path.write_text(text)
-            os.chown(path, u.pw_uid, u.pw_gid)
-            path.chmod(0o600)
-        _run([str(BIN / "initdb"), "-D", str(p.pg_path), "-A", "trust", "-U", "postgres", "--no-sync"])
-        auto = p.pg_path / "postgresql.auto.conf"
-        auto.write_text(render_auto_conf(auto.read_text(), {**archive_settings(p), "listen_addresses": "",
-                                                            "unix_socket_directories": str(p.pg_socket),
-                                                            "port": str(port)}))
-        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-l", str(home / "logs" / "data.log"), "start"])
+        _start_primary(home, p, render_secrets(p, "AKIATEST", "test-secret", "correct horse battery staple 2026"))
         running = p.pg_path
         _run([*base_argv(p), "stanza-create"])
         marker = f"dvpn-marker-{os.getpid()}-{time.time_ns()}"
