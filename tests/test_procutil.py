@@ -48,3 +48,14 @@ def test_a_tool_dies_with_its_parent(argv: list[str]) -> None:
         time.sleep(0.05)
     os.kill(tool, signal.SIGKILL)
     raise AssertionError("the tool outlived its parent")
+
+
+def test_wait_for_takes_any_false_value_for_not_yet() -> None:
+    """Regression: a lab test's psql printed nothing while the server was starting, and the
+    shared helper took that empty output for the answer."""
+    import itertools
+
+    from dvpnd.lab.node import wait_for
+
+    answers = itertools.chain(["", 0, [], None, False], itertools.repeat("1"))
+    assert wait_for("an answer", lambda: next(answers), timeout=5, step=0.001) == "1"

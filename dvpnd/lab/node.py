@@ -73,9 +73,10 @@ def wait_until(cond: Callable[[], T | None], timeout: float, step: float, failed
 
 
 def wait_for(what: str, cond: Callable[[], T | None], timeout: float = 30, step: float = 0.25) -> T:
-    """wait_until, failing with "timed out after Ns waiting for WHAT" (the lab tests and the
-    benchmarks)."""
-    return wait_until(cond, timeout, step, lambda: f"timed out after {timeout}s waiting for {what}")
+    """Poll `cond` until it returns something true (returned), failing with "timed out after Ns
+    waiting for WHAT" (the lab tests and the benchmarks). Unlike wait_until, any false value
+    ("", 0, []) means not yet: a command's empty output is no answer."""
+    return wait_until(lambda: cond() or None, timeout, step, lambda: f"timed out after {timeout}s waiting for {what}")
 
 
 def pid_alive(pid: int | None, marker: bytes = b"dvpnd") -> bool:
