@@ -383,10 +383,14 @@ def test_dvpnctl_roster_aliases_are_checked_and_signed(tmp_path: Path, capsys: p
                  "--alias", "pg-a", "--alias", "PG-A"]) == 0
     assert main(["roster", "add", "spoke-b", "--dir", d, "--transit-key", key(), "--overlay-key", key(),
                  "--alias", "pg-a"]) == 2  # spoke-a's already
-    assert "alias pg-a is spoke-a's" in capsys.readouterr().err
+    assert "name pg-a is also spoke-a's" in capsys.readouterr().err
     assert main(["roster", "add", "spoke-b", "--dir", d, "--transit-key", key(), "--overlay-key", key()]) == 0
     assert main(["roster", "alias", "spoke-b", "spoke-a", "--dir", d]) == 2  # another member's name
+    assert "name spoke-a is also spoke-a's" in capsys.readouterr().err
     assert main(["roster", "alias", "spoke-b", "no_label", "--dir", d]) == 2
+    assert "alias 'no_label' is not a DNS label" in capsys.readouterr().err
+    assert main(["roster", "alias", "spoke-b", *(f"a{i}" for i in range(9)), "--dir", d]) == 2
+    assert "aliases must be a list of 1 to 8" in capsys.readouterr().err
     serial = Authority(Path(d)).current().serial  # type: ignore[union-attr]
     assert main(["roster", "alias", "spoke-b", "pg-b", "db", "--dir", d]) == 0
     r = Authority(Path(d)).current()

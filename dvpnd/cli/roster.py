@@ -20,7 +20,7 @@ from dvpnd.cli.common import BadInput
 from dvpnd.config.model import DEFAULT_NETWORK, DEFAULT_TRANSIT_NETWORK
 from dvpnd.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from dvpnd.roster.authority import Authority, Ed25519Verifier, verify_document
-from dvpnd.roster.model import LABEL_RE, MAX_ALIASES, Member, Roster, RosterError
+from dvpnd.roster.model import LABEL_RE, Member, Roster, RosterError
 from dvpnd.util.fsutil import read_regular
 from dvpnd.wireguard.keytext import decode_key
 
@@ -148,7 +148,7 @@ def cmd_roster_add(args: argparse.Namespace) -> int:
             raise BadInput(f"no free address left in {network}")
     member = Member(name=args.name, address=address, transit_key=_key(args.transit_key, "--transit-key"),
                     overlay_key=_key(args.overlay_key, "--overlay-key"),
-                    aliases=_aliases(args.alias, members, args.name))
+                    aliases=_aliases(args.alias, args.name))
     new = _sign(auth, members + (member,), args.valid, network)
     _published(auth, new, f"added {member.name} at {member.address}")
     print(f"\n# the spoke's join settings (its dvpnd.yaml):\noverlay:\n  mode: confidential\n"
@@ -157,28 +157,17 @@ def cmd_roster_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _aliases(given: list[str], members: tuple[Member, ...], owner: str) -> tuple[str, ...]:
-    """The aliases for `owner`, checked: DNS labels, at most MAX_ALIASES, no one else's name or alias."""
-    out: list[str] = []
-    for a in given:
-        a = a.lower()
-        if not LABEL_RE.match(a):
-            raise BadInput(f"alias {a!r} is not a DNS label (a-z, 0-9 and '-', at most 63)")
-        if a == owner or a in out:
-            continue
-        for m in members:
-            if m.name != owner and (a == m.name or a in m.aliases):
-                raise BadInput(f"alias {a} is {m.name}'s name already" if a == m.name else f"alias {a} is {m.name}'s")
-        out.append(a)
-    if len(out) > MAX_ALIASES:
-        raise BadInput(f"{len(out)} aliases: at most {MAX_ALIASES}")
-    return tuple(out)
+def _aliases(given: list[str], owner: str) -> tuple[str, ...]:
+    """The aliases as given, lower case, without repeats or the member's own name; the rest (DNS
+    labels, at most MAX_ALIASES, nobody else's name or alias) is checked where every node checks
+    it, when the roster is made (parse_payload)."""
+    return tuple(dict.fromkeys(a.lower() for a in given if a.lower() != owner))
 
 
 def cmd_roster_alias(args: argparse.Namespace) -> int:
     auth = Authority(args.dir)
     old, m = _existing(auth, args.name)
-    changed = replace(m, aliases=_aliases(args.aliases, old.members, m.name))
+    changed = replace(m, aliases=_aliases(args.aliases, m.name))
     if changed == m:
         print(f"{m.name}: aliases unchanged ({', '.join(m.aliases) or 'none'}); no new roster")
         return 0
