@@ -242,6 +242,7 @@ hub: {public_key: Pz2bp3hT4R0pt40UA0jT0rfnpbqLkDHIkVLazU5vAW4=, endpoint: "192.0
     ("{enabled: true, port: 70000}", "out of range"),
     ("{enabled: true, upstream: 8.8.8.8.8}", "dns.upstream: '8.8.8.8.8' is not an IP address"),
     ("{enabled: yes please}", "dns.enabled"),
+    ("{enabled: true, resolved: sometimes}", "dns.resolved"),
     ("{enable: true}", "dns.enable"),
 ])
 def test_bad_dns_keys_are_refused_by_name(tmp_path: Path, dns: str, problem: str) -> None:
