@@ -15,6 +15,7 @@ from dvpnd.config.model import ProbeConfig
 from dvpnd.errors import ConfigError
 from dvpnd.overlay import plan
 from dvpnd.overlay.health import HubJudge, parse_reply, render_echo
+from dvpnd.overlay.paths import Strays
 from dvpnd.roster.model import Member
 from tests.test_config import K1, K2, K3
 
@@ -286,3 +287,30 @@ def test_a_roamed_endpoint_after_the_write_is_no_failed_write() -> None:
     left = DeviceChanges(peers=(PeerChange(K2, endpoint="10.89.0.12:51821"), PeerChange(K1, endpoint="192.0.2.10:51820"),
                                 PeerChange(K2, allowed_ips=frozenset({"10.88.0.12/32"}))))
     assert [c.public_key for c in settled(left, desired).peers] == [K1, K2]  # only the roamed endpoint goes
+
+
+def test_a_pair_left_on_a_hub_neither_prefers_is_straightened(tmp_path: Path) -> None:
+    """Both ends' endpoints for each other through hub-b (a packet sent before a move arrived
+    after the other end's nudge), both preferring hub: roaming alone would keep them there.
+    After `limit` seconds off the first path, the peer is named, and its first path is written."""
+    p = tmp_path / "c.yaml"
+    p.write_text(TWO)
+    c = load_config(p)
+    m = _member(12)
+    via_a, via_b = "10.89.0.12:51821", "10.90.0.12:51821"
+    strays = Strays(limit=5.0)
+    first = {m.overlay_key: via_a}
+    assert strays.due({m.overlay_key: via_b}, first, 100.0) == frozenset()
+    assert strays.due({m.overlay_key: via_b}, first, 104.9) == frozenset()
+    # back on the first path in between: the clock starts again
+    assert strays.due({m.overlay_key: via_a}, first, 105.0) == frozenset()
+    assert strays.due({m.overlay_key: via_b}, first, 106.0) == frozenset()
+    assert strays.due({m.overlay_key: via_b}, first, 111.0) == {m.overlay_key}
+    assert strays.due({m.overlay_key: via_b}, first, 112.0) == frozenset()  # named once, then limit again
+    assert strays.due({m.overlay_key: None}, first, 200.0) == frozenset()  # no endpoint yet: no stray
+    both = plan.HubChoice(active=K1, usable=frozenset({K1, K2}))
+    assert plan.peer_paths(c, m, both).choose(via_b) is None
+    straight = plan.HubChoice(active=K1, usable=frozenset({K1, K2}), straighten=frozenset({m.overlay_key}))
+    assert plan.peer_paths(c, m, straight).choose(via_b) == via_a
+    other = plan.HubChoice(active=K1, usable=frozenset({K1, K2}), straighten=frozenset({"someone else"}))
+    assert plan.peer_paths(c, m, other).choose(via_b) is None

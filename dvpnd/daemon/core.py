@@ -35,7 +35,8 @@ from dvpnd.daemon.status import PeerView, RelayView, Snapshot, TransportView, pe
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
 from dvpnd.overlay.health import HubJudge, Prober
-from dvpnd.overlay.plan import HubChoice
+from dvpnd.overlay.paths import Strays
+from dvpnd.overlay.plan import HubChoice, peer_paths
 from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.relay.choice import TransportJudge
@@ -56,6 +57,7 @@ log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
 ROTATION_POLL = 0.1
 SETTLE = 5.0  # seconds a relay link keeps delivering after its hub moved back to UDP (transport auto)
+STRAY = 5.0  # seconds an overlay peer's endpoint may stay off its first path (see overlay/paths.py)
 
 
 def own_address(c: Config) -> str:
@@ -95,6 +97,7 @@ class Daemon:
         self._resume_transports()
         self.hub_judge: HubJudge | None = None
         self.prober: Prober | None = None
+        self.strays = Strays(max(STRAY, 3 * config.probe.window))
         if config.confidential and not config.is_hub and config.more_hubs:
             self.hub_judge = HubJudge([(h.public_key, h.name) for h in config.hubs], config.probe, time.monotonic())
             self.reconciler.hub_choice = self.hub_judge.judge(time.monotonic())[0]
@@ -510,6 +513,27 @@ class Daemon:
                 # the other ends follow at once, not at their next packet (see Prober.nudge)
                 self.prober.nudge([m.address for m in self._other_members()])
 
+    async def _straighten(self, snap: Snapshot) -> None:
+        """Put back on its first path an overlay peer whose endpoint roamed off it and stayed
+        (see overlay/paths.py), and nudge it so that its end roams along."""
+        choice = self.reconciler.hub_choice
+        if choice is None or choice.moved or choice.straighten:
+            return  # (a move is under way: it writes every first path itself)
+        members = {m.overlay_key: m for m in self._other_members()}
+        first = {k: peer_paths(self.config, m, choice).endpoints[0] for k, m in members.items()}
+        due = self.strays.due({p.public_key: p.endpoint for p in snap.peers if p.public_key in first},
+                              first, time.monotonic())
+        if not due:
+            return
+        log.info("overlay: %s reached off its preferred path for %.0f s; putting it back",
+                 ", ".join(sorted(members[k].name for k in due)), self.strays.limit)
+        self.reconciler.hub_choice = straight = replace(choice, straighten=due)
+        ok = await self.reconcile("overlay path straightened")
+        if self.reconciler.hub_choice is straight:
+            self.reconciler.hub_choice = choice
+        if ok and self.prober is not None:
+            self.prober.nudge([members[k].address for k in due])
+
     def _wake_roster_waiters(self) -> None:
         event, self._roster_event = self._roster_event, asyncio.Event()
         event.set()
@@ -535,6 +559,8 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 snap = await self.refresh_snapshot()
+                if self.hub_judge is not None:
+                    await self._straighten(snap)
                 if any(h.transport == "auto" for h in self.config.hubs):
                     await self._judge_transports()
                 if self.config.needs_relay and self.relay.spawns and self._last_result is not None:

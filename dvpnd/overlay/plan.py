@@ -35,6 +35,7 @@ class HubChoice:
     usable: frozenset[str]
     moved: bool = False
     bad: frozenset[tuple[str, str]] = frozenset()  # (member's overlay key, hub key): no answer that way
+    straighten: frozenset[str] = frozenset()  # members (overlay keys) put on their first path once more
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def peer_paths(config: Config, member: Member, choice: HubChoice | None) -> Peer
     cut = {h for m, h in choice.bad if m == member.overlay_key} if choice.bad else set()
     order = tuple(sorted(order, key=lambda h: h.public_key in cut))
     endpoints = tuple(f"{config.transit_address_via(h, member.address)}:{port}" for h in order)
-    keep = frozenset(endpoints[:1]) if choice.moved else frozenset(
+    keep = frozenset(endpoints[:1]) if choice.moved or member.overlay_key in choice.straighten else frozenset(
         e for h, e in zip(order, endpoints, strict=True) if h.public_key in choice.usable and h.public_key not in cut)
     return PeerPaths(endpoints, keep)
 

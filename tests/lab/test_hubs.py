@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,10 @@ def both_hubs_back(H: Lab) -> Iterator[Lab]:
             revive_hub(H, name)
         H.wait("every spoke back on hub", lambda: all(hub_in_use(H, s) == "hub"
                                                       for s in ("spoke-a", "spoke-b", "spoke-c")), timeout=30)
+        # and every overlay endpoint with it (a pair left on hub-b is put back within STRAY)
+        H.wait("every overlay endpoint through hub", lambda: all(
+            not p["endpoint"].startswith("10.90.") for s in ("spoke-a", "spoke-b", "spoke-c")
+            for p in H.wg_peers(s).values()), timeout=20)
 
 
 def test_two_hubs_every_spoke_probes_both_and_uses_the_first(H: Lab) -> None:
@@ -126,6 +131,28 @@ def test_a_hub_cut_off_from_one_spoke_moves_that_spoke_only(both_hubs_back: Lab)
     H.wait("spoke-a and spoke-c to reach each other through hub again",
            lambda: H.wg_peers("spoke-a")[c_key]["endpoint"].startswith("10.89.0.")
            and H.wg_peers("spoke-c")[a_key]["endpoint"].startswith("10.89.0."), timeout=10)
+
+
+def test_a_pair_left_on_the_other_hub_is_put_back(both_hubs_back: Lab) -> None:
+    """Both ends' endpoints for each other through hub-b while both prefer hub, as roaming leaves
+    them when a packet sent before one end's move arrives after the other's nudge (seen in CI):
+    roaming alone would keep them there (hub-b works); the daemons put them back on hub."""
+    H = both_hubs_back
+    a_key, b_key = lab.pubkey(H.nodes["spoke-a"], "--overlay"), lab.pubkey(H.nodes["spoke-b"], "--overlay")
+    via_b = {"spoke-a": ("10.90.0.12:51821", b_key), "spoke-b": ("10.90.0.11:51821", a_key)}
+    logs = {s: Path(H.nodes[s].dir) / "dvpnd.log" for s in via_b}
+    sizes = {s: len(p.read_text(errors="replace")) for s, p in logs.items()}
+    for s, (ep, key) in via_b.items():
+        H.run(s, "wg", "set", "wg0", "peer", key, "endpoint", ep)
+    assert H.ping("spoke-a", H.ip("spoke-b"), count=2)  # (through hub-b, which works)
+    assert H.wg_peers("spoke-a")[b_key]["endpoint"].startswith("10.90.0.")
+    t0 = time.monotonic()
+    H.wait("spoke-a and spoke-b back on hub's paths", lambda:
+           H.wg_peers("spoke-a")[b_key]["endpoint"].startswith("10.89.0.")
+           and H.wg_peers("spoke-b")[a_key]["endpoint"].startswith("10.89.0."), timeout=20)
+    print(f"\npair put back on hub after {time.monotonic() - t0:.1f} s")
+    assert any("off its preferred path" in logs[s].read_text(errors="replace")[sizes[s]:] for s in logs)
+    assert H.ping("spoke-a", H.ip("spoke-b"), count=2)
 
 
 def test_both_hubs_down_then_one_back(both_hubs_back: Lab) -> None:
