@@ -19,6 +19,8 @@ from dvpnd.config.model import (
     COMPRESSIONS,
     DEFAULT_PG_PORT,
     BackupConfig,
+    OffsiteConfig,
+    PgBackRestConfig,
     PostgresConfig,
 )
 
@@ -63,7 +65,107 @@ def postgres_section(r: Reader, top: dict[str, Any], is_hub: bool, name: str | N
     )
 
 
-BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate"}
+BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate",
+               "tool", "pgbackrest"}
+BASEBACKUP_ONLY = BACKUP_KEYS - {"enabled", "tool", "pgbackrest"}
+PGBR_KEYS = {"home", "stanza", "repo", "keep_full", "full_every", "diff_every", "check_every", "verify_every",
+             "archive_timeout", "process_max", "wal_alarm", "runner", "binary", "offsite"}
+OFFSITE_KEYS = {"endpoint", "bucket", "region", "path", "uri_style", "ca_file", "host", "port", "keep_full",
+                "credentials_file", "passphrase", "passphrase_file", "dstack_socket"}
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_RE = re.compile(rf"^(?=.{{1,253}}\Z){LABEL}(\.{LABEL})*\Z")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|TiB)?\Z")
+SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def check_host(v: str) -> str | None:
+    return None if HOST_RE.match(v) else f"'{v[:80]}' is not a host name (no scheme, port or path)"
+
+
+def read_size(r: Reader, m: dict[str, Any], kp: tuple[str, ...], default: int, lo: int) -> int:
+    raw = r.get(m, kp, (int, str), default=default)
+    got = SIZE_RE.match(raw.strip()) if isinstance(raw, str) else None
+    if isinstance(raw, str) and not got:
+        r.error(kp, f"'{raw[:40]}' is not a size (bytes, or a number with KiB, MiB, GiB or TiB)")
+        return default
+    value = int(got.group(1)) * SIZE_UNITS[got.group(2)] if got else int(raw)
+    if value < lo:
+        r.error(kp, f"must be at least {lo} bytes, got {value}")
+        return default
+    return value
+
+
+def offsite_section(r: Reader, m: dict[str, Any]) -> OffsiteConfig | None:
+    kp: tuple[str, ...] = ("backup", "pgbackrest", "offsite")
+    o = r.section(m, kp, OFFSITE_KEYS)
+    if not o:
+        return None
+    passphrase = r.get(o, kp + ("passphrase",), str, default="file",
+                       check=lambda v: None if v in ("file", "dstack") else f"'{v}': file or dstack")
+    pfile = abs_path(r, o, kp + ("passphrase_file",), "/") if "passphrase_file" in o else None
+    if passphrase == "file" and pfile is None:
+        r.error(kp + ("passphrase_file",), "is required with passphrase: file (a file of its own, mode 0600, "
+                                           "holding at least 20 characters); or passphrase: dstack")
+    if passphrase == "dstack" and pfile is not None:
+        r.error(kp + ("passphrase_file",), "is not read with passphrase: dstack (the passphrase comes from GetKey)")
+    path = r.get(o, kp + ("path",), str, default="/dvpn",
+                 check=lambda v: None if v.startswith("/") and "\n" not in v and ".." not in v.split("/")
+                 else f"'{v[:80]}' must be a path in the bucket starting with '/'")
+    return OffsiteConfig(
+        endpoint=r.get(o, kp + ("endpoint",), str, check=check_host) or "",
+        bucket=r.get(o, kp + ("bucket",), str, check=lambda v: None if BUCKET_RE.match(v) else
+                     f"'{v[:80]}' is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')") or "",
+        region=r.get(o, kp + ("region",), str, check=lambda v: None if re.match(r"^[a-z0-9-]{1,40}\Z", v)
+                     else f"'{v[:40]}' is not a region name (a-z, 0-9, '-'; Spaces: the data centre, e.g. nyc3)") or "",
+        path=path,
+        uri_style=r.get(o, kp + ("uri_style",), str, default="host",
+                        check=lambda v: None if v in ("host", "path") else f"'{v}': host or path"),
+        ca_file=abs_path(r, o, kp + ("ca_file",), "/") if "ca_file" in o else None,
+        host=r.get(o, kp + ("host",), str, default=None, check=check_host),
+        port=r.get(o, kp + ("port",), int, default=None, check=check_port),
+        keep_full=r.get(o, kp + ("keep_full",), int, default=4,
+                        check=lambda v: None if 1 <= v <= 9999999 else "must be at least 1"),
+        credentials_file=abs_path(r, o, kp + ("credentials_file",), "/") if "credentials_file" in o else None,
+        passphrase=passphrase,
+        passphrase_file=pfile,
+        dstack_socket=abs_path(r, o, kp + ("dstack_socket",), "/var/run/dstack.sock"),
+    )
+
+
+def pgbackrest_section(r: Reader, m: dict[str, Any], state_dir: Path) -> PgBackRestConfig:
+    kp: tuple[str, ...] = ("backup", "pgbackrest")
+    p = r.section(m, kp, PGBR_KEYS)
+    home = abs_path(r, p, kp + ("home",), "/var/lib/dvpn-pgbackrest")
+    if home == state_dir or state_dir in home.parents:
+        r.error(kp + ("home",), f"'{home}' is inside the state directory {state_dir}, which is root's alone (0700): "
+                                "the postgres user, which runs pgBackRest, could not reach it")
+    full_every = read_duration(r, p, kp + ("full_every",), 7 * 86400, 3600, 366 * 86400)
+    diff_every = read_duration(r, p, kp + ("diff_every",), 86400, 600, 366 * 86400)
+    if diff_every >= full_every:
+        r.error(kp + ("diff_every",), f"must be shorter than full_every ({full_every} s): a differential "
+                                       "backup is taken between two full ones")
+    return PgBackRestConfig(
+        home=home,
+        stanza=r.get(p, kp + ("stanza",), str, default="dvpn",
+                     check=lambda v: None if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z", v)
+                     else f"'{v[:40]}': letters, digits, '.', '_' and '-' (it names a directory of the repository)"),
+        repo=abs_path(r, p, kp + ("repo",), str(home / "repo")),
+        keep_full=r.get(p, kp + ("keep_full",), int, default=2,
+                        check=lambda v: None if 1 <= v <= 9999999 else "must be at least 1"),
+        full_every=full_every,
+        diff_every=diff_every,
+        check_every=read_duration(r, p, kp + ("check_every",), 3600, 60, 7 * 86400),
+        verify_every=read_duration(r, p, kp + ("verify_every",), 7 * 86400, 3600, 366 * 86400),
+        archive_timeout=read_duration(r, p, kp + ("archive_timeout",), 60, 1, 3600),
+        process_max=r.get(p, kp + ("process_max",), int, default=2,
+                          check=lambda v: None if 1 <= v <= 64 else "must be between 1 and 64"),
+        wal_alarm=read_size(r, p, kp + ("wal_alarm",), 1 << 30, 16 << 20),
+        runner=r.get(p, kp + ("runner",), str, default="auto",
+                     check=lambda v: None if v in ("auto", "systemd", "direct") else f"'{v}': auto, systemd or direct"),
+        binary=str(abs_path(r, p, kp + ("binary",), "/usr/bin/pgbackrest")),
+        offsite=offsite_section(r, p),
+    )
 
 
 def backup_section(r: Reader, top: dict[str, Any], pg: PostgresConfig, state_dir: Path) -> BackupConfig:
@@ -74,6 +176,16 @@ def backup_section(r: Reader, top: dict[str, Any], pg: PostgresConfig, state_dir
     if not pg.enabled:
         r.error(("backup", "enabled"), "backups need the postgres section (enabled: true)")
         return BackupConfig()
+
+    tool = r.get(m, ("backup", "tool"), str, default="basebackup",
+                 check=lambda v: None if v in ("basebackup", "pgbackrest") else f"'{v}': basebackup or pgbackrest")
+    if tool == "pgbackrest":
+        for key in sorted(BASEBACKUP_ONLY & set(m)):
+            r.error(("backup", key), "applies to tool: basebackup only (pgBackRest's settings go under "
+                                     "backup.pgbackrest)")
+        return BackupConfig(enabled=True, tool=tool, pgbackrest=pgbackrest_section(r, m, state_dir))
+    if "pgbackrest" in m:
+        r.error(("backup", "pgbackrest"), "is read with tool: pgbackrest only")
 
     def check_compress(v: str) -> str | None:
         method, _, level = v.partition(":")

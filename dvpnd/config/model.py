@@ -138,8 +138,51 @@ class PostgresConfig:
 
 
 @dataclass(frozen=True)
+class OffsiteConfig:
+    """backup.pgbackrest.offsite: the S3-compatible repository (pgBackRest's repo2), encrypted
+    on the spoke. Secrets are never here: the key pair comes from `credentials_file` (or
+    dvpnd's environment), the cipher passphrase from `passphrase_file` or Dstack's GetKey."""
+
+    endpoint: str
+    bucket: str
+    region: str
+    path: str = "/dvpn"
+    uri_style: str = "host"
+    ca_file: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    keep_full: int = 4
+    credentials_file: Path | None = None  # AWS_ACCESS_KEY_ID=... / AWS_SECRET_ACCESS_KEY=... lines
+    passphrase: str = "file"  # "file" (passphrase_file) or "dstack" (the guest agent's GetKey)
+    passphrase_file: Path | None = None
+    dstack_socket: Path = Path("/var/run/dstack.sock")
+
+
+@dataclass(frozen=True)
+class PgBackRestConfig:
+    """backup.pgbackrest: pgBackRest supervised by dvpnd (backup.tool: pgbackrest)."""
+
+    home: Path  # pgbackrest.conf, conf.d/, spool/, lock/, log/, results/ (on the volume)
+    stanza: str = "dvpn"
+    repo: Path = Path("/var/lib/dvpn-pgbackrest/repo")  # the local repository (repo1)
+    keep_full: int = 2
+    full_every: int = 7 * 86400
+    diff_every: int = 86400
+    check_every: int = 3600
+    verify_every: int = 7 * 86400
+    archive_timeout: int = 60
+    process_max: int = 2
+    wal_alarm: int = 1 << 30  # bytes of pg_wal past which status raises a problem
+    runner: str = "auto"  # "systemd" (dvpn-pgbackrest@.service), "direct" (dvpnd runs it as the server's user)
+    binary: str = "/usr/bin/pgbackrest"
+    offsite: OffsiteConfig | None = None
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     enabled: bool = False
+    tool: str = "basebackup"  # today's pg_basebackup tars, or "pgbackrest"
+    pgbackrest: PgBackRestConfig | None = None
     dir: Path = DEFAULT_STATE_DIR / "backups"
     interval: int = 86400
     keep_last: int = 7
