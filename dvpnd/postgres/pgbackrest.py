@@ -1,5 +1,5 @@
 """pgBackRest for a spoke's PostgreSQL server (pure): its configuration, the server's archive
-settings, and the command lines dvpnd runs (issue 19; not wired into dvpnd's schedule yet).
+settings, and the command lines dvpnd's runner (pgbr_run.py) runs as the server's user.
 
 One stanza per cluster (the primary and its replicas share it: whichever is primary archives
 and backs up). Repositories: 1 is local (posix, on the spoke's volume), 2 is offsite
@@ -17,10 +17,12 @@ a newline (render refuses one).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dvpnd.config.model import Config
 from dvpnd.errors import DvpnError
 
 CIPHER = "aes-256-cbc"
@@ -174,3 +176,41 @@ def restore_argv(plan: Plan, target: Path, to: str, repo: int) -> list[str]:
     if to != "latest":
         argv += ["--type=time", f"--target={to}", "--target-action=promote"]
     return [*argv, "restore"]
+
+
+def plan_for(config: Config) -> Plan:
+    """The plan a spoke's config describes (backup.tool: pgbackrest)."""
+    b, pg = config.backup.pgbackrest, config.postgres
+    if b is None:
+        raise PgBackRestConfError("backup.tool is not pgbackrest")
+    repos = [Repo(1, str(b.repo), b.keep_full)]
+    o = b.offsite
+    if o is not None:
+        repos.append(Repo(2, o.path, o.keep_full, S3(o.endpoint, o.bucket, o.region, o.uri_style, o.ca_file, o.host,
+                                                      o.port), encrypted=True))
+    return Plan(stanza=b.stanza, pg_path=pg.data_dir, pg_port=pg.port, pg_socket=pg.socket_dir, home=b.home,
+                repos=tuple(repos), process_max=b.process_max, archive_timeout=b.archive_timeout)
+
+
+# The runner's operations: a fixed set, each a list of pgBackRest runs (a backup and a verify
+# go to one repository at a time; the others cover every repository in one run).
+OPS = ("stanza-create", "check", "backup-full", "backup-diff", "expire", "verify", "info")
+
+
+def op_argvs(base: list[str], repos: tuple[int, ...], op: str) -> list[list[str]]:
+    if op not in OPS:
+        raise PgBackRestConfError(f"operation {op[:40]!r}: one of {', '.join(OPS)}")
+    if op.startswith("backup-"):
+        return [[*base, f"--repo={r}", f"--type={op.removeprefix('backup-')}", "backup"] for r in repos]
+    if op == "verify":
+        return [[*base, f"--repo={r}", "verify"] for r in repos]
+    if op == "info":
+        return [[*base, "--output=json", "info"]]
+    return [[*base, op]]
+
+
+def render_runner(plan: Plan, binary: str) -> str:
+    """runner.json: what the runner needs besides the operation (no secret)."""
+    local = next((r.path for r in plan.repos if r.s3 is None), None)
+    return json.dumps({"argv": base_argv(plan, binary), "repos": [r.index for r in plan.repos], "repo_path": local},
+                      indent=1) + "\n"

@@ -49,11 +49,14 @@ def read_regular(path: Path, limit: int = 1 << 20, follow_links: bool = False,
         raise UnsafeFile(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file (with
+    `mode`, and `owner` (uid, gid) if given, from the start)."""
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
