@@ -3,7 +3,9 @@ pgBackRest against a real PostgreSQL in tests/lab/test_pgbackrest.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,243 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
     assert "--type=time" not in restore_argv(p, tmp_path / "scratch", "latest", 1)
     with pytest.raises(PgBackRestConfError, match="live data directory"):
         restore_argv(p, tmp_path / "data", "latest", 1)
+
+
+# --- backup.tool: pgbackrest: the config keys, the runner's operations, the secrets, the status
+
+from dvpnd.config.load import load_config  # noqa: E402
+from dvpnd.postgres import pgbr_keys, pgbr_run  # noqa: E402
+from dvpnd.postgres.pgbackrest import OPS, op_argvs, plan_for, render_runner  # noqa: E402
+from dvpnd.postgres.pgbr_status import RETRY, behind, next_op, read_info, segment_number  # noqa: E402
+
+from .test_config import SPOKE, problems, write  # noqa: E402
+
+PGBR = SPOKE + """\
+postgres:
+  primary: 10.88.0.11
+  data_dir: /srv/pg/data
+  socket_dir: /srv/pg/run
+backup:
+  tool: pgbackrest
+  pgbackrest:
+    home: /srv/dvpn/pgbackrest
+    stanza: shop
+    full_every: 7d
+    diff_every: 1d
+    wal_alarm: 2GiB
+    offsite:
+      endpoint: nyc3.digitaloceanspaces.com
+      bucket: shop-backups
+      region: nyc3
+      credentials_file: /etc/dvpn/offsite.env
+      passphrase_file: /etc/dvpn/offsite.pass
+"""
+
+
+def test_pgbackrest_keys_make_the_plan(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, PGBR))
+    b = c.backup.pgbackrest
+    assert c.backup.enabled and c.backup.tool == "pgbackrest" and b is not None
+    assert (b.stanza, b.full_every, b.diff_every, b.wal_alarm, b.keep_full) == ("shop", 7 * 86400, 86400, 2 << 30, 2)
+    assert b.repo == Path("/srv/dvpn/pgbackrest/repo") and b.runner == "auto"
+    p = plan_for(c)
+    assert p.stanza == "shop" and p.pg_path == Path("/srv/pg/data") and p.pg_socket == Path("/srv/pg/run")
+    assert [r.index for r in p.repos] == [1, 2] and p.repos[1].encrypted and p.repos[1].s3 is not None
+    assert p.repos[1].s3.endpoint == "nyc3.digitaloceanspaces.com" and p.repos[1].path == "/dvpn"
+    conf = render_conf(p)
+    assert "repo2-s3-bucket=shop-backups" in conf and "repo2-cipher-type=aes-256-cbc" in conf
+    # the old tool's default is unchanged
+    assert load_config(write(tmp_path, PGBR.split("backup:")[0])).backup.tool == "basebackup"
+
+
+@pytest.mark.parametrize("change, message", [
+    (("tool: pgbackrest", "tool: barman"), "backup.tool: 'barman': basebackup or pgbackrest"),
+    (("  pgbackrest:\n", "  keep_last: 3\n  pgbackrest:\n"), "backup.keep_last: applies to tool: basebackup only"),
+    (("tool: pgbackrest", "tool: basebackup"), "backup.pgbackrest: is read with tool: pgbackrest only"),
+    (("stanza: shop", "stanza: ../etc"), "backup.pgbackrest.stanza: '../etc': letters, digits"),
+    (("diff_every: 1d", "diff_every: 8d"), "backup.pgbackrest.diff_every: must be shorter than full_every"),
+    (("wal_alarm: 2GiB", "wal_alarm: lots"), "backup.pgbackrest.wal_alarm: 'lots' is not a size"),
+    (("wal_alarm: 2GiB", "wal_alarm: 1MiB"), "backup.pgbackrest.wal_alarm: must be at least 16777216 bytes"),
+    (("endpoint: nyc3.digitaloceanspaces.com", "endpoint: https://nyc3.digitaloceanspaces.com"),
+     "backup.pgbackrest.offsite.endpoint: 'https://nyc3.digitaloceanspaces.com' is not a host name"),
+    (("bucket: shop-backups", "bucket: Shop_Backups"), "backup.pgbackrest.offsite.bucket: 'Shop_Backups' is not a bucket"),
+    (("      passphrase_file: /etc/dvpn/offsite.pass\n", ""),
+     "backup.pgbackrest.offsite.passphrase_file: is required with passphrase: file"),
+    (("      passphrase_file: /etc/dvpn/offsite.pass\n", "      passphrase_file: /etc/p\n      passphrase: dstack\n"),
+     "backup.pgbackrest.offsite.passphrase_file: is not read with passphrase: dstack"),
+    (("region: nyc3", 'region: "nyc3\\nrepo2-path=/x"'), "backup.pgbackrest.offsite.region: 'nyc3\nrepo2-path=/x' is not"),
+    (("    stanza: shop\n", "    stanza: shop\n    runner: sudo\n"), "backup.pgbackrest.runner: 'sudo': auto, systemd or direct"),
+    (("    stanza: shop\n", "    stanza: shop\n    keep_ful: 3\n"),
+     "backup.pgbackrest.keep_ful: unknown key (did you mean 'keep_full'?)"),
+])
+def test_bad_pgbackrest_keys_are_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = PGBR.replace(*change)
+    assert text != PGBR
+    found = problems(tmp_path, text)
+    assert any(message in p for p in found), found
+
+
+def test_the_runner_runs_only_its_own_operations(tmp_path: Path) -> None:
+    base = ["/usr/bin/pgbackrest", "--config=/h/pgbackrest.conf", "--stanza=shop"]
+    assert op_argvs(base, (1, 2), "backup-full") == [[*base, "--repo=1", "--type=full", "backup"],
+                                                     [*base, "--repo=2", "--type=full", "backup"]]
+    assert op_argvs(base, (1, 2), "check") == [[*base, "check"]]
+    assert op_argvs(base, (1,), "info") == [[*base, "--output=json", "info"]]
+    assert op_argvs(base, (1, 2), "verify") == [[*base, "--repo=1", "verify"], [*base, "--repo=2", "verify"]]
+    with pytest.raises(PgBackRestConfError, match="operation 'stanza-delete'"):
+        op_argvs(base, (1,), "stanza-delete")
+    assert "restore" not in OPS and "stanza-delete" not in OPS
+    # runner.json: what dvpnd writes is what the runner accepts; anything else is refused
+    c = load_config(write(tmp_path, PGBR))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "runner.json").write_text(render_runner(plan_for(c), "/usr/bin/pgbackrest"))
+    argv, repos = pgbr_run.load_runner(home)
+    assert argv[0] == "/usr/bin/pgbackrest" and repos == (1, 2) and "--stanza=shop" in argv
+    for bad in ('{"argv": ["sh", "-c"], "repos": [1]}', '{"argv": ["/bin/sh", "-c", "x"], "repos": [1]}',
+                '{"argv": ["/usr/bin/pgbackrest"], "repos": [9]}'):
+        (home / "runner.json").write_text(bad)
+        with pytest.raises(SystemExit):
+            pgbr_run.load_runner(home)
+
+
+def test_offsite_credentials_and_passphrases(tmp_path: Path) -> None:
+    assert pgbr_keys.parse_credentials("# spaces\nexport AWS_ACCESS_KEY_ID=DO00X\nAWS_SECRET_ACCESS_KEY='s/e+c'\n",
+                                       "f") == ("DO00X", "s/e+c")
+    with pytest.raises(pgbr_keys.SecretError, match="f: no AWS_SECRET_ACCESS_KEY"):
+        pgbr_keys.parse_credentials("AWS_ACCESS_KEY_ID=DO00X\n", "f")
+    with pytest.raises(pgbr_keys.SecretError, match="f, line 1: not NAME=value"):
+        pgbr_keys.parse_credentials("AWS_ACCESS_KEY_ID DO00X\n", "f")
+    env = tmp_path / "offsite.env"
+    env.write_text("AWS_ACCESS_KEY_ID=K\nAWS_SECRET_ACCESS_KEY=S\n")
+    env.chmod(0o644)
+    c = load_config(write(tmp_path, PGBR.replace("/etc/dvpn/offsite.env", str(env))))
+    assert c.backup.pgbackrest is not None and c.backup.pgbackrest.offsite is not None
+    with pytest.raises(pgbr_keys.SecretError, match="mode 0644; a secret must be 0600") as e:
+        pgbr_keys.read_credentials(c.backup.pgbackrest.offsite)
+    assert "S" not in str(e.value).replace("SecretError", "").split("mode")[1]  # (the secret is never shown)
+    env.chmod(0o600)
+    assert pgbr_keys.read_credentials(c.backup.pgbackrest.offsite) == ("K", "S")
+    pw = tmp_path / "pass"
+    pw.write_text("short\n")
+    pw.chmod(0o600)
+    with pytest.raises(pgbr_keys.SecretError, match="shorter than 20"):
+        pgbr_keys.passphrase_from_file(pw)
+    # Dstack: the same app key gives the same passphrase, another stanza or key another one
+    k = "11" * 32
+    p1 = pgbr_keys.passphrase_from_key(k, "shop")
+    assert p1 == pgbr_keys.passphrase_from_key(k, "shop") and len(p1) == 64
+    assert p1 != pgbr_keys.passphrase_from_key(k, "other") and p1 != pgbr_keys.passphrase_from_key("22" * 32, "shop")
+    assert pgbr_keys.parse_getkey(b'{"key": "abcd", "signature_chain": []}', "agent") == "abcd"
+    for body in (b"<html>", b'{"error": "x"}', b"[]"):
+        with pytest.raises(pgbr_keys.SecretError, match="agent"):
+            pgbr_keys.parse_getkey(body, "agent")
+    with pytest.raises(pgbr_keys.SecretError, match="not hex"):
+        pgbr_keys.passphrase_from_key("zz" * 32, "shop")
+
+
+INFO = [{"name": "shop", "status": {"code": 0, "message": "ok"},
+         "repo": [{"key": 1, "status": {"code": 0, "message": "ok"}, "cipher": "none"},
+                  {"key": 2, "status": {"code": 99, "message": "other"}, "cipher": "aes-256-cbc"}],
+         "backup": [
+             {"type": "full", "timestamp": {"start": 100, "stop": 150}, "database": {"id": 1, "repo-key": 1},
+              "info": {"size": 5000, "repository": {"size": 900, "delta": 900}}},
+             {"type": "diff", "timestamp": {"start": 200, "stop": 210}, "database": {"id": 1, "repo-key": 1},
+              "info": {"size": 5000, "repository": {"size": 90, "delta": 90}}},
+             {"type": "full", "timestamp": {"start": 300, "stop": 330}, "database": {"id": 1, "repo-key": 2},
+              "error": True},
+             {"type": "full", "timestamp": {"start": 100, "stop": 160}, "database": {"id": 1, "repo-key": 2}},
+             {"type": "full", "timestamp": {"stop": "soon"}, "database": {"repo-key": 1}},
+             "junk"],
+         "archive": [{"id": "15-1", "min": "000000010000000000000001", "max": "000000010000000100000003",
+                      "database": {"id": 1, "repo-key": 1}},
+                     {"id": "15-1", "min": "000000010000000000000001", "max": "0000000100000000000000FE",
+                      "database": {"id": 1, "repo-key": 2}}]}]
+
+
+def test_pgbackrest_info_becomes_the_status() -> None:
+    v = read_info(INFO, "shop", (1, 2))
+    assert (v[1].ok, v[1].last_full, v[1].last_diff, v[1].backups, v[1].last_size) == (True, 150, 210, 2, 90)
+    assert v[1].wal_max == "000000010000000100000003"
+    # a backup marked in error is not counted; the offsite repository's own trouble is shown
+    assert (v[2].ok, v[2].status, v[2].last_full, v[2].backups) == (False, "other", 160, 1)
+    assert behind(v[1].wal_max, v[2].wal_max) == 5  # 0x1_03 - 0x0_FE segments
+    assert behind(v[1].wal_max, v[1].wal_max) == 0 and behind(None, v[2].wal_max) is None
+    assert behind("000000010000000000000003", None) == 4
+    assert segment_number("000000020000000A00000010") == (2, 10 * 256 + 16) and segment_number("x") is None
+    assert read_info({"not": "a list"}, "shop", (1,))[1].ok is False
+    assert read_info(INFO, "other", (1,))[1].status == "no such stanza in pgBackRest's info"
+
+
+def test_the_schedule(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, PGBR))
+    b = c.backup.pgbackrest
+    assert b is not None
+    day = 86400
+    assert next_op(b, 1000, False, {}, {}) is None  # a replica never writes to the stanza
+    assert next_op(b, 1000, True, {}, {}) == "stanza-create"
+    assert next_op(b, 1000, True, {}, {"stanza-create": 900}) is None  # failed: waits before trying again
+    assert next_op(b, 1600, True, {}, {"stanza-create": 900}) == "stanza-create"
+    t = 10 * day
+    ok = {"stanza-create": t}
+    assert next_op(b, t, True, ok, {}) == "backup-full"
+    ok["backup-full"] = t
+    assert next_op(b, t, True, ok, {}) == "check"
+    ok.update(check=t, verify=t)
+    assert next_op(b, t + 3599, True, ok, {}) is None
+    assert next_op(b, t + 3600, True, ok, {}) == "check"  # check_every: 1 h
+    ok["check"] = t + day
+    assert next_op(b, t + day, True, ok, {}) == "backup-diff"
+    ok["backup-diff"] = t + day
+    assert next_op(b, t + 7 * day, True, {**ok, "check": t + 7 * day}, {}) == "backup-full"
+    # a failed backup is tried again after a while, not at every tick
+    assert next_op(b, t + 7 * day + 10, True, ok, {"backup-full": t + 7 * day}) == "check"
+    assert next_op(b, t + 7 * day + 10, True, {**ok, "check": t + 7 * day, "verify": t + 7 * day},
+                   {"backup-full": t + 7 * day}) is None
+    assert next_op(b, t + 7 * day + RETRY, True, ok, {"backup-full": t + 7 * day}) == "backup-full"
+
+
+def test_pg_setup_writes_the_archive_settings_for_pgbackrest(tmp_path: Path) -> None:
+    from dvpnd.postgres.conf import render_server_conf
+
+    text = render_server_conf(load_config(write(tmp_path, PGBR)))
+    assert "archive_mode = 'on'" in text and "archive_timeout = '60'" in text
+    assert ("archive_command = '/usr/bin/pgbackrest --config=/srv/dvpn/pgbackrest/pgbackrest.conf "
+            "--config-include-path=/srv/dvpn/pgbackrest/conf.d --stanza=shop archive-push %p'") in text
+    assert "archive_command" not in render_server_conf(load_config(write(tmp_path, PGBR.split("backup:")[0])))
+
+
+def test_status_and_metrics_show_the_repositories_and_the_offsite_lag() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dvpnd.daemon.status import BackRestView, Snapshot, render_detail, render_status
+    from dvpnd.serve.metrics import collect_pgbackrest
+
+    repos = tuple(read_info(INFO, "shop", (1, 2)).values())
+    br = BackRestView(stanza="shop", running=None, repos=repos, offsite_behind=5, wal_bytes=3 << 30, wal_waiting=190,
+                      last_ok=(("backup-full", 150.0), ("check", 220.0)),
+                      problems=("offsite behind by 5 WAL segments", "pg_wal holds 3072 MiB (alarm at 1024 MiB)"),
+                      primary=True, overdue_after=2 * 86400, since=100.0)
+    snap = Snapshot(taken=1000.0, node="spoke-a", role="spoke", interface="wg0", overlay_ip="10.88.0.11",
+                    backend="userspace", interface_up=True, pgbackrest=br)
+    public = render_status(snap, 1000.0, 180)
+    assert public["backup"] == {"last_success": "1970-01-01T00:03:30.000Z", "age_sec": 790, "overdue": False}
+    assert public["state"] == "degraded"
+    assert render_status(snap, 210 + 2 * 86400 + 1, 180)["backup"]["overdue"] is True
+    # the public page names no repository, endpoint or error
+    assert "offsite" not in json.dumps(public) and "nyc3" not in json.dumps(public)
+    detail = render_detail(snap, 1000.0, 180)["backup"]
+    assert detail["tool"] == "pgbackrest" and [r["name"] for r in detail["repos"]] == ["local", "offsite"]
+    assert detail["offsite_behind_segments"] == 5 and "backup: offsite behind by 5 WAL segments" in \
+        render_detail(snap, 1000.0, 180)["problems"]
+
+    class One:
+        def collect(self) -> Any:
+            return collect_pgbackrest(snap, 1000.0)
+
+    reg = CollectorRegistry()
+    reg.register(One())  # type: ignore[arg-type]
+    text = generate_latest(reg).decode()
+    assert 'dvpnd_pgbackrest_repo_ok{repo="offsite"} 0.0' in text and 'dvpnd_pgbackrest_backups{repo="local"} 2.0' in text
+    assert "dvpnd_pgbackrest_offsite_behind_segments 5.0" in text and "dvpnd_backup_overdue 0.0" in text
+    assert 'dvpnd_pgbackrest_last_ok_timestamp_seconds{op="check"} 220.0' in text

@@ -83,7 +83,9 @@ def format_db(st: dict[str, Any]) -> str:
             lines.append(f"postgres: replica of {v['upstream'] or '?'}, {v['receiver_status'] or 'not streaming'}, "
                          f"lag {v['lag_bytes']} bytes, {v['lag_sec']}s, version {v['version']}")
     b = st.get("backup")
-    if b is not None:
+    if b is not None and b.get("tool") == "pgbackrest":
+        lines += format_pgbackrest(b)
+    elif b is not None:
         from dvpnd.postgres.backup import human
 
         if b["last_success"]:
@@ -98,6 +100,24 @@ def format_db(st: dict[str, Any]) -> str:
         if b["last_error"]:
             lines.append(f"  last error: {b['last_error']}")
     return "\n".join(lines)
+
+
+def format_pgbackrest(b: dict[str, Any]) -> list[str]:
+    from dvpnd.postgres.backup import human
+
+    role = "" if b["primary"] else " (a replica: the primary backs up)"
+    lines = [f"backup: pgBackRest, stanza {b['stanza']}{role}" + (f", running {b['running']}" if b["running"] else "")]
+    for r in b["repos"]:
+        lines.append(f"  {r['name']:<8} {'ok' if r['ok'] else r['status']}: {r['backups']} backups, newest full "
+                     f"{r['last_full_time'] or 'none'}, newest diff {r['last_diff_time'] or 'none'}, "
+                     f"WAL to {r['wal_max'] or 'none'}"
+                     + (f", last {human(r['last_size_bytes'])}" if r.get("last_size_bytes") is not None else ""))
+    if b["offsite_behind_segments"] is not None:
+        lines.append(f"  offsite behind by {b['offsite_behind_segments']} WAL segments")
+    lines.append(f"  pg_wal {human(b['pg_wal_bytes'])}, {b['wal_waiting_segments']} segments waiting to be archived")
+    for p in b["problems"]:
+        lines.append(f"  problem: {p}")
+    return lines
 
 
 def cmd_pg_status(args: argparse.Namespace) -> int:
@@ -118,6 +138,9 @@ def cmd_backup_now(args: argparse.Namespace) -> int:
         for p in reply.get("problems", []):
             print(p, file=sys.stderr)
         return EXIT_BAD_INPUT if reply.get("bad_input") else EXIT_FAILURE
+    if "pgbackrest" in reply:
+        print("\n".join(format_pgbackrest(request(args, "status")["status"]["backup"])))
+        return 0
     b = reply["backup"]
     print(f"backup {b['name']}: {human(b['size_bytes'])} in {b['duration_sec']}s, verified in {b['verify_sec']}s")
     return 0

@@ -38,6 +38,7 @@ from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.paths import Strays
 from dvpnd.overlay.plan import HubChoice, peer_paths
 from dvpnd.postgres.backup import entry_json
+from dvpnd.postgres.pgbr_supervisor import BackRest
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.relay.choice import TransportJudge
 from dvpnd.relay.plan import render_relay
@@ -87,6 +88,7 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
+        self.backrest = BackRest(config) if self.db is not None and config.backup.tool == "pgbackrest" else None
         self.relay = RelayControl(config)
         self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
         self.transport_judge = TransportJudge(config.relay.udp_holddown)
@@ -259,6 +261,8 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
+                "backup.tool/backup.pgbackrest": (new.backup.tool, new.backup.pgbackrest)
+                != (old.backup.tool, old.backup.pgbackrest),
                 "dns": new.dns != old.dns,
                 "hubs/probe": bool(new.more_hubs or old.more_hubs) and (
                     [_route_of(h) for h in new.hubs], new.probe) != ([_route_of(h) for h in old.hubs], old.probe),
@@ -379,7 +383,8 @@ class Daemon:
             firewall_error=fw.error, firewall_applied=fw.applied,
             extra=self.counters().as_dict(),
             postgres=self.db.view if self.db else None,
-            backup=self.db.status if self.db and c.backup.enabled else None,
+            backup=self.db.status if self.db and c.backup.enabled and self.backrest is None else None,
+            pgbackrest=self.backrest.snapshot(self._is_primary()) if self.backrest is not None else None,
             hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
             failovers=self.hub_judge.failovers if self.hub_judge else 0,
             **relay_views(c, self._read_relay_status(), self.transport_judge),
@@ -423,7 +428,8 @@ class Daemon:
         snap, counters = self.snapshot, self.counters()
         if self.db is not None:
             snap = replace(snap, postgres=self.db.view,
-                           backup=self.db.status if self.config.backup.enabled else None)
+                           backup=self.db.status if self.config.backup.enabled and self.backrest is None else None,
+                           pgbackrest=self.backrest.snapshot(self._is_primary()) if self.backrest else None)
         return Published(replace(snap, extra=counters.as_dict()), counters, self.ready, self.config.stale_after)
 
     # --- commands (the control socket's, through serve.api.Commands) --------------------------
@@ -437,9 +443,23 @@ class Daemon:
         fw = self.reconciler.firewall_state
         return Outcome(ok and fw.error is None, tuple(e for e in (fw.error, self.reconcile_error) if e))
 
+    def _is_primary(self) -> bool:
+        view = self.db.view if self.db is not None else None
+        return view is not None and view.up and view.role == "primary"
+
     async def backup_now(self) -> Outcome:
         if self.db is None or not self.config.backup.enabled:
             return Outcome(False, (f"{self.config_path}: backups are not enabled (backup section)",), bad_input=True)
+        if self.backrest is not None:
+            if not self._is_primary():
+                return Outcome(False, ("this spoke's PostgreSQL is not the primary: only the primary backs up "
+                                       "(one writer per stanza)",))
+            try:
+                ok = await self.backrest.backup_now()
+            except DvpnError as e:
+                return Outcome(False, (str(e),))
+            return Outcome(ok, tuple(f"pgBackRest {op}: {why}" for op, why in self.backrest.errors.items()),
+                           data={"pgbackrest": self.backrest.view()})
         try:
             entry = await self.db.backup_now()
         except DvpnError as e:
@@ -658,7 +678,10 @@ class Daemon:
             tasks.append(asyncio.create_task(self.dns.tend(self.stopping), name="dns"))
         if self.db is not None:
             tasks.append(asyncio.create_task(self.db.poll_loop(self.stopping), name="postgres"))
-            if self.config.backup.enabled:
+            if self.backrest is not None:
+                backrest = self.backrest.loop(self.stopping, self._is_primary)
+                tasks.append(asyncio.create_task(backrest, name="pgbackrest"))
+            elif self.config.backup.enabled:
                 tasks.append(asyncio.create_task(self.db.backup_loop(self.stopping), name="backup"))
         try:
             await self.stopping.wait()

@@ -16,10 +16,38 @@ from dvpnd.config.model import Config
 from dvpnd.wireguard.device import DeviceState
 
 if TYPE_CHECKING:
+    from dvpnd.postgres.pgbr_status import RepoView
     from dvpnd.postgres.state import PgView
     from dvpnd.postgres.supervisor import BackupStatus
 
 VERSION = __version__  # shown on the page and in dvpnd_build
+
+
+@dataclass(frozen=True)
+class BackRestView:
+    """backup.tool: pgbackrest, as the snapshot carries it (see postgres/pgbr_supervisor.py)."""
+
+    stanza: str
+    running: str | None
+    repos: tuple[RepoView, ...]
+    offsite_behind: int | None  # WAL segments the offsite repository is behind the local one
+    wal_bytes: int
+    wal_waiting: int  # segments in pg_wal waiting to be archived
+    last_ok: tuple[tuple[str, float], ...]  # (operation, when it last succeeded)
+    problems: tuple[str, ...]
+    primary: bool  # only the primary backs up; a replica's view says so
+    overdue_after: int  # seconds: twice the differential interval
+    since: float  # when dvpnd began looking after backups (overdue counts from here until the first)
+
+    @property
+    def last_success(self) -> float | None:
+        """The newest backup (full or differential) in the local repository."""
+        local = next((r for r in self.repos if r.key == 1), None)
+        return local.last_diff if local is not None else None
+
+    def overdue(self, now: float) -> bool:
+        last = self.last_success
+        return self.primary and now - (last if last is not None else self.since) > self.overdue_after
 
 
 @dataclass(frozen=True)
@@ -139,6 +167,7 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
     postgres: PgView | None = None  # spokes with a database
     backup: BackupStatus | None = None
+    pgbackrest: BackRestView | None = None  # backup.tool: pgbackrest
     mode: str = "routed"
     roster: RosterView | None = None  # confidential mode
     hubs: tuple[HubView, ...] = ()  # a spoke with more than one hub
@@ -192,6 +221,8 @@ class Snapshot:
         if b is not None and b.overdue(now):
             out.append("backup overdue (older than twice backup.interval)" if b.last_success
                        else "no backup yet after twice backup.interval")
+        if self.pgbackrest is not None:
+            out += [f"backup: {p}" for p in self.pgbackrest.problems]
         return out
 
 
@@ -270,6 +301,11 @@ def _public_db(snap: Snapshot, now: float) -> dict[str, Any]:
         out["backup"] = {"last_success": rfc3339_ms(b.last_success) if b.last_success else None,
                          "age_sec": int(age) if age is not None else None,
                          "overdue": b.overdue(now)}
+    if snap.pgbackrest is not None:
+        last = snap.pgbackrest.last_success
+        out["backup"] = {"last_success": rfc3339_ms(last) if last else None,
+                         "age_sec": int(now - last) if last is not None else None,
+                         "overdue": snap.pgbackrest.overdue(now)}
     return out
 
 
@@ -288,6 +324,19 @@ def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
         age = b.age(now)
         out["backup"] = dict(asdict(b), age_sec=int(age) if age is not None else None, overdue=b.overdue(now),
                              last_success_time=rfc3339_ms(b.last_success) if b.last_success else None)
+    if snap.pgbackrest is not None:
+        br = snap.pgbackrest
+        names = {1: "local", 2: "offsite"}
+        out["backup"] = {
+            "tool": "pgbackrest", "stanza": br.stanza, "primary": br.primary, "running": br.running,
+            "repos": [dict(asdict(r), name=names.get(r.key, str(r.key)),
+                           last_full_time=rfc3339_ms(r.last_full) if r.last_full else None,
+                           last_diff_time=rfc3339_ms(r.last_diff) if r.last_diff else None) for r in br.repos],
+            "offsite_behind_segments": br.offsite_behind, "pg_wal_bytes": br.wal_bytes,
+            "wal_waiting_segments": br.wal_waiting,
+            "last_ok": {op: rfc3339_ms(t) for op, t in br.last_ok},
+            "problems": list(br.problems),
+        }
     return out
 
 

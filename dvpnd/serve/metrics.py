@@ -197,6 +197,46 @@ def collect_db(snap: Snapshot, now: float) -> Iterator[Any]:
         yield GaugeMetricFamily("dvpnd_backups_kept", "Verified backups in the backup directory", value=b.kept)
         yield GaugeMetricFamily("dvpnd_backup_overdue", "1 if the last backup is older than twice the interval",
                                 value=int(b.overdue(now)))
+    yield from collect_pgbackrest(snap, now)
+
+
+def collect_pgbackrest(snap: Snapshot, now: float) -> Iterator[Any]:
+    """backup.tool: pgbackrest: per repository (local, offsite) and per operation."""
+    br = snap.pgbackrest
+    if br is None:
+        return
+    names = {1: "local", 2: "offsite"}
+    last = br.last_success
+    yield GaugeMetricFamily("dvpnd_backup_last_success_timestamp_seconds",
+                            "UNIX time of the newest backup in the local repository (0: none)", value=last or 0)
+    yield GaugeMetricFamily("dvpnd_backup_overdue", "1 if the newest backup is older than twice the differential "
+                            "interval (primary only)", value=int(br.overdue(now)))
+    repo_ok = GaugeMetricFamily("dvpnd_pgbackrest_repo_ok", "1 if pgBackRest reports the repository ok",
+                                labels=["repo"])
+    backups = GaugeMetricFamily("dvpnd_pgbackrest_backups", "Backups in the repository", labels=["repo"])
+    full = GaugeMetricFamily("dvpnd_pgbackrest_last_full_timestamp_seconds", "UNIX time of the newest full backup",
+                             labels=["repo"])
+    for r in br.repos:
+        name = names.get(r.key, str(r.key))
+        repo_ok.add_metric([name], int(r.ok))
+        backups.add_metric([name], r.backups)
+        full.add_metric([name], r.last_full or 0)
+    yield from (repo_ok, backups, full)
+    if br.offsite_behind is not None:
+        yield GaugeMetricFamily("dvpnd_pgbackrest_offsite_behind_segments",
+                                "WAL segments archived locally but not yet offsite", value=br.offsite_behind)
+    yield GaugeMetricFamily("dvpnd_pgbackrest_pg_wal_bytes", "Bytes in pg_wal", value=br.wal_bytes)
+    yield GaugeMetricFamily("dvpnd_pgbackrest_wal_waiting_segments", "Segments in pg_wal waiting to be archived",
+                            value=br.wal_waiting)
+    ops = GaugeMetricFamily("dvpnd_pgbackrest_last_ok_timestamp_seconds",
+                            "UNIX time each pgBackRest operation last succeeded", labels=["op"])
+    for op, t in br.last_ok:
+        ops.add_metric([op], t)
+    yield ops
+    yield GaugeMetricFamily("dvpnd_pgbackrest_running", "1 while a pgBackRest operation runs",
+                            value=int(br.running is not None))
+    yield GaugeMetricFamily("dvpnd_pgbackrest_problems", "Problems pgBackRest's supervision reports",
+                            value=len(br.problems))
 
 
 class SnapshotCollector(Collector):
