@@ -154,6 +154,7 @@ def test_the_runner_runs_only_its_own_operations(tmp_path: Path) -> None:
     with pytest.raises(PgBackRestConfError, match="operation 'stanza-delete'"):
         op_argvs(base, (1,), "stanza-delete")
     assert "restore" not in OPS and "stanza-delete" not in OPS
+    assert op_argvs(base, (1, 2), "drill") == []  # (the runner's own steps)
     # runner.json: what dvpnd writes is what the runner accepts; anything else is refused
     c = load_config(write(tmp_path, PGBR))
     home = tmp_path / "home"
@@ -250,7 +251,9 @@ def test_the_schedule(tmp_path: Path) -> None:
     assert next_op(b, t, True, ok, {}) == "backup-full"
     ok["backup-full"] = t
     assert next_op(b, t, True, ok, {}) == "check"
-    ok.update(check=t, verify=t)
+    assert next_op(b, t, True, {**ok, "check": t}, {}) == "verify"
+    assert next_op(b, t, True, {**ok, "check": t, "verify": t}, {}) == "drill"  # a restore drill
+    ok.update(check=t, verify=t, drill=t)
     assert next_op(b, t + 3599, True, ok, {}) is None
     assert next_op(b, t + 3600, True, ok, {}) == "check"  # check_every: 1 h
     ok["check"] = t + day
@@ -259,7 +262,7 @@ def test_the_schedule(tmp_path: Path) -> None:
     assert next_op(b, t + 7 * day, True, {**ok, "check": t + 7 * day}, {}) == "backup-full"
     # a failed backup is tried again after a while, not at every tick
     assert next_op(b, t + 7 * day + 10, True, ok, {"backup-full": t + 7 * day}) == "check"
-    assert next_op(b, t + 7 * day + 10, True, {**ok, "check": t + 7 * day, "verify": t + 7 * day},
+    assert next_op(b, t + 7 * day + 10, True, {**ok, "check": t + 7 * day, "verify": t + 7 * day, "drill": t + 7 * day},
                    {"backup-full": t + 7 * day}) is None
     assert next_op(b, t + 7 * day + RETRY, True, ok, {"backup-full": t + 7 * day}) == "backup-full"
 
@@ -308,3 +311,24 @@ def test_status_and_metrics_show_the_repositories_and_the_offsite_lag() -> None:
     assert 'dvpnd_pgbackrest_repo_ok{repo="offsite"} 0.0' in text and 'dvpnd_pgbackrest_backups{repo="local"} 2.0' in text
     assert "dvpnd_pgbackrest_offsite_behind_segments 5.0" in text and "dvpnd_backup_overdue 0.0" in text
     assert 'dvpnd_pgbackrest_last_ok_timestamp_seconds{op="check"} 220.0' in text
+
+
+def test_a_restore_names_its_moment_with_a_zone_and_never_the_live_directory(tmp_path: Path) -> None:
+    from dvpnd.postgres.pgbr_restore import RestoreError, parse_target, restore
+
+    assert parse_target("latest") == "latest"
+    assert parse_target("2026-11-26T13:05:00Z") == "2026-11-26 13:05:00+00"
+    assert parse_target("2026-11-26 13:05:00.25+01:00") == "2026-11-26 13:05:00.25+01:00"
+    for bad in ("2026-11-26 13:05:00", "yesterday", "2026-11-26 13:05:00+00; rm -rf /"):
+        with pytest.raises(RestoreError, match="a moment with its time zone"):
+            parse_target(bad)
+    c = load_config(write(tmp_path, PGBR))
+    with pytest.raises(RestoreError, match="is the live data directory"):
+        restore(c, Path("/srv/pg/data"), "latest", "local")
+    with pytest.raises(RestoreError, match="--from elsewhere"):
+        restore(c, tmp_path / "new", "latest", "elsewhere")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "PG_VERSION").write_text("15\n")
+    with pytest.raises(RestoreError, match="not an empty directory"):
+        restore(c, busy, "latest", "local")

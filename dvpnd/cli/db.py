@@ -115,6 +115,9 @@ def format_pgbackrest(b: dict[str, Any]) -> list[str]:
     if b["offsite_behind_segments"] is not None:
         lines.append(f"  offsite behind by {b['offsite_behind_segments']} WAL segments")
     lines.append(f"  pg_wal {human(b['pg_wal_bytes'])}, {b['wal_waiting_segments']} segments waiting to be archived")
+    drill = b.get("last_ok", {}).get("drill")
+    if drill:
+        lines.append(f"  restore drill passed {drill} ({b.get('drill_databases')} databases answered)")
     for p in b["problems"]:
         lines.append(f"  problem: {p}")
     return lines
@@ -168,6 +171,16 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     from dvpnd.postgres import restore
 
     config = pg_config(args)
+    if config.backup.tool == "pgbackrest":
+        from dvpnd.postgres import pgbr_restore
+
+        if args.name:
+            raise BadInput("with backup.tool: pgbackrest a restore takes --time TIME|latest and --from, not a name")
+        for line in pgbr_restore.restore(config, args.to, args.time, args.source):
+            print(line)
+        return 0
+    if args.time != "latest" or args.source != "local":
+        raise BadInput("--time and --from need backup.tool: pgbackrest (pg_basebackup backups restore as taken)")
     entry = restore.find_backup(config.backup, args.name)
     seconds = asyncio.run(restore.verify_backup(config, entry))
     print(f"backup {entry.name}: verified against its manifest in {seconds:.1f}s")
@@ -180,6 +193,16 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
     from dvpnd.postgres import restore
 
     config = pg_config(args)
+    if config.backup.tool == "pgbackrest":
+        from dvpnd.postgres import pgbr_restore
+
+        if args.name:
+            raise BadInput("with backup.tool: pgbackrest a restore takes --time TIME|latest and --from, not a name")
+        for line in pgbr_restore.restore(config, args.to, args.time, args.source):
+            print(line)
+        return 0
+    if args.time != "latest" or args.source != "local":
+        raise BadInput("--time and --from need backup.tool: pgbackrest (pg_basebackup backups restore as taken)")
     entry = restore.find_backup(config.backup, args.name)
     for line in asyncio.run(restore.restore(config, entry, args.to.resolve(), standby=args.standby)):
         print(line)

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--to", type=Path, required=True, help="a new or empty directory")
     p.add_argument("--standby", action="store_true", help="keep standby.signal (restore a replica as a replica)")
+    p.add_argument("--time", default="latest",
+                   help="pgbackrest: a moment with its zone ('2026-11-26 13:05:00+00') or latest (the default)")
+    p.add_argument("--from", dest="source", choices=("local", "offsite"), default="local",
+                   help="pgbackrest: the repository to restore from (default: local)")
 
     add_roster_arguments(sub)
 

@@ -170,6 +170,7 @@ class PgBackRestConfig:
     diff_every: int = 86400
     check_every: int = 3600
     verify_every: int = 7 * 86400
+    drill_every: int = 7 * 86400  # a restore drill: the newest backup restored into scratch and started
     archive_timeout: int = 60
     process_max: int = 2
     wal_alarm: int = 1 << 30  # bytes of pg_wal past which status raises a problem

@@ -38,6 +38,7 @@ class BackRestView:
     primary: bool  # only the primary backs up; a replica's view says so
     overdue_after: int  # seconds: twice the differential interval
     since: float  # when dvpnd began looking after backups (overdue counts from here until the first)
+    drill_databases: int | None = None  # databases the last restore drill's server answered with
 
     @property
     def last_success(self) -> float | None:
@@ -333,7 +334,7 @@ def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
                            last_full_time=rfc3339_ms(r.last_full) if r.last_full else None,
                            last_diff_time=rfc3339_ms(r.last_diff) if r.last_diff else None) for r in br.repos],
             "offsite_behind_segments": br.offsite_behind, "pg_wal_bytes": br.wal_bytes,
-            "wal_waiting_segments": br.wal_waiting,
+            "wal_waiting_segments": br.wal_waiting, "drill_databases": br.drill_databases,
             "last_ok": {op: rfc3339_ms(t) for op, t in br.last_ok},
             "problems": list(br.problems),
         }

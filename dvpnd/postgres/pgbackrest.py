@@ -194,7 +194,8 @@ def plan_for(config: Config) -> Plan:
 
 # The runner's operations: a fixed set, each a list of pgBackRest runs (a backup and a verify
 # go to one repository at a time; the others cover every repository in one run).
-OPS = ("stanza-create", "check", "backup-full", "backup-diff", "expire", "verify", "info")
+OPS = ("stanza-create", "check", "backup-full", "backup-diff", "expire", "verify", "info", "drill")
+DRILL_PORT = 5499  # the drill's server: a Unix socket in HOME/drill only (this number names it)
 
 
 def op_argvs(base: list[str], repos: tuple[int, ...], op: str) -> list[list[str]]:
@@ -206,11 +207,20 @@ def op_argvs(base: list[str], repos: tuple[int, ...], op: str) -> list[list[str]
         return [[*base, f"--repo={r}", "verify"] for r in repos]
     if op == "info":
         return [[*base, "--output=json", "info"]]
+    if op == "drill":
+        return []  # (the runner's own steps: drill_argv, then a server started on the copy)
     return [[*base, op]]
 
 
-def render_runner(plan: Plan, binary: str) -> str:
+def drill_argv(base: list[str], data: Path) -> list[str]:
+    """A restore drill's restore: the local repository's newest backup into scratch, to the
+    first consistent moment, promoted, archiving off (a drill never archives into the stanza)."""
+    return [*base, "--repo=1", f"--pg1-path={data}", "--archive-mode=off", "--type=immediate",
+            "--target-action=promote", "restore"]
+
+
+def render_runner(plan: Plan, binary: str, bin_dir: Path = Path("/usr/lib/postgresql/15/bin")) -> str:
     """runner.json: what the runner needs besides the operation (no secret)."""
     local = next((r.path for r in plan.repos if r.s3 is None), None)
-    return json.dumps({"argv": base_argv(plan, binary), "repos": [r.index for r in plan.repos], "repo_path": local},
-                      indent=1) + "\n"
+    return json.dumps({"argv": base_argv(plan, binary), "repos": [r.index for r in plan.repos], "repo_path": local,
+                       "bin_dir": str(bin_dir)}, indent=1) + "\n"

@@ -9,7 +9,7 @@ runs and where the backups go stays root's):
       runner.json           root:postgres 0640   (the runner's command line, the repository)
       conf.d/               root:postgres 2750
         secrets.conf        root:postgres 0640   (the S3 key pair, the cipher passphrase)
-      spool/ lock/ log/ results/   postgres 0750
+      spool/ lock/ log/ results/ drill/   postgres 0750
     the local repository    postgres 0750 (HOME/repo unless backup.pgbackrest.repo says otherwise)
 
 The directories need a root that may change owners: dvpnd itself where it runs as plain root
@@ -36,7 +36,7 @@ from dvpnd.postgres.pgbackrest import Plan
 from dvpnd.util.fsutil import read_regular, write_atomic
 from dvpnd.util.procutil import child_env
 
-OWNED = ("spool", "lock", "log", "results")
+OWNED = ("spool", "lock", "log", "results", "drill")
 UNIT = "dvpn-pgbackrest@{op}.service"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dvpnd.errors import DvpnError
-from dvpnd.postgres.pgbackrest import OPS, op_argvs
+from dvpnd.postgres.pgbackrest import DRILL_PORT, OPS, drill_argv, op_argvs
 from dvpnd.postgres.pgbr_home import apply_dirs
 from dvpnd.util.fsutil import read_regular, write_atomic
 
@@ -37,11 +38,18 @@ TAIL = 4000
 RUN_TIMEOUT = 24 * 3600.0
 
 
-def load_runner(home: Path) -> tuple[list[str], tuple[int, ...]]:
+def _runner_doc(home: Path) -> dict[str, Any]:
     text = read_regular(home / "runner.json", 64 * 1024)
     if text is None:
         raise SystemExit(f"{home / 'runner.json'}: missing (dvpnd writes it)")
     doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise SystemExit(f"{home / 'runner.json'}: not a JSON object")
+    return doc
+
+
+def load_runner(home: Path) -> tuple[list[str], tuple[int, ...]]:
+    doc = _runner_doc(home)
     argv, repos = doc.get("argv"), doc.get("repos")
     if (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
             or not argv[0].startswith("/") or not all(a.startswith("--") for a in argv[1:])):
@@ -51,22 +59,100 @@ def load_runner(home: Path) -> tuple[list[str], tuple[int, ...]]:
     return argv, tuple(repos)
 
 
+def _step(argv: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+    """Run one command; (its step record, its output)."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, cwd="/",
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired:
+        rc, out, err = -1, "", f"timed out after {timeout:.0f} s"
+    except OSError as e:
+        rc, out, err = -1, "", f"{argv[0]}: {e.strerror}"
+    return {"args": argv[1:], "rc": rc, "seconds": round(time.monotonic() - t0, 3), "stderr": err[-TAIL:]}, out
+
+
+DRILL_CONF = """# a restore drill's server (dvpn-pgbackrest): a Unix socket only, nothing archived or replicated
+port = {port}
+listen_addresses = ''
+unix_socket_directories = '{sock}'
+hba_file = '{dir}/pg_hba.conf'
+ident_file = '{dir}/pg_ident.conf'
+archive_mode = off
+max_wal_senders = 0
+hot_standby = on
+"""
+
+
+def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], timeout: float) -> bool:
+    """Restore the newest local backup into HOME/drill, start a server on it (a socket in the
+    same directory, no TCP), wait until it is promoted, run a check query, stop it, remove it."""
+    scratch = home / "drill"
+    data = scratch / "data"
+    shutil.rmtree(data, ignore_errors=True)  # (a drill killed midway left it)
+    steps = result["steps"]
+    step, _ = _step(drill_argv(base, data), timeout)
+    steps.append(step)
+    if step["rc"] != 0:
+        return False
+    (scratch / "postgresql.conf").write_text(DRILL_CONF.format(port=DRILL_PORT, sock=scratch, dir=scratch))
+    (scratch / "pg_hba.conf").write_text("local all all peer\n")
+    (scratch / "pg_ident.conf").write_text("")
+    opts = f"-c config_file={scratch / 'postgresql.conf'} -c archive_mode=off -c port={DRILL_PORT}"
+    ctl = str(bin_dir / "pg_ctl")
+    started = False
+    try:
+        step, _ = _step([ctl, "-D", str(data), "-w", "-t", "600", "-l", str(scratch / "server.log"), "-o", opts,
+                         "start"], timeout)
+        steps.append(step)
+        if step["rc"] != 0:
+            step["stderr"] += _tail(scratch / "server.log")
+            return False
+        started = True
+        psql = [str(bin_dir / "psql"), "-X", "-h", str(scratch), "-p", str(DRILL_PORT), "-d", "postgres", "-Atq", "-c"]
+        deadline = time.monotonic() + 600
+        while True:
+            step, out = _step([*psql, "SELECT pg_is_in_recovery()"], 60)
+            if step["rc"] == 0 and out.strip() == "f":
+                break
+            if time.monotonic() > deadline:
+                step["stderr"] = "the restored server was not promoted within 600 s" + _tail(scratch / "server.log")
+                steps.append(step)
+                return False
+            time.sleep(0.5)
+        step, out = _step([*psql, "SELECT count(*), sum(pg_database_size(oid)) FROM pg_database"], 300)
+        steps.append(step)
+        if step["rc"] != 0:
+            return False
+        n, size = (out.strip().split("|") + ["0", "0"])[:2]
+        result["check"] = {"databases": int(n or 0), "bytes": int(size or 0)}
+        return True
+    finally:
+        if started:
+            steps.append(_step([ctl, "-D", str(data), "-w", "-m", "fast", "stop"], 300)[0])
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _tail(path: Path) -> str:
+    try:
+        return "\n" + path.read_text(errors="replace")[-1500:]
+    except OSError:
+        return ""
+
+
 def run(home: Path, op: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
     base, repos = load_runner(home)
     result: dict[str, Any] = {"op": op, "started": time.time(), "pid": os.getpid(), "steps": []}
+    if op == "drill":
+        bin_dir = _runner_doc(home).get("bin_dir")
+        ok = isinstance(bin_dir, str) and bin_dir.startswith("/") and drill(home, base, Path(bin_dir), result, timeout)
+        result.update(finished=time.time(), ok=ok)
+        return result
     ok = True
     for argv in op_argvs(base, repos, op):
-        t0 = time.monotonic()
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, cwd="/",
-                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired:
-            rc, out, err = -1, "", f"timed out after {timeout:.0f} s"
-        except OSError as e:
-            rc, out, err = -1, "", f"{argv[0]}: {e.strerror}"
-        step: dict[str, Any] = {"args": argv[1:], "rc": rc, "seconds": round(time.monotonic() - t0, 3),
-                                "stderr": err[-TAIL:]}
+        step, out = _step(argv, timeout)
+        rc = step["rc"]
         if op == "info" and rc == 0:
             try:
                 result["info"] = json.loads(out)

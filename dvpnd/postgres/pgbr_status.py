@@ -125,7 +125,9 @@ def next_op(cfg: PgBackRestConfig, now: float, primary: bool, last_ok: Mapping[s
             return "backup-full"
     elif now - max(full, last_ok.get("backup-diff", 0)) >= cfg.diff_every and not waiting("backup-diff"):
         return "backup-diff"
-    for op, every in (("check", cfg.check_every), ("verify", cfg.verify_every)):
+    for op, every in (("check", cfg.check_every), ("verify", cfg.verify_every), ("drill", cfg.drill_every)):
+        if op == "drill" and full is None:
+            continue  # (nothing to restore yet)
         if now - last_ok.get(op, 0) >= every and not waiting(op):
             return op
     return None

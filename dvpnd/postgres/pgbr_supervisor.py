@@ -63,6 +63,7 @@ class BackRest:
         self.wal_ready = 0
         self.lock = asyncio.Lock()  # one pgBackRest operation at a time
         self.since = time.time()
+        self.drill_databases: int | None = None  # what the last restore drill's server held
 
     # --- preparing ---
 
@@ -76,7 +77,7 @@ class BackRest:
                 key_id, secret, passphrase = await pgbr_keys.offsite_secrets(o, self.plan.stanza, self.environ)
             files = pgbr_home.Files(conf=render_conf(self.plan),
                                     secrets=render_secrets(self.plan, key_id, secret, passphrase),
-                                    runner=render_runner(self.plan, self.cfg.binary))
+                                    runner=render_runner(self.plan, self.cfg.binary, self.config.postgres.bin_dir))
             if pgbr_home.use_systemd(self.cfg.runner):
                 await pgbr_home.layout(self.plan.home, self.cfg.runner)
                 written = await asyncio.to_thread(pgbr_home.write_files, self.plan, files)
@@ -131,6 +132,9 @@ class BackRest:
         if ok:
             self.last_ok[op] = time.time()
             self.errors.pop(op, None)
+            check = r.get("check") if r is not None else None
+            if op == "drill" and isinstance(check, dict) and isinstance(check.get("databases"), int):
+                self.drill_databases = check["databases"]
             log.info("pgBackRest %s done in %.1f s", op, time.time() - t0)
         else:
             self.last_fail[op] = time.time()
@@ -211,7 +215,7 @@ class BackRest:
             stanza=self.plan.stanza, running=self.running, repos=tuple(v for _, v in sorted(self.repos.items())),
             offsite_behind=self.offsite_behind(), wal_bytes=self.wal_bytes, wal_waiting=self.wal_ready,
             last_ok=tuple(sorted(self.last_ok.items())), problems=tuple(self.problems()), primary=primary,
-            overdue_after=2 * self.cfg.diff_every, since=self.since)
+            overdue_after=2 * self.cfg.diff_every, since=self.since, drill_databases=self.drill_databases)
 
     async def backup_now(self) -> bool:
         """`dvpnctl backup now`: a differential backup (a full one if there is none yet)."""
