@@ -6,6 +6,12 @@ with the same options dvpnd uses (tar, client-side gzip level 1, WAL streamed, f
 checkpoint) and dvpnd's `take_backup`, the function its scheduler and `dvpnctl backup now`
 run. dvpnd's figure is its pg_basebackup plus its own work (space check, fsync of every
 file, rename, retention bookkeeping) without verification, which is reported separately.
+
+Then pgBackRest (backup.tool: pgbackrest) on the same database, through dvpnd's own path (its
+BackRest supervisor, the runner as postgres; the local repository only, lz4, 2 processes):
+a full backup against `pg_basebackup -Ft -z` (today's anchor), a differential after small
+changes and after touching the large table (pgBackRest 2.45 copies a changed file whole),
+a restore of the latest state, and the archiving lag (segments waiting) under pgbench load.
 """
 
 from __future__ import annotations
@@ -56,13 +62,16 @@ def run(quick: bool) -> list[Figure]:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.chown(WORK, "postgres", "postgres")
     shutil.chown(sock, "postgres", "postgres")
+    WORK.chmod(0o755)  # (pgBackRest's home lies inside: the runner, as postgres, must reach it)
     server = None
     try:
         subprocess.run(_as_postgres([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
                                      "-E", "UTF8", "--locale=C.UTF-8"]), check=True, capture_output=True)
+        pgbr = _pgbr_config(sock, data)
+        archive = [a for k, v in _archive_settings(pgbr).items() for a in ("-c", f"{k}={v}")]
         server = subprocess.Popen(_as_postgres([
             str(BIN / "postgres"), "-D", str(data), "-c", "listen_addresses=", "-c", f"unix_socket_directories={sock}",
-            "-c", "max_wal_size=4GB", "-c", "checkpoint_timeout=30min"]),
+            "-c", "max_wal_size=4GB", "-c", "checkpoint_timeout=30min", *archive]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while subprocess.run([str(BIN / "pg_isready"), "-q", "-h", str(sock)]).returncode != 0:
@@ -97,6 +106,7 @@ def run(quick: bool) -> list[Figure]:
             sizes.append(entry.size_bytes)
             time.sleep(1.1)  # backups are named by the second
         mb = size / 1e6
+        rest = _pgbackrest_rows(pgbr, sock, repeat, scale, mb)
         return [
             Figure(f"backup, pgbench scale {scale} ({mb:.0f} MB), without verification", "s", dvpn_times,
                    anchor_name="pg_basebackup, same options", anchor=plain_times, goal="≤ 1.05×",
@@ -105,8 +115,118 @@ def run(quick: bool) -> list[Figure]:
                         f"pgbench -i took {fill:.0f}s"),
             Figure(f"verification of that backup (unpack + pg_verifybackup), scale {scale}", "s", verify_times,
                    note="reported separately; not part of the goal"),
+            *rest,
         ]
     finally:
         if server is not None and server.poll() is None:
             wait_exit(server.pid, 60, (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL))
         shutil.rmtree(WORK, ignore_errors=True)
+
+
+# --- pgBackRest (backup.tool: pgbackrest) ----------------------------------------------------
+
+def _pgbr_config(sock: Path, data: Path) -> Path:
+    cfg = WORK / "dvpnd-pgbackrest.yaml"
+    cfg.write_text(f"""\
+role: spoke
+name: bench
+state_dir: {WORK / 'state'}
+overlay: {{address: 10.88.0.11}}
+hub: {{public_key: Pz2bp3hT4R0pt40UA0jT0rfnpbqLkDHIkVLazU5vAW4=, endpoint: 192.0.2.10:51820}}
+postgres: {{primary: 10.88.0.11, data_dir: {data}, socket_dir: {sock}}}
+backup: {{tool: pgbackrest, pgbackrest: {{home: {WORK / 'pgbr'}, stanza: bench, runner: direct, archive_timeout: 60}}}}
+""")
+    return cfg
+
+
+def _archive_settings(cfg: Path) -> dict[str, str]:
+    from dvpnd.config.load import load_config
+    from dvpnd.postgres.pgbackrest import archive_settings, plan_for
+
+    return archive_settings(plan_for(load_config(cfg)))
+
+
+def _sql(sock: Path, sql: str) -> str:
+    return subprocess.run([str(BIN / "psql"), "-h", str(sock), "-U", "postgres", "-XAtqc", sql], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _ready(data: Path) -> int:
+    try:
+        return sum(1 for p in (data / "pg_wal" / "archive_status").iterdir() if p.name.endswith(".ready"))
+    except OSError:
+        return 0
+
+
+def _pgbackrest_rows(cfg_path: Path, sock: Path, repeat: int, scale: int, mb: float) -> list[Figure]:
+    if shutil.which("pgbackrest") is None:
+        return [Figure("pgBackRest backups", "s", [], note="pgbackrest not installed: skipped")]
+    from dvpnd.config.load import load_config
+    from dvpnd.postgres import pgbr_restore
+    from dvpnd.postgres.pgbr_supervisor import BackRest
+
+    config = load_config(cfg_path)
+    br = BackRest(config, environ={})
+
+    async def run(op: str) -> float:
+        t0 = time.monotonic()
+        if not await br.run(op):
+            raise RuntimeError(f"pgBackRest {op}: {br.errors.get(op)}")
+        return time.monotonic() - t0
+
+    async def main() -> tuple[list[float], list[float], list[float], float, float]:
+        if not await br.prepare():
+            raise RuntimeError(str(br.problem))
+        await run("stanza-create")
+        plain, full = [], []
+        for i in range(repeat):
+            out = WORK / f"plain-z{i}"
+            t0 = time.monotonic()
+            await asyncio.to_thread(subprocess.run, [
+                str(BIN / "pg_basebackup"), "-D", str(out), "-Ft", "-z", "-X", "stream", "-c", "fast",
+                "-h", str(sock), "-U", "postgres", "--no-password"], check=True, capture_output=True)
+            plain.append(time.monotonic() - t0)
+            shutil.rmtree(out)
+            full.append(await run("backup-full"))
+        small = []
+        for _ in range(repeat):
+            _sql(sock, "UPDATE pgbench_branches SET bbalance = bbalance + 1; "
+                       "UPDATE pgbench_tellers SET tbalance = tbalance + 1")
+            small.append(await run("backup-diff"))
+        _sql(sock, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 0")
+        big = await run("backup-diff")
+        t0 = time.monotonic()
+        await asyncio.to_thread(pgbr_restore.restore, config, WORK / "restored", "latest", "local")
+        restore = time.monotonic() - t0
+        return plain, full, small, big, restore
+
+    plain, full, small, big, restore = asyncio.run(main())
+    shutil.rmtree(WORK / "restored", ignore_errors=True)
+    # archiving under load: segments waiting in pg_wal, sampled while pgbench writes
+    data = config.postgres.data_dir
+    load = subprocess.Popen([str(BIN / "pgbench"), "-n", "-c", "4", "-T", "10" if scale < 50 else "20", "-h", str(sock),
+                             "-U", "postgres", "postgres"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waiting = []
+    while load.poll() is None:
+        waiting.append(float(_ready(data)))
+        time.sleep(0.2)
+    switched = int(_sql(sock, "SELECT archived_count FROM pg_stat_archiver") or 0)
+    fm = statistics.median(full)
+    return [
+        Figure(f"pgBackRest full backup, local repository, scale {scale} ({mb:.0f} MB)", "s", full,
+               anchor_name="pg_basebackup -Ft -z", anchor=plain, goal="≤ 1.0×",
+               met=fm / statistics.median(plain) <= 1.0,
+               note=f"through dvpnd (runner as postgres, info read after); lz4, process-max 2; "
+                    f"{repeat} alternating runs"),
+        Figure("pgBackRest differential after small changes (branches, tellers)", "s", small,
+               anchor_name="its full backup", anchor=full, goal="≤ 0.3×",
+               met=statistics.median(small) / fm <= 0.3, note=f"{repeat} runs"),
+        Figure("pgBackRest differential after touching the large table (1 row in 1000 of pgbench_accounts)", "s",
+               [big], anchor_name="its full backup", anchor=full,
+               note="pgBackRest 2.45 copies a changed file whole: reported, no goal"),
+        Figure("pgBackRest restore of the latest state (local repository)", "s", [restore],
+               note="into a new directory, not started"),
+        Figure("WAL segments waiting to be archived under pgbench load (archive-async)", "segments", waiting,
+               goal="≤ 2", met=max(waiting or [0]) <= 2,
+               note=f"sampled every 0.2 s; max {max(waiting or [0]):.0f}; {switched} archived in all"),
+    ]
