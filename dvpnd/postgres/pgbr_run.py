@@ -73,16 +73,29 @@ def _step(argv: list[str], timeout: float) -> tuple[dict[str, Any], str]:
     return {"args": argv[1:], "rc": rc, "seconds": round(time.monotonic() - t0, 3), "stderr": err[-TAIL:]}, out
 
 
-DRILL_CONF = """# a restore drill's server (dvpn-pgbackrest): a Unix socket only, nothing archived or replicated
-port = {port}
-listen_addresses = ''
-unix_socket_directories = '{sock}'
-hba_file = '{dir}/pg_hba.conf'
-ident_file = '{dir}/pg_ident.conf'
-archive_mode = off
-max_wal_senders = 0
+DRILL_CONF = """# a restore drill's server (dvpn-pgbackrest): a Unix socket only, nothing archived; the
+# settings that matter are given on the command line too (they outrank postgresql.auto.conf)
 hot_standby = on
 """
+# settings a recovering server needs at least as high as the primary had (pg_controldata's names)
+CONTROL_SETTINGS = {"max_connections setting": "max_connections",
+                    "max_worker_processes setting": "max_worker_processes",
+                    "max_wal_senders setting": "max_wal_senders",
+                    "max_prepared_xacts setting": "max_prepared_transactions",
+                    "max_locks_per_xact setting": "max_locks_per_transaction"}
+
+
+def drill_options(scratch: Path, controldata: str) -> str:
+    """pg_ctl -o for the drill's server: its own socket, no TCP, no archiving, and the primary's
+    own values of the settings recovery checks (from the copy's pg_controldata)."""
+    opts = [f"-c config_file={scratch / 'postgresql.conf'}", f"-c hba_file={scratch / 'pg_hba.conf'}",
+            f"-c ident_file={scratch / 'pg_ident.conf'}", f"-c port={DRILL_PORT}", "-c listen_addresses=''",
+            f"-c unix_socket_directories={scratch}", "-c archive_mode=off"]
+    for line in controldata.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in CONTROL_SETTINGS and value.strip().isdigit():
+            opts.append(f"-c {CONTROL_SETTINGS[name.strip()]}={value.strip()}")
+    return " ".join(opts)
 
 
 def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], timeout: float) -> bool:
@@ -96,10 +109,14 @@ def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], ti
     steps.append(step)
     if step["rc"] != 0:
         return False
-    (scratch / "postgresql.conf").write_text(DRILL_CONF.format(port=DRILL_PORT, sock=scratch, dir=scratch))
+    (scratch / "postgresql.conf").write_text(DRILL_CONF)
     (scratch / "pg_hba.conf").write_text("local all all peer\n")
     (scratch / "pg_ident.conf").write_text("")
-    opts = f"-c config_file={scratch / 'postgresql.conf'} -c archive_mode=off -c port={DRILL_PORT}"
+    step, control = _step([str(bin_dir / "pg_controldata"), str(data)], 60)
+    if step["rc"] != 0:
+        steps.append(step)
+        return False
+    opts = drill_options(scratch, control)
     ctl = str(bin_dir / "pg_ctl")
     started = False
     try:

@@ -193,13 +193,21 @@ class BackRest:
     # --- reporting ---
 
     def offsite_behind(self) -> int | None:
+        """WAL segments not yet in the offsite repository: what its archive lacks against the
+        local one's, and while the store does not answer, every segment waiting in pg_wal
+        (PostgreSQL keeps a segment until it is archived everywhere)."""
         local, off = self.repos.get(1), self.repos.get(2)
-        if local is None or off is None:
+        if off is None:
             return None
-        return behind(local.wal_max, off.wal_max)
+        n = (behind(local.wal_max, off.wal_max) if local is not None else None) or 0
+        return max(n, self.wal_ready) if not off.ok else n
 
     def problems(self) -> list[str]:
         out = [self.problem] if self.problem else []
+        names = {1: "local", 2: "offsite"}
+        for k, v in sorted(self.repos.items()):
+            if not v.ok:
+                out.append(f"{names.get(k, k)} repository: {v.status}")
         for op, why in sorted(self.errors.items()):
             out.append(f"pgBackRest {op} failed: {why}")
         n = self.offsite_behind()

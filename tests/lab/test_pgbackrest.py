@@ -10,6 +10,7 @@ plaintext, where the unencrypted local repository does."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -423,7 +424,9 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
                       "start"])
                 running = plan.pg_path
                 for op in ("stanza-create", "backup-full", "check", "drill"):
-                    assert await br.run(op), (op, br.errors)
+                    if not await br.run(op):
+                        steps = json.loads((plan.home / "results" / f"{op}.json").read_text())["steps"]
+                        raise AssertionError("\n".join([op, *(f"{s['args'][-1]}: {s['rc']}: {s['stderr']}" for s in steps)]))
                 await br.refresh()
 
             asyncio.run(main())
@@ -458,8 +461,9 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
             v = br.view()
             print(f"\nstore unreachable: offsite behind by {v['offsite_behind_segments']} segments, "
                   f"{v['wal_waiting_segments']} waiting in pg_wal")
-            assert v["offsite_behind_segments"] and v["offsite_behind_segments"] >= 3, v
+            assert v["wal_waiting_segments"] >= 3 and v["offsite_behind_segments"] >= 3, v
             assert any("offsite behind by" in p for p in v["problems"]), v
+            assert any(p.startswith("offsite repository: ") for p in v["problems"]), v
             # back: the backlog goes out, nothing lost
             reachable(True)
             deadline = time.monotonic() + 90
