@@ -332,3 +332,20 @@ def test_a_restore_names_its_moment_with_a_zone_and_never_the_live_directory(tmp
     (busy / "PG_VERSION").write_text("15\n")
     with pytest.raises(RestoreError, match="not an empty directory"):
         restore(c, busy, "latest", "local")
+
+
+def test_dvpnctl_backup_verify_and_restore_take_their_own_arguments(tmp_path: Path, capsys: Any) -> None:
+    """Each backup command reads only the arguments it has, with either tool (a restore's --time
+    and --from were once read by verify too, which has neither)."""
+    from dvpnd.cli.main import main
+
+    old = write(tmp_path, PGBR.split("backup:")[0] + f"backup:\n  dir: {tmp_path / 'backups'}\n", "old.yaml")
+    new = write(tmp_path, PGBR, "new.yaml")
+    assert main(["backup", "verify", "--config", str(old)]) == 1  # no backup yet: a failure, not a crash
+    assert "no verified backup" in capsys.readouterr().err
+    assert main(["backup", "verify", "--config", str(new)]) == 2
+    assert "dvpnd runs pgBackRest's verify on its schedule" in capsys.readouterr().err
+    assert main(["backup", "restore", "--config", str(old), "--to", str(tmp_path / "r"), "--from", "offsite"]) == 2
+    assert "--time and --from need backup.tool: pgbackrest" in capsys.readouterr().err
+    assert main(["backup", "restore", "x", "--config", str(new), "--to", str(tmp_path / "r")]) == 2
+    assert "not a name" in capsys.readouterr().err

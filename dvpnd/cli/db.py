@@ -172,15 +172,8 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
 
     config = pg_config(args)
     if config.backup.tool == "pgbackrest":
-        from dvpnd.postgres import pgbr_restore
-
-        if args.name:
-            raise BadInput("with backup.tool: pgbackrest a restore takes --time TIME|latest and --from, not a name")
-        for line in pgbr_restore.restore(config, args.to, args.time, args.source):
-            print(line)
-        return 0
-    if args.time != "latest" or args.source != "local":
-        raise BadInput("--time and --from need backup.tool: pgbackrest (pg_basebackup backups restore as taken)")
+        raise BadInput("with backup.tool: pgbackrest, dvpnd runs pgBackRest's verify on its schedule "
+                       "(see dvpnctl pg status) and restore drills; this command checks pg_basebackup backups")
     entry = restore.find_backup(config.backup, args.name)
     seconds = asyncio.run(restore.verify_backup(config, entry))
     print(f"backup {entry.name}: verified against its manifest in {seconds:.1f}s")

@@ -74,6 +74,33 @@ def _workdir(*extra: str) -> Path:
     return home
 
 
+def _remove(home: Path, timeout: float = 60) -> None:
+    """Remove a test's directory once the pgBackRest processes working in it have ended: the
+    server's asynchronous archive-push outlives the server by a moment (and would make its spool
+    again after the removal). They are this test's own (their command lines name its directory):
+    waited for, then ended by PID."""
+    def ours() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if str(home).encode() in (d / "cmdline").read_bytes():
+                        pids.append(int(d.name))
+                except OSError:
+                    pass
+        return pids
+
+    deadline = time.monotonic() + timeout
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in ours():
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def _start_primary(home: Path, p: Plan, secrets: str) -> None:
     """pgBackRest's files for `p` (the postgres user's, 0600), a new cluster in p.pg_path on a
     Unix socket only, archiving through pgBackRest, started."""
@@ -130,7 +157,7 @@ def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repo
         for running in pids:
             subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
                            capture_output=True, timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+        _remove(home)
 
 
 
@@ -318,7 +345,7 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
         if running is not None:
             subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
                            capture_output=True, timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+        _remove(home)
 
 
 # --- dvpnd supervising pgBackRest (backup.tool: pgbackrest) -----------------------------------
@@ -505,4 +532,4 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
         if running is not None:
             subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
                            capture_output=True, timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+        _remove(home)
