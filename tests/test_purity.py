@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "dvpnd"
 PURE = ["config.model", "wireguard.device", "wireguard.netlink", "firewall.ruleset", "postgres.conf",
         "daemon.status", "errors", "roster.model", "linkstate", "overlay.plan", "overlay.paths", "overlay.wgquick", "wireguard.keytext",
-        "relay.protocol", "relay.config", "relay.plan"]
+        "relay.protocol", "relay.config", "relay.plan", "postgres.pgbackrest", "postgres.pgbr_status"]
 FORBIDDEN_MODULES = {"socket", "subprocess", "pyroute2", "nftables", "psycopg", "asyncio", "os", "time", "shutil",
                      "tempfile", "aiohttp", "urllib", "http", "select", "selectors", "signal", "threading", "sdnotify"}
 FORBIDDEN_CALLS = {("time", "time"), ("time", "monotonic"), ("datetime", "now"), ("datetime", "utcnow"),
