@@ -346,3 +346,54 @@ def test_the_hub_takes_an_offered_roster_only_through_the_keeper() -> None:
         assert hub.offers == [b"good", b"forged"]
 
     asyncio.run(main())
+
+
+def test_a_hand_that_got_no_answer_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub just back (its link still coming up) lets the first hand time out: the spoke hands
+    the roster again at a later poll (seen in CI: it was marked handed before it was, and the hub
+    stayed behind until the roster changed again)."""
+    from aiohttp import web
+
+    from dvpnd.roster.model import RosterError
+
+    ours, theirs = b'{"v": 2}', b'{"v": 1}'
+    posted: list[bytes] = []
+
+    async def old_hub(request: web.Request) -> web.Response:
+        return web.Response(body=theirs)
+
+    async def take(request: web.Request) -> web.Response:
+        posted.append(await request.read())
+        if len(posted) == 1:
+            await asyncio.sleep(2)  # longer than the hand's timeout: no answer
+        return web.Response(status=200, text="adopted\n")
+
+    def offer(self: Keeper, body: bytes, origin: str) -> bool:
+        raise RosterError("older", f"{origin}: serial 1 is older than 2")
+
+    monkeypatch.setattr(Keeper, "offer", offer)
+    monkeypatch.setattr(rosterfetch, "TIMEOUT", 0.5)
+    app = web.Application()
+    app.router.add_get("/roster", old_hub)
+    app.router.add_post("/roster", take)
+
+    async def main() -> None:
+        server = TestServer(app)
+        await server.start_server()
+        keeper, stopping = Keeper(), asyncio.Event()
+        keeper.etag, keeper.document = rosterfetch.etag_of(ours), ours  # type: ignore[attr-defined]
+
+        async def on_adopted() -> None:
+            pass
+
+        task = asyncio.create_task(rosterfetch.fetch_loop(
+            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=30,  # type: ignore[arg-type]
+            share=True))
+        await asyncio.sleep(2.5)
+        stopping.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+
+    asyncio.run(main())
+    assert posted == [ours, ours]  # the unanswered hand, then one that was answered; no more

@@ -77,9 +77,10 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                     behind = tag != keeper.etag and not seen_bad
                 if share and behind and keeper.document is not None and shared != (seen, keeper.etag):
                     # a hub that was down when the roster changed: hand it ours (it verifies it
-                    # like any other), once per roster it has and roster we have
-                    shared = (seen, keeper.etag)
-                    await share_once(session, url, keeper.document)
+                    # like any other), once per roster it has and roster we have; a hand that
+                    # got no answer (the hub just back, its link still coming up) is tried again
+                    if await share_once(session, url, keeper.document):
+                        shared = (seen, keeper.etag)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 problem = str(e) or type(e).__name__
             if problem != failing:
@@ -118,15 +119,18 @@ async def _unless_dead(request: Awaitable[tuple[int, bytes, str | None]],
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def share_once(session: aiohttp.ClientSession, url: str, document: bytes) -> None:
+async def share_once(session: aiohttp.ClientSession, url: str, document: bytes) -> bool:
+    """Offer the hub our roster; True if it answered (whatever it said: a refusal is its own)."""
     try:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT)
         async with session.post(url, data=document, headers={"Content-Type": "application/json"},
                                 allow_redirects=False, timeout=timeout) as resp:
             text = (await resp.text())[:200].strip()
             log.info("handed the roster in force to %s: HTTP %d %s", url, resp.status, text)
+            return True
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         log.info("cannot hand the roster to %s: %s", url, str(e) or type(e).__name__)
+        return False
 
 
 def was_held(problem: str | None, took: float, hold: float) -> bool:
