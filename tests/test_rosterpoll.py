@@ -251,6 +251,29 @@ def test_a_roster_arriving_in_pieces_is_read_whole_and_an_endless_one_is_cut() -
     asyncio.run(main())
 
 
+def _share_for(app: Any, ours: bytes, seconds: float) -> None:
+    """A spoke with roster `ours` polling (share=True) the hub `app` for `seconds`."""
+    async def main() -> None:
+        server = TestServer(app)
+        await server.start_server()
+        keeper, stopping = Keeper(), asyncio.Event()
+        keeper.etag, keeper.document = rosterfetch.etag_of(ours), ours  # type: ignore[attr-defined]
+
+        async def on_adopted() -> None:
+            pass
+
+        task = asyncio.create_task(rosterfetch.fetch_loop(
+            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=30,  # type: ignore[arg-type]
+            share=True))
+        await asyncio.sleep(seconds)
+        stopping.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+
+    asyncio.run(main())
+
+
 def test_a_hub_behind_is_handed_the_roster_once_and_not_judged_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """With several hubs the spoke asks with the roster it has; a hub serving an older one answers
     at once, its document is judged once (refused: older), and it is handed the spoke's roster
@@ -282,25 +305,7 @@ def test_a_hub_behind_is_handed_the_roster_once_and_not_judged_again(monkeypatch
     app.router.add_get("/roster", old_hub)
     app.router.add_post("/roster", take)
 
-    async def main() -> None:
-        server = TestServer(app)
-        await server.start_server()
-        keeper, stopping = Keeper(), asyncio.Event()
-        keeper.etag, keeper.document = rosterfetch.etag_of(ours), ours  # type: ignore[attr-defined]
-
-        async def on_adopted() -> None:
-            pass
-
-        task = asyncio.create_task(rosterfetch.fetch_loop(
-            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=30,  # type: ignore[arg-type]
-            share=True))
-        await asyncio.sleep(1.5)
-        stopping.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await server.close()
-
-    asyncio.run(main())
+    _share_for(app, ours, 1.5)
     assert 3 <= len(asked) <= 10 and set(asked) == {rosterfetch.etag_of(ours)}, asked
     assert judged == [theirs]  # judged (and counted) once
     assert posted == [ours]  # handed over once, though the hub kept its old one
@@ -377,23 +382,5 @@ def test_a_hand_that_got_no_answer_is_tried_again(monkeypatch: pytest.MonkeyPatc
     app.router.add_get("/roster", old_hub)
     app.router.add_post("/roster", take)
 
-    async def main() -> None:
-        server = TestServer(app)
-        await server.start_server()
-        keeper, stopping = Keeper(), asyncio.Event()
-        keeper.etag, keeper.document = rosterfetch.etag_of(ours), ours  # type: ignore[attr-defined]
-
-        async def on_adopted() -> None:
-            pass
-
-        task = asyncio.create_task(rosterfetch.fetch_loop(
-            keeper, str(server.make_url("/roster")), 0.25, stopping, on_adopted, hold=30,  # type: ignore[arg-type]
-            share=True))
-        await asyncio.sleep(2.5)
-        stopping.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await server.close()
-
-    asyncio.run(main())
+    _share_for(app, ours, 2.5)
     assert posted == [ours, ours]  # the unanswered hand, then one that was answered; no more
