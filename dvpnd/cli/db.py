@@ -111,7 +111,7 @@ def format_pgbackrest(b: dict[str, Any]) -> list[str]:
         lines.append(f"  {r['name']:<8} {'ok' if r['ok'] else r['status']}: {r['backups']} backups, newest full "
                      f"{r['last_full_time'] or 'none'}, newest diff {r['last_diff_time'] or 'none'}, "
                      f"WAL to {r['wal_max'] or 'none'}"
-                     + (f", last {human(r['last_size_bytes'])}" if r.get("last_size_bytes") is not None else ""))
+                     + (f", last {human(r['last_size'])}" if r.get("last_size") is not None else ""))
     if b["offsite_behind_segments"] is not None:
         lines.append(f"  offsite behind by {b['offsite_behind_segments']} WAL segments")
     lines.append(f"  pg_wal {human(b['pg_wal_bytes'])}, {b['wal_waiting_segments']} segments waiting to be archived")

@@ -326,19 +326,23 @@ def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
         out["backup"] = dict(asdict(b), age_sec=int(age) if age is not None else None, overdue=b.overdue(now),
                              last_success_time=rfc3339_ms(b.last_success) if b.last_success else None)
     if snap.pgbackrest is not None:
-        br = snap.pgbackrest
-        names = {1: "local", 2: "offsite"}
-        out["backup"] = {
-            "tool": "pgbackrest", "stanza": br.stanza, "primary": br.primary, "running": br.running,
-            "repos": [dict(asdict(r), name=names.get(r.key, str(r.key)),
-                           last_full_time=rfc3339_ms(r.last_full) if r.last_full else None,
-                           last_diff_time=rfc3339_ms(r.last_diff) if r.last_diff else None) for r in br.repos],
-            "offsite_behind_segments": br.offsite_behind, "pg_wal_bytes": br.wal_bytes,
-            "wal_waiting_segments": br.wal_waiting, "drill_databases": br.drill_databases,
-            "last_ok": {op: rfc3339_ms(t) for op, t in br.last_ok},
-            "problems": list(br.problems),
-        }
+        out["backup"] = backrest_json(snap.pgbackrest)
     return out
+
+
+def backrest_json(br: BackRestView) -> dict[str, Any]:
+    """backup.tool: pgbackrest in the detailed status (and dvpnctl backup now's answer)."""
+    names = {1: "local", 2: "offsite"}
+    return {
+        "tool": "pgbackrest", "stanza": br.stanza, "primary": br.primary, "running": br.running,
+        "repos": [dict(asdict(r), name=names.get(r.key, str(r.key)),
+                   last_full_time=rfc3339_ms(r.last_full) if r.last_full else None,
+                   last_diff_time=rfc3339_ms(r.last_diff) if r.last_diff else None) for r in br.repos],
+        "offsite_behind_segments": br.offsite_behind, "pg_wal_bytes": br.wal_bytes,
+        "wal_waiting_segments": br.wal_waiting, "drill_databases": br.drill_databases,
+        "last_ok": {op: rfc3339_ms(t) for op, t in br.last_ok},
+        "problems": list(br.problems),
+    }
 
 
 def _detail_roster(snap: Snapshot, now: float) -> dict[str, Any] | None:

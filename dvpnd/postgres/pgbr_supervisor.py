@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dvpnd.config.model import Config
-from dvpnd.daemon.status import BackRestView
+from dvpnd.daemon.status import BackRestView, backrest_json
 from dvpnd.errors import DvpnError
 from dvpnd.postgres import pgbr_home, pgbr_keys
 from dvpnd.postgres.pgbackrest import OPS, plan_for, render_conf, render_runner, render_secrets
@@ -232,14 +232,5 @@ class BackRest:
         return await self.run("backup-diff" if "backup-full" in self.last_ok else "backup-full")
 
     def view(self) -> dict[str, Any]:
-        names = {1: "local", 2: "offsite"}
-        return {
-            "tool": "pgbackrest", "stanza": self.plan.stanza, "running": self.running,
-            "repos": [{"name": names.get(k, str(k)), "ok": v.ok, "status": v.status, "backups": v.backups,
-                       "last_full": v.last_full, "last_diff": v.last_diff, "last_size_bytes": v.last_size,
-                       "wal_max": v.wal_max} for k, v in sorted(self.repos.items())],
-            "offsite_behind_segments": self.offsite_behind(),
-            "pg_wal_bytes": self.wal_bytes, "wal_waiting_segments": self.wal_ready,
-            "last_ok": {k: v for k, v in sorted(self.last_ok.items())},
-            "problems": self.problems(),
-        }
+        """The detailed status's `backup` (as this node's primary would show it)."""
+        return backrest_json(self.snapshot(True))
