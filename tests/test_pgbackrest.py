@@ -300,6 +300,13 @@ def test_status_and_metrics_show_the_repositories_and_the_offsite_lag() -> None:
     assert detail["tool"] == "pgbackrest" and [r["name"] for r in detail["repos"]] == ["local", "offsite"]
     assert detail["offsite_behind_segments"] == 5 and "backup: offsite behind by 5 WAL segments" in \
         render_detail(snap, 1000.0, 180)["problems"]
+    # what dvpnctl pg status prints from it (the detailed status, through the control socket)
+    from dvpnd.cli.db import format_pgbackrest
+
+    text = "\n".join(format_pgbackrest(json.loads(json.dumps(detail))))
+    assert "local    ok: 2 backups, newest full 1970-01-01T00:02:30.000Z" in text and "last 90" in text, text
+    assert "offsite  other: 1 backups" in text and "offsite behind by 5 WAL segments" in text, text
+    assert "problem: pg_wal holds 3072 MiB" in text and "190 segments waiting" in text, text
 
     class One:
         def collect(self) -> Any:
@@ -349,3 +356,28 @@ def test_dvpnctl_backup_verify_and_restore_take_their_own_arguments(tmp_path: Pa
     assert "--time and --from need backup.tool: pgbackrest" in capsys.readouterr().err
     assert main(["backup", "restore", "x", "--config", str(new), "--to", str(tmp_path / "r")]) == 2
     assert "not a name" in capsys.readouterr().err
+
+
+def test_a_result_file_is_read_as_untrusted_input(tmp_path: Path) -> None:
+    """results/OP.json is the postgres user's: anything but a well-formed result for that very
+    operation is no result (never a success), and a link or an oversized file is not followed."""
+    from dvpnd.postgres.pgbr_home import read_result
+
+    res = tmp_path / "results"
+    res.mkdir()
+    good = {"op": "check", "started": 1.0, "finished": 2.0, "ok": True, "steps": []}
+    (res / "check.json").write_text(json.dumps(good))
+    assert read_result(tmp_path, "check") == good
+    for bad in ("{", "[]", json.dumps({**good, "op": "backup-full"}), json.dumps({**good, "started": "yesterday"}),
+                json.dumps({**good, "steps": "none"}), "\x00" * 100):
+        (res / "check.json").write_text(bad)
+        assert read_result(tmp_path, "check") is None, bad
+    (res / "check.json").unlink()
+    (tmp_path / "elsewhere.json").write_text(json.dumps(good))
+    (res / "check.json").symlink_to(tmp_path / "elsewhere.json")
+    assert read_result(tmp_path, "check") is None  # a link planted by the postgres user
+    (res / "check.json").unlink()
+    with open(res / "check.json", "wb") as f:
+        f.truncate(17 << 20)  # larger than any result: refused unread
+    assert read_result(tmp_path, "check") is None
+    assert read_result(tmp_path, "verify") is None  # none yet
