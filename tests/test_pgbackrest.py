@@ -136,6 +136,9 @@ def test_pgbackrest_keys_make_the_plan(tmp_path: Path) -> None:
     (("    stanza: shop\n", "    stanza: shop\n    runner: sudo\n"), "backup.pgbackrest.runner: 'sudo': auto, systemd or direct"),
     (("    stanza: shop\n", "    stanza: shop\n    keep_ful: 3\n"),
      "backup.pgbackrest.keep_ful: unknown key (did you mean 'keep_full'?)"),
+    (("home: /srv/dvpn/pgbackrest", "home: /var/lib/dvpn/pgbackrest"),
+     "backup.pgbackrest.home: '/var/lib/dvpn/pgbackrest' is inside the state directory /var/lib/dvpn"),
+    (("    stanza: shop\n", "    stanza: shop\n    io_timeout: 0s\n"), "backup.pgbackrest.io_timeout: "),
 ])
 def test_bad_pgbackrest_keys_are_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     text = PGBR.replace(*change)
@@ -381,3 +384,51 @@ def test_a_result_file_is_read_as_untrusted_input(tmp_path: Path) -> None:
         f.truncate(17 << 20)  # larger than any result: refused unread
     assert read_result(tmp_path, "check") is None
     assert read_result(tmp_path, "verify") is None  # none yet
+
+
+def test_the_error_shown_is_pgbackrests_error_line() -> None:
+    from dvpnd.postgres.pgbr_status import error_line
+
+    http = ("ERROR: [039]: HTTP request failed with 403 (Forbidden):\n"
+            "            *** Path/Query ***:\n            PUT /dvpn/archive/shop/archive.info\n"
+            "            *** Response Headers ***:\n            x-amzn-requestid: ZO5gNTX\n")
+    assert error_line(http) == ("ERROR: [039]: HTTP request failed with 403 (Forbidden): the store refused the "
+                                "offsite key pair (credentials_file) or its rights")
+    assert error_line(http + "    *** Response Content ***:\n    <Error><Code>SignatureDoesNotMatch</Code></Error>") \
+        == "ERROR: [039]: HTTP request failed with 403 (Forbidden): SignatureDoesNotMatch"
+    assert error_line("P00  ERROR: [047]: unable to create path: [28] No space left on device\n") \
+        == "P00  ERROR: [047]: unable to create path: [28] No space left on device"
+    assert error_line("WARN: something\nlast words\n\n") == "last words"
+    assert error_line("") == "" and len(error_line("x" * 2000)) == 500
+    assert error_line("ERROR: [029]: unable to load info file 'archive.info':\n"
+                      "FormatError: key/value found outside of section at line 1: \u031e\tg:\x01\n") \
+        == ("ERROR: [029]: unable to load info file 'archive.info': FormatError: key/value found outside of "
+            "section (what a wrong cipher passphrase reads)")
+
+
+def test_a_backup_counts_as_done_only_when_every_repository_has_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """One that reached the local repository only (the store refused it) is not a done backup:
+    the schedule tries it again rather than waiting full_every."""
+    import asyncio
+
+    from dvpnd.postgres import pgbr_home
+    from dvpnd.postgres.pgbr_supervisor import BackRest
+
+    br = BackRest(load_config(write(tmp_path, PGBR)), environ={})
+    info: list[Any] = []
+    monkeypatch.setattr(pgbr_home, "read_result", lambda home, op: {"info": info})
+
+    async def ran(op: str) -> bool:
+        return True
+
+    monkeypatch.setattr(br, "_run", ran)
+    only_local = json.loads(json.dumps(INFO))
+    only_local[0]["backup"] = [b for b in only_local[0]["backup"] if not isinstance(b, dict)
+                               or b.get("database", {}).get("repo-key") == 1]
+    info[:] = only_local
+    asyncio.run(br.refresh())
+    assert br.repos[1].last_full == 150 and br.repos[2].last_full is None
+    assert "backup-full" not in br.last_ok and "backup-diff" not in br.last_ok
+    info[:] = INFO
+    asyncio.run(br.refresh())
+    assert br.last_ok["backup-full"] == 150 and br.last_ok["backup-diff"] == 160  # (the older of the two)

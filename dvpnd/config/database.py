@@ -69,7 +69,7 @@ BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress"
                "tool", "pgbackrest"}
 BASEBACKUP_ONLY = BACKUP_KEYS - {"enabled", "tool", "pgbackrest"}
 PGBR_KEYS = {"home", "stanza", "repo", "keep_full", "full_every", "diff_every", "check_every", "verify_every",
-             "drill_every", "archive_timeout", "process_max", "wal_alarm", "runner", "binary", "offsite"}
+             "drill_every", "archive_timeout", "io_timeout", "process_max", "wal_alarm", "runner", "binary", "offsite"}
 OFFSITE_KEYS = {"endpoint", "bucket", "region", "path", "uri_style", "ca_file", "host", "port", "keep_full",
                 "credentials_file", "passphrase", "passphrase_file", "dstack_socket"}
 LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -159,6 +159,7 @@ def pgbackrest_section(r: Reader, m: dict[str, Any], state_dir: Path) -> PgBackR
         verify_every=read_duration(r, p, kp + ("verify_every",), 7 * 86400, 3600, 366 * 86400),
         drill_every=read_duration(r, p, kp + ("drill_every",), 7 * 86400, 3600, 366 * 86400),
         archive_timeout=read_duration(r, p, kp + ("archive_timeout",), 60, 1, 3600),
+        io_timeout=read_duration(r, p, kp + ("io_timeout",), 60, 1, 3600),
         process_max=r.get(p, kp + ("process_max",), int, default=2,
                           check=lambda v: None if 1 <= v <= 64 else "must be between 1 and 64"),
         wal_alarm=read_size(r, p, kp + ("wal_alarm",), 1 << 30, 16 << 20),

@@ -172,6 +172,7 @@ class PgBackRestConfig:
     verify_every: int = 7 * 86400
     drill_every: int = 7 * 86400  # a restore drill: the newest backup restored into scratch and started
     archive_timeout: int = 60
+    io_timeout: int = 60  # seconds pgBackRest waits on the store (its io-timeout)
     process_max: int = 2
     wal_alarm: int = 1 << 30  # bytes of pg_wal past which status raises a problem
     runner: str = "auto"  # "systemd" (dvpn-pgbackrest@.service), "direct" (dvpnd runs it as the server's user)

@@ -63,6 +63,7 @@ class Plan:
     repos: tuple[Repo, ...]
     process_max: int = 2
     archive_timeout: int = 60  # seconds; the most WAL a lost spoke can take with it
+    io_timeout: int = 60  # seconds without an answer from the store before pgBackRest gives up
     compress_type: str = "lz4"
 
     @property
@@ -103,6 +104,7 @@ def render_conf(plan: Plan) -> str:
         _line("process-max", plan.process_max),
         "archive-async=y",
         _line("archive-timeout", plan.archive_timeout),
+        _line("io-timeout", plan.io_timeout),
         "start-fast=y",
         "delta=y",
     ]
@@ -189,7 +191,8 @@ def plan_for(config: Config) -> Plan:
         repos.append(Repo(2, o.path, o.keep_full, S3(o.endpoint, o.bucket, o.region, o.uri_style, o.ca_file, o.host,
                                                       o.port), encrypted=True))
     return Plan(stanza=b.stanza, pg_path=pg.data_dir, pg_port=pg.port, pg_socket=pg.socket_dir, home=b.home,
-                repos=tuple(repos), process_max=b.process_max, archive_timeout=b.archive_timeout)
+                repos=tuple(repos), process_max=b.process_max, archive_timeout=b.archive_timeout,
+                io_timeout=b.io_timeout)
 
 
 # The runner's operations: a fixed set, each a list of pgBackRest runs (a backup and a verify

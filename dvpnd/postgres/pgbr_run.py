@@ -174,7 +174,7 @@ def run(home: Path, op: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
             try:
                 result["info"] = json.loads(out)
             except ValueError:
-                rc = step["rc"] = -2
+                rc = step["rc"] = -1
                 step["stderr"] = "pgbackrest info: the output is not JSON"
         result["steps"].append(step)
         ok = ok and rc == 0
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(results / f"{a.op}.json", json.dumps(result).encode(), 0o640)
     for s in result["steps"]:
         if s["rc"] != 0:
-            print(f"pgbackrest {' '.join(s['args'][-2:])}: exit {s['rc']}: {s['stderr'].strip()[-500:]}",
+            how = f"killed by signal {-s['rc']}" if s["rc"] < -1 else f"exit {s['rc']}"
+            print(f"pgbackrest {' '.join(s['args'][-2:])}: {how}: {s['stderr'].strip()[-500:]}".rstrip(": "),
                   file=sys.stderr)
     return 0 if result["ok"] else 1
 

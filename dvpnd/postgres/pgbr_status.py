@@ -55,6 +55,33 @@ def behind(local: str | None, offsite: str | None) -> int | None:
     return a[1] - b[1] if b[0] == a[0] else None
 
 
+ERROR_RE = re.compile(r"^(?:P\d+ +)?ERROR: \[\d+\]: ")
+S3_CODE_RE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
+
+
+def error_line(stderr: str) -> str:
+    """What went wrong, from pgBackRest's stderr: its first `ERROR: [NNN]: ...` line (an HTTP
+    failure is followed by the request and response headers, whose last line says nothing),
+    with the S3 error code of the answer if it has one; else the last line; at most 500
+    characters."""
+    lines = [x.strip() for x in stderr.splitlines() if x.strip()]
+    first = next((x for x in lines if ERROR_RE.match(x)), None)
+    code = S3_CODE_RE.search(stderr)  # (the store's own word for it: SignatureDoesNotMatch, NoSuchBucket)
+    line = first or (lines[-1] if lines else "")
+    if first and first.endswith(":"):  # (the cause is on the next line: "CryptoError: ...")
+        after = lines[lines.index(first) + 1:][:1]
+        if after and not after[0].startswith("***"):
+            line = f"{first} {after[0]}"
+    line = "".join(c if " " <= c <= "~" else "?" for c in line)  # (a wrong passphrase decrypts to junk)
+    if "unable to load info file" in line and ("FormatError: " in line or "CryptoError: " in line):
+        line = line.split(" at line ")[0] + " (what a wrong cipher passphrase reads)"
+    if first and code:
+        line = f"{line.rstrip(':')}: {code.group(1)}"
+    elif first and " 403 " in first:  # (a HEAD's answer has no body to say why)
+        line = f"{line.rstrip(':')}: the store refused the offsite key pair (credentials_file) or its rights"
+    return line[:500]
+
+
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 

@@ -22,7 +22,7 @@ from dvpnd.daemon.status import BackRestView, backrest_json
 from dvpnd.errors import DvpnError
 from dvpnd.postgres import pgbr_home, pgbr_keys
 from dvpnd.postgres.pgbackrest import OPS, plan_for, render_conf, render_runner, render_secrets
-from dvpnd.postgres.pgbr_status import RepoView, behind, next_op, read_info
+from dvpnd.postgres.pgbr_status import RepoView, behind, error_line, next_op, read_info
 
 log = logging.getLogger("dvpnd.pgbackrest")
 TICK = 5.0
@@ -44,6 +44,39 @@ def wal_backlog(data_dir: Path) -> tuple[int, int]:
     return total, ready
 
 
+FULL_BELOW = 0.05  # a local repository's file system with less than this share free is "full"
+
+
+def disk_free(path: Path) -> tuple[int, int] | None:
+    """(bytes free to the postgres user, bytes in all) of the file system holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def archive_error(spool: Path, stanza: str) -> str | None:
+    """Why asynchronous archive-push last failed, from its spool (`out/*.error`: an error code
+    line, then the message), None if nothing failed. The files are the postgres user's: read
+    as text, bounded, only printable characters kept."""
+    out = spool / "archive" / stanza / "out"
+    try:
+        with os.scandir(out) as it:
+            errors = [e for e in it if e.name.endswith(".error") and e.is_file(follow_symlinks=False)]
+        if not errors:
+            return None
+        newest = max(errors, key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+        fd = os.open(newest.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(2000)
+    except (OSError, ValueError):
+        return None
+    lines = [ln.strip() for ln in raw.decode(errors="replace").splitlines() if ln.strip()]
+    text = " ".join(lines[1:] if len(lines) > 1 and lines[0].isdigit() else lines)
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:600] or None
+
+
 class BackRest:
     def __init__(self, config: Config, environ: dict[str, str] | None = None):
         self.config = config
@@ -61,6 +94,8 @@ class BackRest:
         self.problem: str | None = None  # why pgBackRest cannot run at all (its files, the secrets)
         self.wal_bytes = 0
         self.wal_ready = 0
+        self.disk: tuple[int, int] | None = None  # the local repository's (free, size)
+        self.archive_error: str | None = None
         self.lock = asyncio.Lock()  # one pgBackRest operation at a time
         self.since = time.time()
         self.drill_databases: int | None = None  # what the last restore drill's server held
@@ -140,7 +175,7 @@ class BackRest:
             self.last_fail[op] = time.time()
             steps = r.get("steps") if fresh and r is not None else None
             failed = [s for s in steps or [] if isinstance(s, dict) and s.get("rc") != 0]
-            why = (str(failed[0].get("stderr", "")).strip().splitlines() or [""])[-1][:500] if failed else ""
+            why = error_line(str(failed[0].get("stderr", ""))) if failed else ""
             self.errors[op] = why or err.strip()[-500:] or f"the runner exited {rc} without a result"
             log.error("pgBackRest %s failed: %s", op, self.errors[op])
         return ok
@@ -148,6 +183,8 @@ class BackRest:
     async def _refresh(self) -> None:
         """pgBackRest's info: the repositories' newest backups and archived WAL."""
         self.wal_bytes, self.wal_ready = await asyncio.to_thread(wal_backlog, self.config.postgres.data_dir)
+        self.disk = await asyncio.to_thread(disk_free, self.cfg.repo)
+        self.archive_error = await asyncio.to_thread(archive_error, self.plan.home / "spool", self.plan.stanza)
         if not await self._run("info"):
             return
         r = await asyncio.to_thread(pgbr_home.read_result, self.plan.home, "info")
@@ -161,10 +198,13 @@ class BackRest:
                 repos[k] = replace(v, wal_max=before.wal_max, last_full=v.last_full or before.last_full,
                                    last_diff=v.last_diff or before.last_diff)
         self.repos = repos
-        local = self.repos.get(1)
-        if local is not None:
-            for op, t in (("backup-full", local.last_full), ("backup-diff", local.last_diff)):
-                if t is not None and t > self.last_ok.get(op, 0):
+        # a backup counts as done when every repository has one: the oldest of their newest
+        # (a backup that reached the local repository only is done again, not skipped for a week)
+        for op, field in (("backup-full", "last_full"), ("backup-diff", "last_diff")):
+            times = [getattr(v, field) for v in self.repos.values()]
+            if times and None not in times:
+                t = min(times)
+                if t > self.last_ok.get(op, 0):
                     self.last_ok[op] = t
 
     async def loop(self, stopping: asyncio.Event, primary: Callable[[], bool]) -> None:
@@ -210,6 +250,11 @@ class BackRest:
                 out.append(f"{names.get(k, k)} repository: {v.status}")
         for op, why in sorted(self.errors.items()):
             out.append(f"pgBackRest {op} failed: {why}")
+        if self.archive_error and self.wal_ready:
+            out.append(f"WAL archiving fails: {self.archive_error}")
+        if self.disk is not None and self.disk[0] < FULL_BELOW * self.disk[1]:
+            out.append(f"local repository {self.cfg.repo}: its file system has {self.disk[0] >> 20} MiB free "
+                       f"of {self.disk[1] >> 20} MiB")
         n = self.offsite_behind()
         if n:
             out.append(f"offsite behind by {n} WAL segment{'s' if n != 1 else ''}")
