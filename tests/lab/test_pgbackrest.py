@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -233,6 +234,27 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
 """
 
 
+USERS_ACTIONS = 8  # the requests USERS makes
+USERS = """
+import json, sys
+import boto3
+kw = dict(endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1", aws_access_key_id="setup",
+          aws_secret_access_key="setup")
+iam, s3 = boto3.client("iam", **kw), boto3.client("s3", **kw)
+s3.create_bucket(Bucket="dvpn-offsite")
+s3.put_bucket_versioning(Bucket="dvpn-offsite", VersioningConfiguration={"Status": "Enabled"})
+keys = {}
+for user, actions in (("writer", ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketLocation",
+                                  "s3:DeleteObject"]), ("admin", ["s3:*"])):
+    iam.create_user(UserName=user)
+    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(doc))
+    k = iam.create_access_key(UserName=user)["AccessKey"]
+    keys[user] = [k["AccessKeyId"], k["SecretAccessKey"]]
+print(json.dumps(keys))
+"""
+
+
 def _download_bucket(root: Path, port: int, ca: Path, bucket: str, dest: Path) -> list[str]:
     """Every object of the bucket into `dest`, by boto3 from the venv (the S3 client everyone has)."""
     r = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", DOWNLOAD, str(port), str(ca), bucket, str(dest)],
@@ -255,13 +277,20 @@ def _holds(data: bytes, marker: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def s3_stand_in(home: Path) -> Iterator[tuple[int, Path, Callable[[bool], None]]]:
+def s3_stand_in(home: Path, users: bool = False) -> Iterator[tuple[int, Path, Callable[[bool], None], dict[str, list[str]]]]:
     """moto's server on plain HTTP behind Debian's stunnel, which holds a certificate of the
     test's own CA (the development server moto runs closes TLS without a close_notify, which
     OpenSSL 3 in pgBackRest takes for a truncated answer), with the bucket dvpn-offsite made.
     The stand-in is told that S3_NAME is an S3 endpoint, as a real store knows its own name.
-    Yields (the TLS port, the CA file, reachable(on)): reachable(False) stops stunnel (the store
-    unreachable; moto keeps its data), reachable(True) starts it again."""
+    Yields (the TLS port, the CA file, reachable(on), keys): reachable(False) stops stunnel (the
+    store unreachable; moto keeps its data), reachable(True) starts it again.
+
+    users=True: the store checks every request's signature and policy, as a real one does (moto
+    does only once its first INITIAL_NO_AUTH_ACTION_COUNT requests are spent: USERS spends them
+    making the bucket, versioned, and two users); keys: {"writer": [id, secret], "admin": [...]}.
+    The writer may read, write, list and delete objects, not delete a version of one nor change
+    the bucket's versioning: what the spoke gets (a delete only hides an object behind a marker;
+    the admin, off the spoke, can bring it back)."""
     root = Path(__file__).resolve().parents[2]
     moto = root / ".venv" / "bin" / "moto_server"
     if not moto.exists():
@@ -298,13 +327,31 @@ def s3_stand_in(home: Path) -> Iterator[tuple[int, Path, Callable[[bool], None]]
                         f"moto_server or stunnel did not come up: {(home / 'tls' / 'stunnel.log').read_text()[-1500:]}"
                     time.sleep(0.3)
 
+    env = dict(os.environ, MOTO_S3_CUSTOM_ENDPOINTS=f"https://{S3_NAME}", AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    keys: dict[str, list[str]] = {}
+    if users:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(USERS_ACTIONS)
     try:
         procs["moto"] = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(moto_port)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         env=dict(os.environ, MOTO_S3_CUSTOM_ENDPOINTS=f"https://{S3_NAME}"))
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        if users:
+            deadline = time.monotonic() + 30
+            while True:  # (straight to moto: the requests it lets through unchecked are counted)
+                try:
+                    socket.create_connection(("127.0.0.1", moto_port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and procs["moto"].poll() is None, "moto_server did not start"
+                    time.sleep(0.3)
+            r = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", USERS, str(moto_port)],
+                               capture_output=True, text=True, timeout=120, env=env)
+            assert r.returncode == 0, r.stderr
+            keys = json.loads(r.stdout)
         reachable(True)
-        _s3(s3_port, ca, "PUT", "/dvpn-offsite")
-        yield s3_port, ca, reachable
+        if not users:
+            _s3(s3_port, ca, "PUT", "/dvpn-offsite")
+        yield s3_port, ca, reachable, keys
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -317,7 +364,7 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
     home = _workdir()
     running: Path | None = None
     try:
-        with s3_stand_in(home) as (s3_port, ca, _):
+        with s3_stand_in(home) as (s3_port, ca, _, _):
             port = 55000 + (os.getpid() + 500) % 1000
             p = Plan(stanza="lab", pg_path=home / "data", pg_port=port, pg_socket=home / "sock",
                      home=home / "pgbackrest",
@@ -355,11 +402,13 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
 # aiohttp server on a Unix socket answering the documented POST /GetKey (the real agent runs
 # only inside a Dstack CVM).
 
-def _config(home: Path, port: int, s3_port: int, ca: Path) -> Path:
+def _config(home: Path, port: int, s3_port: int, ca: Path, key: tuple[str, str] = ("AKIATEST", "test-secret"),
+            bucket: str = "dvpn-offsite", name: str = "dvpnd.yaml",
+            passphrase: str = "passphrase: dstack\n      dstack_socket: {home}/dstack.sock") -> Path:
     from tests.test_config import SPOKE
 
-    creds = home / "offsite.env"
-    creds.write_text("AWS_ACCESS_KEY_ID=AKIATEST\nAWS_SECRET_ACCESS_KEY=test-secret\n")
+    creds = home / f"{name}.offsite.env"
+    creds.write_text(f"AWS_ACCESS_KEY_ID={key[0]}\nAWS_SECRET_ACCESS_KEY={key[1]}\n")
     creds.chmod(0o600)
     text = SPOKE + f"""\
 postgres:
@@ -373,22 +422,22 @@ backup:
     home: {home / "pgbr"}
     stanza: lab
     archive_timeout: 5
+    io_timeout: 5
     runner: direct
     offsite:
       endpoint: {S3_NAME}
       host: 127.0.0.1
       port: {s3_port}
-      bucket: dvpn-offsite
+      bucket: {bucket}
       region: us-east-1
       uri_style: path
       path: /supervised
       ca_file: {ca}
       credentials_file: {creds}
-      passphrase: dstack
-      dstack_socket: {home / "dstack.sock"}
+      {passphrase.format(home=home)}
 """
-    (home / "dvpnd.yaml").write_text(text)
-    return home / "dvpnd.yaml"
+    (home / name).write_text(text)
+    return home / name
 
 
 async def _getkey_stand_in(sock: Path, asked: list[dict[str, object]]) -> object:
@@ -427,7 +476,7 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
     home = _workdir()
     running: Path | None = None
     try:
-        with s3_stand_in(home) as (s3_port, ca, reachable):
+        with s3_stand_in(home) as (s3_port, ca, reachable, _):
             port = 55000 + (os.getpid() + 700) % 1000
             config = load_config(_config(home, port, s3_port, ca))
             plan = plan_for(config)
@@ -533,4 +582,204 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
         if running is not None:
             subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
                            capture_output=True, timeout=60)
+        _remove(home)
+
+
+# --- faults: a store that checks credentials, a wrong passphrase, a full disk, a backup killed -
+
+S3CALL = """
+import json, sys
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+port, ca, key, secret, op, bucket, name = sys.argv[1:8]
+s3 = boto3.client("s3", endpoint_url=f"https://127.0.0.1:{port}", verify=ca, region_name="us-east-1",
+                  aws_access_key_id=key, aws_secret_access_key=secret, config=Config(s3={"addressing_style": "path"}))
+try:
+    if op == "put":
+        out = s3.put_object(Bucket=bucket, Key=name, Body=b"canary")["VersionId"]
+    elif op == "delete":
+        out = s3.delete_object(Bucket=bucket, Key=name).get("VersionId")
+    elif op == "delete-version":
+        out = s3.delete_object(Bucket=bucket, Key=name, VersionId=sys.argv[8]).get("VersionId")
+    else:
+        v = s3.list_object_versions(Bucket=bucket, Prefix=name)
+        out = {"versions": [x["VersionId"] for x in v.get("Versions", [])],
+               "markers": [x["VersionId"] for x in v.get("DeleteMarkers", [])]}
+    print(json.dumps({"ok": out}))
+except botocore.exceptions.ClientError as e:
+    print(json.dumps({"error": e.response["Error"]["Code"]}))
+"""
+
+
+def _s3call(port: int, ca: Path, key: list[str], *args: str) -> dict[str, object]:
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", S3CALL, str(port), str(ca), *key, *args],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null"))
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def _descendants(pid: int) -> list[int]:
+    """The live processes below `pid` (this test's own children and theirs)."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+def test_wrong_credentials_a_missing_bucket_a_wrong_passphrase_a_full_disk_and_a_killed_backup_are_reported_and_never_counted_good() -> None:
+    """Against moto checking every request (users=True), as dvpnd's BackRest runs them: each fault
+    is an error in status (`problems`), no operation it spoiled counts as done, and the next
+    one after the fault is gone succeeds. The spoke's key pair deletes only by delete marker."""
+    import asyncio
+    import signal
+
+    from dvpnd.config.load import load_config
+    from dvpnd.postgres.pgbr_supervisor import BackRest
+
+    assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
+    home = _workdir("pgbr")
+    repo = home / "pgbr" / "repo"
+    running: Path | None = None
+    mounted = False
+    try:
+        with s3_stand_in(home, users=True) as (s3_port, ca, _, keys):
+            port = 55000 + (os.getpid() + 300) % 1000
+            pw = home / "passphrase"
+            pw.write_text("the test's own passphrase, 2026\n")
+            pw.chmod(0o600)
+
+            def backrest(name: str, key: list[str], bucket: str = "dvpn-offsite") -> BackRest:
+                return BackRest(load_config(_config(home, port, s3_port, ca, key=(key[0], key[1]), bucket=bucket,
+                                                    name=name, passphrase=f"passphrase_file: {pw}")), environ={})
+
+            # the local repository on a file system of its own, to fill up below (unmounted at the end)
+            repo.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192m,mode=0700", "dvpn-test-repo", str(repo)],
+                           check=True, timeout=30)
+            mounted = True
+
+            async def main() -> None:
+                nonlocal running
+                # a wrong secret, then a bucket that does not exist: refused, said, not counted
+                wrong = backrest("wrong-secret.yaml", [keys["writer"][0], "not-the-secret"])
+                assert await wrong.prepare(), wrong.problem
+                _run([str(BIN / "initdb"), "-D", str(home / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+                auto = home / "data" / "postgresql.auto.conf"
+                auto.write_text(render_auto_conf(auto.read_text(), {
+                    **archive_settings(wrong.plan), "listen_addresses": "", "unix_socket_directories": str(home / "sock"),
+                    "port": str(port)}))
+                _run([str(BIN / "pg_ctl"), "-D", str(home / "data"), "-w", "-l", str(home / "logs" / "data.log"),
+                      "start"])
+                running = home / "data"
+                nobucket = backrest("no-bucket.yaml", keys["writer"], bucket="dvpn-nosuch")
+                for br, what, code in ((wrong, "wrong secret", "refused the offsite key pair"),
+                                       (nobucket, "missing bucket", "NoSuchBucket")):
+                    assert await br.prepare(), br.problem
+                    assert not await br.run("stanza-create")
+                    print(f"\n{what}: {br.problems()}")
+                    assert any(code in p for p in br.problems()), br.problems()
+                    assert "stanza-create" not in br.last_ok
+                    assert any(p.startswith("pgBackRest stanza-create failed: ") for p in br.problems()), br.problems()
+                    assert not await br.run("backup-full")
+                    assert "backup-full" not in br.last_ok
+                # the right ones
+                br = backrest("dvpnd.yaml", keys["writer"])
+                assert await br.prepare(), br.problem
+                for op in ("stanza-create", "backup-full"):
+                    assert await br.run(op), br.errors
+                # (the failed runs' local backups are real ones: pgBackRest did them before the store refused)
+                local = br.repos[1].backups
+                assert br.repos[2].backups == 1 and local >= 1 and br.problems() == [], br.view()
+
+                # the spoke's key pair: a delete leaves the object's version (a marker hides it),
+                # and the version itself it cannot delete; the bucket's admin, off the spoke, can
+                canary = "supervised/backup/lab/canary"
+                version = str(_s3call(s3_port, ca, keys["writer"], "put", "dvpn-offsite", canary)["ok"])
+                assert "ok" in _s3call(s3_port, ca, keys["writer"], "delete", "dvpn-offsite", canary)
+                assert _s3call(s3_port, ca, keys["writer"], "delete-version", "dvpn-offsite", canary, version) \
+                    == {"error": "AccessDenied"}
+                left = _s3call(s3_port, ca, keys["admin"], "versions", "dvpn-offsite", canary)["ok"]
+                assert version in left["versions"] and left["markers"], left  # type: ignore[index]
+
+                # a wrong passphrase: the offsite repository cannot be read, and says so
+                pw.write_text("not the passphrase the stanza was made with\n")
+                assert await br.prepare(), br.problem
+                assert not await br.run("check")
+                await br.refresh()
+                print(f"wrong passphrase: {br.problems()}")
+                assert any(p.startswith("pgBackRest check failed: ") and "wrong cipher passphrase" in p
+                           for p in br.problems()), br.problems()
+                pw.write_text("the test's own passphrase, 2026\n")
+                assert await br.prepare(), br.problem
+                assert await br.run("check"), br.errors
+
+                # a full local disk: the backup fails there, says why, is not counted
+                _sql(home / "sock", port, "CREATE TABLE big AS SELECT g, md5(g::text) || md5((-g)::text) AS v "
+                     "FROM generate_series(1, 600000) g")
+                ballast = repo / "ballast"
+                with open(ballast, "wb") as f:
+                    with contextlib.suppress(OSError):
+                        while True:
+                            f.write(b"\0" * (1 << 20))
+                newest = {k: br.repos[k].last_full for k in (1, 2)}
+                assert not await br.run("backup-full")
+                print(f"full disk: {br.problems()}")
+                assert "backup-full" in br.errors and any(
+                    p.startswith(f"local repository {repo}: its file system has 0 MiB free") for p in br.problems())
+                assert any(p.startswith("WAL archiving fails: ") and "No space left on device" in p
+                           for p in br.problems()), br.problems()
+                # (the offsite one went on; pgBackRest keeps keep_full of them: compare the newest)
+                assert br.repos[1].last_full == newest[1] and br.repos[2].last_full > newest[2], br.view()  # type: ignore[operator]
+                newest = {k: br.repos[k].last_full for k in (1, 2)}
+                ballast.unlink()
+
+                # a backup killed midway (kill -9 of pgBackRest in the offsite repository's run)
+                task = asyncio.create_task(br.run("backup-full"))
+                deadline, killed = time.monotonic() + 120, None
+                while killed is None:
+                    assert time.monotonic() < deadline and not task.done(), "no backup to kill"
+                    for pid in _descendants(os.getpid()):
+                        a = _argv(pid)
+                        if "--repo=2" in a and a[-1] == "backup":
+                            await asyncio.sleep(0.5)
+                            os.kill(pid, signal.SIGKILL)
+                            killed = pid
+                            break
+                    await asyncio.sleep(0.05)
+                assert not await task
+                print(f"killed: {br.errors.get('backup-full')}")
+                assert "killed by signal 9" in br.errors["backup-full"] and br.repos[2].last_full == newest[2], br.view()
+                assert br.repos[1].last_full > newest[1], br.view()  # type: ignore[operator]  # (done before the kill)
+                # the next one succeeds, in both
+                assert await br.run("backup-full"), br.errors
+                assert br.repos[2].last_full > newest[2] and "backup-full" not in br.errors, br.view()  # type: ignore[operator]
+
+            asyncio.run(main())
+    finally:
+        if running is not None:
+            subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
+                           capture_output=True, timeout=60)
+        if mounted:
+            _remove(home / "pgbr")
+            subprocess.run(["umount", str(repo)], check=False, timeout=60)
         _remove(home)
