@@ -432,3 +432,21 @@ def test_a_backup_counts_as_done_only_when_every_repository_has_it(tmp_path: Pat
     info[:] = INFO
     asyncio.run(br.refresh())
     assert br.last_ok["backup-full"] == 150 and br.last_ok["backup-diff"] == 160  # (the older of the two)
+
+
+@pytest.mark.process
+def test_a_run_refused_for_a_held_lock_is_tried_again(tmp_path: Path) -> None:
+    """pgBackRest exits 50 when another of its processes holds the lock: run again each second
+    for a while (a stanza-create right after a promotion meets archive-push at work)."""
+    from dvpnd.postgres.pgbr_run import _step
+
+    count = tmp_path / "count"
+    prog = tmp_path / "pgbackrest"
+    prog.write_text(f"#!/bin/sh\necho x >> {count}\n[ $(wc -l < {count}) -ge 2 ] && exit 0\n"
+                    "echo 'ERROR: [050]: unable to acquire lock' >&2; exit 50\n")
+    prog.chmod(0o755)
+    step, _ = _step([str(prog), "stanza-create"], 30)
+    assert step["rc"] == 0 and len(count.read_text().split()) == 2
+    count.unlink()
+    step, _ = _step([str(prog), "stanza-create"], 30, lock_wait=0)
+    assert step["rc"] == 50 and "unable to acquire lock" in step["stderr"]  # (no wait: said at once)

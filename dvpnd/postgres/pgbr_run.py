@@ -36,6 +36,8 @@ from dvpnd.util.fsutil import read_regular, write_atomic
 
 TAIL = 4000
 RUN_TIMEOUT = 24 * 3600.0
+LOCK_ERROR = 50  # pgBackRest's exit code when another of its processes holds the lock
+LOCK_WAIT = 60.0  # how long a run waits for it (archive-push holds the archive lock while it pushes)
 
 
 def _runner_doc(home: Path) -> dict[str, Any]:
@@ -59,8 +61,20 @@ def load_runner(home: Path) -> tuple[list[str], tuple[int, ...]]:
     return argv, tuple(repos)
 
 
-def _step(argv: list[str], timeout: float) -> tuple[dict[str, Any], str]:
-    """Run one command; (its step record, its output)."""
+def _step(argv: list[str], timeout: float, lock_wait: float = LOCK_WAIT) -> tuple[dict[str, Any], str]:
+    """Run one command; (its step record, its output). A command refused for a lock another
+    pgBackRest process holds (right after a promotion, archive-push is pushing the new
+    timeline's files while the stanza is taken over) is run again each second for `lock_wait`."""
+    t0 = time.monotonic()
+    while True:
+        step, out = _step_once(argv, timeout)
+        if step["rc"] != LOCK_ERROR or time.monotonic() - t0 >= lock_wait:
+            step["seconds"] = round(time.monotonic() - t0, 3)
+            return step, out
+        time.sleep(1.0)
+
+
+def _step_once(argv: list[str], timeout: float) -> tuple[dict[str, Any], str]:
     t0 = time.monotonic()
     try:
         p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, cwd="/",

@@ -404,8 +404,11 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
 
 def _config(home: Path, port: int, s3_port: int, ca: Path, key: tuple[str, str] = ("AKIATEST", "test-secret"),
             bucket: str = "dvpn-offsite", name: str = "dvpnd.yaml",
-            passphrase: str = "passphrase: dstack\n      dstack_socket: {home}/dstack.sock") -> Path:
+            passphrase: str = "passphrase: dstack\n      dstack_socket: {home}/dstack.sock", node: str = "") -> Path:
+    """dvpnd's YAML for a spoke whose server and pgBackRest home are in home/node."""
     from tests.test_config import SPOKE
+
+    base = home / node
 
     creds = home / f"{name}.offsite.env"
     creds.write_text(f"AWS_ACCESS_KEY_ID={key[0]}\nAWS_SECRET_ACCESS_KEY={key[1]}\n")
@@ -413,13 +416,13 @@ def _config(home: Path, port: int, s3_port: int, ca: Path, key: tuple[str, str] 
     text = SPOKE + f"""\
 postgres:
   primary: 10.88.0.11
-  data_dir: {home / "data"}
-  socket_dir: {home / "sock"}
+  data_dir: {base / "data"}
+  socket_dir: {base / "sock"}
   port: {port}
 backup:
   tool: pgbackrest
   pgbackrest:
-    home: {home / "pgbr"}
+    home: {base / "pgbr"}
     stanza: lab
     archive_timeout: 5
     io_timeout: 5
@@ -782,4 +785,113 @@ def test_wrong_credentials_a_missing_bucket_a_wrong_passphrase_a_full_disk_and_a
         if mounted:
             _remove(home / "pgbr")
             subprocess.run(["umount", str(repo)], check=False, timeout=60)
+        _remove(home)
+
+
+# --- a replica promoted takes over the stanza ----------------------------------------------------
+
+def test_a_promoted_replica_takes_over_the_shared_offsite_stanza_and_the_old_primary_stops() -> None:
+    """Spoke a is primary, spoke b its streaming replica (both PostgreSQL 15 on Unix sockets),
+    each with dvpnd's BackRest: one local repository each, one offsite stanza shared. Only the
+    primary's schedule runs anything. Spoke a is lost; b is promoted: b's schedule creates its
+    local repository, backs up into both, and archives the new timeline into the same offsite
+    stanza, from which a restore reaches rows written after the promotion. Spoke a's schedule,
+    not primary, runs nothing (one writer per stanza)."""
+    import asyncio
+
+    from dvpnd.config.load import load_config
+    from dvpnd.postgres.pgbr_restore import restore
+    from dvpnd.postgres.pgbr_status import next_op
+    from dvpnd.postgres.pgbr_supervisor import BackRest
+
+    assert shutil.which("pgbackrest"), "pgbackrest is not installed (./dev installs Debian's)"
+    home = _workdir("a", "a/sock", "b", "b/sock")
+    running: list[Path] = []
+    try:
+        with s3_stand_in(home) as (s3_port, ca, _, _):
+            pw = home / "passphrase"
+            pw.write_text("one passphrase for the cluster's stanza\n")
+            pw.chmod(0o600)
+            ports = {n: 55000 + (os.getpid() + k) % 1000 for n, k in (("a", 100), ("b", 150))}
+            brs = {n: BackRest(load_config(_config(home, ports[n], s3_port, ca, name=f"{n}.yaml", node=n,
+                                                   passphrase=f"passphrase_file: {pw}")), environ={})
+                   for n in ("a", "b")}
+
+            def sql(n: str, q: str) -> str:
+                return _sql(home / n / "sock", ports[n], q)
+
+            def due(n: str) -> str | None:
+                br = brs[n]
+                return next_op(br.cfg, time.time(), sql(n, "SELECT pg_is_in_recovery()") == "f", br.last_ok,
+                               br.last_fail)
+
+            def start(n: str) -> None:
+                auto = home / n / "data" / "postgresql.auto.conf"
+                auto.write_text(render_auto_conf(auto.read_text(), {
+                    **archive_settings(brs[n].plan), "listen_addresses": "",
+                    "unix_socket_directories": str(home / n / "sock"), "port": str(ports[n])}))
+                _run([str(BIN / "pg_ctl"), "-D", str(home / n / "data"), "-w", "-l", str(home / n / "server.log"),
+                      "start"])
+                running.append(home / n / "data")
+
+            async def schedule(n: str) -> list[str]:
+                """What dvpnd's loop would run now, until nothing but check/verify/drill is due."""
+                ran = []
+                while (op := due(n)) in ("stanza-create", "backup-full", "backup-diff"):
+                    assert await brs[n].run(op), (n, op, brs[n].errors)
+                    ran.append(op)
+                return ran
+
+            async def main() -> None:
+                for br in brs.values():
+                    assert await br.prepare(), br.problem
+                _run([str(BIN / "initdb"), "-D", str(home / "a" / "data"), "-A", "trust", "-U", "postgres",
+                      "--no-sync"])
+                start("a")
+                assert await schedule("a") == ["stanza-create", "backup-full"]
+                sql("a", "CREATE TABLE before AS SELECT g FROM generate_series(1, 500) g")
+                _run([str(BIN / "pg_basebackup"), "-D", str(home / "b" / "data"), "-h", str(home / "a" / "sock"),
+                      "-p", str(ports["a"]), "-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+                start("b")
+                deadline = time.monotonic() + 60
+                while sql("b", "SELECT count(*) FROM pg_stat_wal_receiver") != "1":
+                    assert time.monotonic() < deadline, (home / "b" / "server.log").read_text()[-2000:]
+                    await asyncio.sleep(0.3)
+                assert due("b") is None  # a replica's schedule runs nothing
+
+                # spoke a lost; spoke b promoted (the runbook's `dvpnctl pg promote` does this)
+                _run([str(BIN / "pg_ctl"), "-D", str(home / "a" / "data"), "-w", "-m", "immediate", "stop"])
+                running.remove(home / "a" / "data")
+                _run([str(BIN / "pg_ctl"), "-D", str(home / "b" / "data"), "-w", "promote"])
+                assert sql("b", "SELECT pg_is_in_recovery()") == "f"
+                assert await schedule("b") == ["stanza-create", "backup-full"]
+                sql("b", "CREATE TABLE after AS SELECT g FROM generate_series(1, 700) g")
+                sql("b", "SELECT pg_switch_wal()")
+                assert await brs["b"].run("check"), brs["b"].errors  # (archived to both of b's repositories)
+                await brs["b"].refresh()
+                offsite = brs["b"].repos[2]
+                assert offsite.ok and offsite.backups == 2 and str(offsite.wal_max).startswith("00000002"), offsite
+                print(f"\nafter the promotion: offsite {offsite.backups} backups, newest WAL {offsite.wal_max}; "
+                      f"b local {brs['b'].repos[1].backups}")
+
+            asyncio.run(main())
+            # the old primary, back as anything but the primary, schedules nothing
+            assert next_op(brs["a"].cfg, time.time(), False, brs["a"].last_ok, brs["a"].last_fail) is None
+            # the shared offsite stanza restores to the new timeline's latest
+            out = restore(brs["b"].config, home / "restored", "latest", "offsite")
+            assert "restored the offsite repository to latest" in out[0]
+            rport = ports["b"] + 1
+            _run([str(BIN / "pg_ctl"), "-D", str(home / "restored"), "-w", "-t", "120", "-l",
+                  str(home / "b" / "restored.log"), "-o", f"-c port={rport}", "start"])
+            running.append(home / "restored")
+            deadline = time.monotonic() + 60
+            while _sql(home / "b" / "sock", rport, "SELECT pg_is_in_recovery()") != "f":
+                assert time.monotonic() < deadline, (home / "b" / "restored.log").read_text()[-2000:]
+                time.sleep(0.5)
+            assert [_sql(home / "b" / "sock", rport, f"SELECT count(*) FROM {t}") for t in ("before", "after")] \
+                == ["500", "700"]
+    finally:
+        for d in reversed(running):
+            subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(d), "-w", "-m", "immediate", "stop"]),
+                           capture_output=True, timeout=60)
         _remove(home)
