@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -564,8 +565,23 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
             _sql(plan.pg_socket, port, "CREATE TABLE last AS SELECT 1 AS x")
             _sql(plan.pg_socket, port, "SELECT pg_switch_wal()")
             _run([*base_argv(plan), "check"])  # (archived to both)
+            # then a writer commits a row every 20 ms, each acknowledged (a NOTICE after its
+            # COMMIT, with the time), until the server is killed mid-stream: the commits lost are
+            # those acknowledged but not in the restored copy
+            _sql(plan.pg_socket, port, "CREATE TABLE ticks (n int PRIMARY KEY, at float8)")
+            _sql(plan.pg_socket, port, "CREATE PROCEDURE tick(k int) LANGUAGE plpgsql AS $$ DECLARE t float8; "
+                 "BEGIN FOR i IN 1..k LOOP t := extract(epoch FROM clock_timestamp()); "
+                 "INSERT INTO ticks VALUES (i, t); COMMIT; RAISE NOTICE 'committed % %', i, t; "
+                 "PERFORM pg_sleep(0.02); END LOOP; END $$")
+            writer = subprocess.Popen(_as_postgres([str(BIN / "psql"), "-X", "-h", str(plan.pg_socket), "-p", str(port),
+                                                    "-U", "postgres", "-d", "postgres", "-c", "CALL tick(100000)"]),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(3 * plan.archive_timeout + 1)
             _run([str(BIN / "pg_ctl"), "-D", str(plan.pg_path), "-w", "-m", "immediate", "stop"])
             running = None
+            _, notices = writer.communicate(timeout=60)
+            acked = {int(m[0]): float(m[1]) for m in re.findall(r"committed (\d+) ([0-9.]+)", notices)}
+            assert len(acked) > 100, notices[-500:]
             shutil.rmtree(plan.pg_path)
             shutil.rmtree(home / "pgbr" / "repo")
             out = restore(config, home / "restored", "latest", "offsite")
@@ -581,6 +597,13 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
             assert [_sql(plan.pg_socket, rport, f"SELECT count(*) FROM {t}") for t in ("t0", "t1", "t2", "last")] \
                 == ["1000", "1000", "1000", "1"]
             assert _sql(plan.pg_socket, rport, "SHOW archive_mode") == "off"
+            kept = int(_sql(plan.pg_socket, rport, "SELECT coalesce(max(n), 0) FROM ticks"))
+            assert _sql(plan.pg_socket, rport, "SELECT count(*) FROM ticks") == str(kept)  # (no gap)
+            top = max(acked)
+            lost_s = acked[top] - acked[kept] if kept else acked[top] - min(acked.values())
+            print(f"spoke lost mid-write: {top} commits acknowledged, {kept} restored from offsite: "
+                  f"{top - kept} lost, {lost_s:.1f} s of writes (archive_timeout {plan.archive_timeout} s)")
+            assert kept > 0 and lost_s <= plan.archive_timeout + 10, (top, kept, lost_s)
     finally:
         if running is not None:
             subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(running), "-w", "-m", "immediate", "stop"]),
