@@ -226,4 +226,4 @@ def render_runner(plan: Plan, binary: str, bin_dir: Path = Path("/usr/lib/postgr
     """runner.json: what the runner needs besides the operation (no secret)."""
     local = next((r.path for r in plan.repos if r.s3 is None), None)
     return json.dumps({"argv": base_argv(plan, binary), "repos": [r.index for r in plan.repos], "repo_path": local,
-                       "bin_dir": str(bin_dir)}, indent=1) + "\n"
+                       "bin_dir": str(bin_dir), "pg_path": str(plan.pg_path)}, indent=1) + "\n"

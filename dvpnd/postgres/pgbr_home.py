@@ -37,6 +37,9 @@ from dvpnd.util.fsutil import read_regular, write_atomic
 from dvpnd.util.procutil import child_env
 
 OWNED = ("spool", "lock", "log", "results", "drill")
+# dvpnd reads these, as root but without CAP_DAC_OVERRIDE under its unit: their group is root's
+# and set-group-ID, so what pgBackRest and the runner write in them (0640) dvpnd may read
+READ_BY_DVPND = ("spool", "results")
 UNIT = "dvpn-pgbackrest@{op}.service"
 
 
@@ -76,9 +79,27 @@ def apply_dirs(home: Path, repo: Path, user: str) -> None:
     _dir(home, 0, u.pw_gid, 0o2750)
     _dir(home / "conf.d", 0, u.pw_gid, 0o2750)
     for name in OWNED:
-        _dir(home / name, *pg, 0o750)
+        if name in READ_BY_DVPND:
+            _dir(home / name, u.pw_uid, 0, 0o2750)
+        else:
+            _dir(home / name, *pg, 0o750)
     repo.parent.mkdir(parents=True, exist_ok=True)
     _dir(repo, *pg, 0o750)
+
+
+def wal_backlog(data_dir: Path) -> tuple[int, int]:
+    """(bytes in pg_wal, segments waiting to be archived: archive_status/*.ready)."""
+    total, ready = 0, 0
+    try:
+        with os.scandir(data_dir / "pg_wal") as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+        with os.scandir(data_dir / "pg_wal" / "archive_status") as it:
+            ready = sum(1 for e in it if e.name.endswith(".ready"))
+    except OSError:
+        pass
+    return total, ready
 
 
 def write_files(plan: Plan, files: Files) -> list[str]:

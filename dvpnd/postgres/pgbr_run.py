@@ -31,7 +31,7 @@ from typing import Any
 
 from dvpnd.errors import DvpnError
 from dvpnd.postgres.pgbackrest import DRILL_PORT, OPS, drill_argv, op_argvs
-from dvpnd.postgres.pgbr_home import apply_dirs
+from dvpnd.postgres.pgbr_home import apply_dirs, wal_backlog
 from dvpnd.util.fsutil import read_regular, write_atomic
 
 TAIL = 4000
@@ -192,6 +192,9 @@ def run(home: Path, op: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
                 step["stderr"] = "pgbackrest info: the output is not JSON"
         result["steps"].append(step)
         ok = ok and rc == 0
+    pg_path = _runner_doc(home).get("pg_path") if op == "info" else None
+    if isinstance(pg_path, str) and pg_path.startswith("/"):
+        result["wal"] = list(wal_backlog(Path(pg_path)))  # (bytes in pg_wal, segments waiting)
     result.update(finished=time.time(), ok=ok)
     return result
 

@@ -29,21 +29,6 @@ TICK = 5.0
 PREPARE_RETRY = 60.0
 
 
-def wal_backlog(data_dir: Path) -> tuple[int, int]:
-    """(bytes in pg_wal, segments waiting to be archived: archive_status/*.ready)."""
-    total, ready = 0, 0
-    try:
-        with os.scandir(data_dir / "pg_wal") as it:
-            for e in it:
-                if e.is_file(follow_symlinks=False):
-                    total += e.stat(follow_symlinks=False).st_size
-        with os.scandir(data_dir / "pg_wal" / "archive_status") as it:
-            ready = sum(1 for e in it if e.name.endswith(".ready"))
-    except OSError:
-        pass
-    return total, ready
-
-
 FULL_BELOW = 0.05  # a local repository's file system with less than this share free is "full"
 
 
@@ -182,7 +167,7 @@ class BackRest:
 
     async def _refresh(self) -> None:
         """pgBackRest's info: the repositories' newest backups and archived WAL."""
-        self.wal_bytes, self.wal_ready = await asyncio.to_thread(wal_backlog, self.config.postgres.data_dir)
+        self.wal_bytes, self.wal_ready = await asyncio.to_thread(pgbr_home.wal_backlog, self.config.postgres.data_dir)
         self.disk = await asyncio.to_thread(disk_free, self.cfg.repo)
         self.archive_error = await asyncio.to_thread(archive_error, self.plan.home / "spool", self.plan.stanza)
         if not await self._run("info"):
@@ -190,6 +175,9 @@ class BackRest:
         r = await asyncio.to_thread(pgbr_home.read_result, self.plan.home, "info")
         if r is None:
             return
+        wal = r.get("wal")  # (the runner's own count, as the server's user: dvpnd's unit cannot read pg_wal)
+        if isinstance(wal, list) and len(wal) == 2 and all(isinstance(x, int) and x >= 0 for x in wal):
+            self.wal_bytes, self.wal_ready = max(self.wal_bytes, wal[0]), max(self.wal_ready, wal[1])
         repos = read_info(r.get("info"), self.plan.stanza, tuple(x.index for x in self.plan.repos))
         for k, v in repos.items():
             before = self.repos.get(k)

@@ -5,7 +5,12 @@ asynchronously by the server's archive_command, and a point-in-time restore that
 dropped table back with every row, with archiving off in the copy; and an encrypted offsite
 repository on an S3 API (moto's standalone server from PyPI, the only S3 server these machines
 can install, behind Debian's stunnel with a CA of the test's own) whose objects hold no
-plaintext, where the unencrypted local repository does."""
+plaintext, where the unencrypted local repository does. Then dvpnd's own supervision (BackRest,
+the runner as postgres): both repositories, the store unreachable and back, the spoke lost
+mid-write and restored from offsite (the commits lost, measured); faults against moto checking
+signatures and policies (a wrong secret, a missing bucket, a wrong passphrase, a full disk, a
+kill -9 mid-backup); and a promoted replica taking over the shared offsite stanza. The systemd
+path (dvpn-pgbackrest@OP.service) is tested in the VM (packaging/vm/dvpn-vmtest)."""
 
 from __future__ import annotations
 
