@@ -238,6 +238,11 @@ def test_pgbackrest_info_becomes_the_status() -> None:
     assert segment_number("000000020000000A00000010") == (2, 10 * 256 + 16) and segment_number("x") is None
     assert read_info({"not": "a list"}, "shop", (1,))[1].ok is False
     assert read_info(INFO, "other", (1,))[1].status == "no such stanza in pgBackRest's info"
+    junk = json.loads(json.dumps(INFO))
+    junk[0]["repo"][1]["status"]["message"] = "[FormatError] unable to load info file:\nFormatError: at line 1: \x1b\u00e9" * 9
+    msg = read_info(junk, "shop", (1, 2))[2].status
+    assert msg.startswith("[FormatError] unable to load info file: FormatError: at line 1: ??")
+    assert len(msg) == 200 and all(" " <= c <= "~" for c in msg)
 
 
 def test_the_schedule(tmp_path: Path) -> None:
@@ -450,3 +455,33 @@ def test_a_run_refused_for_a_held_lock_is_tried_again(tmp_path: Path) -> None:
     count.unlink()
     step, _ = _step([str(prog), "stanza-create"], 30, lock_wait=0)
     assert step["rc"] == 50 and "unable to acquire lock" in step["stderr"]  # (no wait: said at once)
+
+
+def test_archive_push_errors_and_the_runners_wal_count_are_read_as_untrusted_input(tmp_path: Path) -> None:
+    """The spool's `.error` files and the info result's `wal` are the postgres user's: a link, a
+    FIFO, a huge or binary file, a malformed count are no answer, never a crash nor a hang."""
+    import os
+
+    from dvpnd.postgres.pgbr_supervisor import archive_error, runner_wal
+
+    out = tmp_path / "spool" / "archive" / "shop" / "out"
+    assert archive_error(tmp_path / "spool", "shop") is None  # (no spool yet)
+    out.mkdir(parents=True)
+    assert archive_error(tmp_path / "spool", "shop") is None  # (nothing failed)
+    (out / "000000010000000000000003.error").write_text("28\nunable to write: [28] No space left on device\n")
+    assert archive_error(tmp_path / "spool", "shop") == "unable to write: [28] No space left on device"
+    (out / "000000010000000000000003.error").unlink()
+    (tmp_path / "secret").write_text("root's own\n")
+    (out / "a.error").symlink_to(tmp_path / "secret")
+    os.mkfifo(out / "b.error")
+    assert archive_error(tmp_path / "spool", "shop") is None  # (a link and a FIFO are not followed nor opened)
+    (out / "a.error").unlink()
+    (out / "b.error").unlink()
+    with open(out / "c.error", "wb") as f:
+        f.write(b"\x1b[31m\xff\x00" + b"x" * (5 << 20))
+    text = archive_error(tmp_path / "spool", "shop")
+    assert text is not None and len(text) <= 600 and text.startswith("?[31m??") and "\x1b" not in text
+    assert runner_wal({"wal": [16 << 20, 3]}) == (16 << 20, 3)
+    for bad in ({}, {"wal": "3"}, {"wal": [1]}, {"wal": [1, 2, 3]}, {"wal": [-1, 2]}, {"wal": [1.5, 2]},
+                {"wal": [True, 2]}, {"wal": [10 ** 30, 2]}, {"wal": None}):
+        assert runner_wal(bad) is None, bad

@@ -55,6 +55,12 @@ def behind(local: str | None, offsite: str | None) -> int | None:
     return a[1] - b[1] if b[0] == a[0] else None
 
 
+def printable(text: str) -> str:
+    """`text` with anything but printable ASCII as '?' (what the postgres user's files and a
+    wrong passphrase's junk may hold never reaches a log or the status as is)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
 ERROR_RE = re.compile(r"^(?:P\d+ +)?ERROR: \[\d+\]: ")
 S3_CODE_RE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
 
@@ -72,7 +78,7 @@ def error_line(stderr: str) -> str:
         after = lines[lines.index(first) + 1:][:1]
         if after and not after[0].startswith("***"):
             line = f"{first} {after[0]}"
-    line = "".join(c if " " <= c <= "~" else "?" for c in line)  # (a wrong passphrase decrypts to junk)
+    line = printable(line)  # (a wrong passphrase decrypts to junk)
     if "unable to load info file" in line and ("FormatError: " in line or "CryptoError: " in line):
         line = line.split(" at line ")[0] + " (what a wrong cipher passphrase reads)"
     if first and code:
@@ -99,7 +105,8 @@ def read_info(info: Any, stanza: str, repos: tuple[int, ...]) -> dict[int, RepoV
     for r in doc.get("repo") or []:
         key, st = _dict(r).get("key"), _dict(_dict(r).get("status"))
         if isinstance(key, int):
-            repo_status[key] = "ok" if st.get("code") == 0 else str(st.get("message", "unknown"))[:200]
+            repo_status[key] = "ok" if st.get("code") == 0 else printable(" ".join(
+                str(st.get("message", "unknown")).split()))[:200]  # (one line; a wrong passphrase's junk as '?')
     views: dict[int, dict[str, Any]] = {k: {"backups": 0} for k in repos}
     for raw in doc.get("backup") or []:
         b = _dict(raw)

@@ -22,7 +22,7 @@ from dvpnd.daemon.status import BackRestView, backrest_json
 from dvpnd.errors import DvpnError
 from dvpnd.postgres import pgbr_home, pgbr_keys
 from dvpnd.postgres.pgbackrest import OPS, plan_for, render_conf, render_runner, render_secrets
-from dvpnd.postgres.pgbr_status import RepoView, behind, error_line, next_op, read_info
+from dvpnd.postgres.pgbr_status import RepoView, behind, error_line, next_op, printable, read_info
 
 log = logging.getLogger("dvpnd.pgbackrest")
 TICK = 5.0
@@ -59,7 +59,17 @@ def archive_error(spool: Path, stanza: str) -> str | None:
         return None
     lines = [ln.strip() for ln in raw.decode(errors="replace").splitlines() if ln.strip()]
     text = " ".join(lines[1:] if len(lines) > 1 and lines[0].isdigit() else lines)
-    return "".join(c if " " <= c <= "~" else "?" for c in text)[:600] or None
+    return printable(text)[:600] or None
+
+
+def runner_wal(result: dict[str, Any]) -> tuple[int, int] | None:
+    """The runner's count of pg_wal (bytes, segments waiting) from an info result (the postgres
+    user's file: two integers in range, or nothing)."""
+    wal = result.get("wal")
+    if (isinstance(wal, list) and len(wal) == 2
+            and all(type(x) is int and 0 <= x < 1 << 50 for x in wal)):
+        return wal[0], wal[1]
+    return None
 
 
 class BackRest:
@@ -167,17 +177,15 @@ class BackRest:
 
     async def _refresh(self) -> None:
         """pgBackRest's info: the repositories' newest backups and archived WAL."""
-        self.wal_bytes, self.wal_ready = await asyncio.to_thread(pgbr_home.wal_backlog, self.config.postgres.data_dir)
-        self.disk = await asyncio.to_thread(disk_free, self.cfg.repo)
-        self.archive_error = await asyncio.to_thread(archive_error, self.plan.home / "spool", self.plan.stanza)
+        await asyncio.to_thread(self._read_local)
         if not await self._run("info"):
             return
         r = await asyncio.to_thread(pgbr_home.read_result, self.plan.home, "info")
         if r is None:
             return
-        wal = r.get("wal")  # (the runner's own count, as the server's user: dvpnd's unit cannot read pg_wal)
-        if isinstance(wal, list) and len(wal) == 2 and all(isinstance(x, int) and x >= 0 for x in wal):
-            self.wal_bytes, self.wal_ready = max(self.wal_bytes, wal[0]), max(self.wal_ready, wal[1])
+        wal = runner_wal(r)  # (counted as the server's user: dvpnd's unit cannot read pg_wal)
+        if wal is not None:
+            self.wal_bytes, self.wal_ready = wal
         repos = read_info(r.get("info"), self.plan.stanza, tuple(x.index for x in self.plan.repos))
         for k, v in repos.items():
             before = self.repos.get(k)
@@ -194,6 +202,13 @@ class BackRest:
                 t = min(times)
                 if t > self.last_ok.get(op, 0):
                     self.last_ok[op] = t
+
+    def _read_local(self) -> None:
+        """What dvpnd reads itself (a thread): pg_wal's backlog (where it may), the local
+        repository's free space, archive-push's last error."""
+        self.wal_bytes, self.wal_ready = pgbr_home.wal_backlog(self.config.postgres.data_dir)
+        self.disk = disk_free(self.cfg.repo)
+        self.archive_error = archive_error(self.plan.home / "spool", self.plan.stanza)
 
     async def loop(self, stopping: asyncio.Event, primary: Callable[[], bool]) -> None:
         next_prepare, next_refresh = 0.0, 0.0

@@ -901,10 +901,22 @@ def test_a_promoted_replica_takes_over_the_shared_offsite_stanza_and_the_old_pri
                 assert offsite.ok and offsite.backups == 2 and str(offsite.wal_max).startswith("00000002"), offsite
                 print(f"\nafter the promotion: offsite {offsite.backups} backups, newest WAL {offsite.wal_max}; "
                       f"b local {brs['b'].repos[1].backups}")
+                # the old primary back as the runbook makes it, a replica of b: its schedule runs
+                # nothing, its server archives nothing (archive_mode on archives on a primary only)
+                shutil.rmtree(home / "a" / "data")
+                _run([str(BIN / "pg_basebackup"), "-D", str(home / "a" / "data"), "-h", str(home / "b" / "sock"),
+                      "-p", str(ports["b"]), "-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+                start("a")
+                sql("b", "CREATE TABLE later AS SELECT 1 AS x")
+                sql("b", "SELECT pg_switch_wal()")
+                deadline = time.monotonic() + 60
+                while sql("a", "SELECT count(*) FROM pg_class WHERE relname = 'later'") != "1":
+                    assert time.monotonic() < deadline, (home / "a" / "server.log").read_text()[-2000:]
+                    await asyncio.sleep(0.3)
+                assert sql("a", "SELECT pg_is_in_recovery()") == "t" and due("a") is None
+                assert sql("a", "SELECT archived_count FROM pg_stat_archiver") == "0"
 
             asyncio.run(main())
-            # the old primary, back as anything but the primary, schedules nothing
-            assert next_op(brs["a"].cfg, time.time(), False, brs["a"].last_ok, brs["a"].last_fail) is None
             # the shared offsite stanza restores to the new timeline's latest
             out = restore(brs["b"].config, home / "restored", "latest", "offsite")
             assert "restored the offsite repository to latest" in out[0]
