@@ -20,16 +20,15 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from dvpnd.lab.s3 import S3_NAME, StandIn
 from dvpnd.postgres.conf import render_auto_conf
 from dvpnd.postgres.pgbackrest import (
     S3,
@@ -173,56 +172,6 @@ def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repo
 # machines. Nothing here is moto-specific: path-style requests, TLS verified against a CA of
 # the test's own (pinned with repo2-storage-ca-file, verification on).
 
-S3_NAME = "s3.dvpn.test"  # the endpoint's name (in the certificate); pgBackRest connects to 127.0.0.1
-
-
-def _tls_pair(d: Path) -> tuple[Path, Path, Path]:
-    """A test CA, and a certificate for s3.dvpn.test it signed: (ca.pem, cert.pem, key.pem)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dvpn test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, S3_NAME)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            # pgBackRest 2.45 matches the host it connects to against the names as text, IP
-            # SANs aside: 127.0.0.1 as a DNS name for it, as an IP address for Python's client
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(S3_NAME), x509.DNSName("127.0.0.1"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = (d / "ca.pem", d / "cert.pem", d / "key.pem")
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(leaf.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return paths
-
-
-def _s3(port: int, ca: Path, method: str, path: str) -> bytes:
-    import ssl
-    import urllib.request
-
-    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", method=method)
-    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(ca)), timeout=30) as r:
-        return bytes(r.read())
-
-
 DOWNLOAD = """
 import os, sys
 import boto3
@@ -237,27 +186,6 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file(bucket, o["Key"], path)
         print(o["Key"].lstrip("/"))
-"""
-
-
-USERS_ACTIONS = 8  # the requests USERS makes
-USERS = """
-import json, sys
-import boto3
-kw = dict(endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1", aws_access_key_id="setup",
-          aws_secret_access_key="setup")
-iam, s3 = boto3.client("iam", **kw), boto3.client("s3", **kw)
-s3.create_bucket(Bucket="dvpn-offsite")
-s3.put_bucket_versioning(Bucket="dvpn-offsite", VersioningConfiguration={"Status": "Enabled"})
-keys = {}
-for user, actions in (("writer", ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketLocation",
-                                  "s3:DeleteObject"]), ("admin", ["s3:*"])):
-    iam.create_user(UserName=user)
-    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-    iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(doc))
-    k = iam.create_access_key(UserName=user)["AccessKey"]
-    keys[user] = [k["AccessKeyId"], k["SecretAccessKey"]]
-print(json.dumps(keys))
 """
 
 
@@ -284,84 +212,21 @@ def _holds(data: bytes, marker: bytes) -> bool:
 
 @contextlib.contextmanager
 def s3_stand_in(home: Path, users: bool = False) -> Iterator[tuple[int, Path, Callable[[bool], None], dict[str, list[str]]]]:
-    """moto's server on plain HTTP behind Debian's stunnel, which holds a certificate of the
-    test's own CA (the development server moto runs closes TLS without a close_notify, which
-    OpenSSL 3 in pgBackRest takes for a truncated answer), with the bucket dvpn-offsite made.
-    The stand-in is told that S3_NAME is an S3 endpoint, as a real store knows its own name.
-    Yields (the TLS port, the CA file, reachable(on), keys): reachable(False) stops stunnel (the
-    store unreachable; moto keeps its data), reachable(True) starts it again.
-
-    users=True: the store checks every request's signature and policy, as a real one does (moto
-    does only once its first INITIAL_NO_AUTH_ACTION_COUNT requests are spent: USERS spends them
-    making the bucket, versioned, and two users); keys: {"writer": [id, secret], "admin": [...]}.
-    The writer may read, write, list and delete objects, not delete a version of one nor change
-    the bucket's versioning: what the spoke gets (a delete only hides an object behind a marker;
-    the admin, off the spoke, can bring it back)."""
+    """The S3 stand-in (dvpnd.lab.s3: moto behind stunnel, a CA of its own) on 127.0.0.1, the
+    bucket dvpn-offsite made. Yields (the TLS port, the CA file, reachable(on), keys):
+    reachable(False) stops stunnel (the store unreachable; moto keeps its data), reachable(True)
+    starts it again. users=True: the store checks signatures and policies; keys: {"writer":
+    [id, secret], "admin": [...]} (the writer may not delete a version nor change versioning)."""
     root = Path(__file__).resolve().parents[2]
-    moto = root / ".venv" / "bin" / "moto_server"
-    if not moto.exists():
-        pytest.skip(f"{moto} missing: ./dev test makes the venv with the test extras (moto)")
-    u = pwd.getpwnam("postgres")
-    (home / "tls").mkdir(exist_ok=True)
-    ca, cert, key = _tls_pair(home / "tls")
-    for f in (ca, cert, key):
-        os.chown(f, u.pw_uid, u.pw_gid)
-    s3_port, moto_port = 56000 + os.getpid() % 1000, 57000 + os.getpid() % 1000
-    (home / "tls" / "stunnel.conf").write_text(
-        f"foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{s3_port}\nconnect = 127.0.0.1:{moto_port}\n"
-        f"cert = {cert}\nkey = {key}\n")
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def reachable(on: bool) -> None:
-        old = procs.pop("tunnel", None)
-        if old is not None:
-            old.terminate()
-            old.wait(timeout=30)
-        if on:
-            with open(home / "tls" / "stunnel.log", "ab") as log:
-                procs["tunnel"] = subprocess.Popen(["stunnel", str(home / "tls" / "stunnel.conf")],
-                                                   stdout=subprocess.DEVNULL, stderr=log)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _s3(s3_port, ca, "HEAD", "/dvpn-offsite")
-                    return
-                except urllib.error.HTTPError:
-                    return  # (it answers: the bucket is made below)
-                except OSError:
-                    assert time.monotonic() < deadline and procs["moto"].poll() is None, \
-                        f"moto_server or stunnel did not come up: {(home / 'tls' / 'stunnel.log').read_text()[-1500:]}"
-                    time.sleep(0.3)
-
-    env = dict(os.environ, MOTO_S3_CUSTOM_ENDPOINTS=f"https://{S3_NAME}", AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null")
-    keys: dict[str, list[str]] = {}
-    if users:
-        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(USERS_ACTIONS)
+    if not (root / ".venv" / "bin" / "moto_server").exists():
+        pytest.skip("moto missing: ./dev test makes the venv with the test extras (moto)")
+    s = StandIn(home / "tls", root / ".venv" / "bin" / "python", "127.0.0.1", 56000 + os.getpid() % 1000,
+                57000 + os.getpid() % 1000, users=users)
+    s.start()
     try:
-        procs["moto"] = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(moto_port)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        if users:
-            deadline = time.monotonic() + 30
-            while True:  # (straight to moto: the requests it lets through unchecked are counted)
-                try:
-                    socket.create_connection(("127.0.0.1", moto_port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline and procs["moto"].poll() is None, "moto_server did not start"
-                    time.sleep(0.3)
-            r = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", USERS, str(moto_port)],
-                               capture_output=True, text=True, timeout=120, env=env)
-            assert r.returncode == 0, r.stderr
-            keys = json.loads(r.stdout)
-        reachable(True)
-        if not users:
-            _s3(s3_port, ca, "PUT", "/dvpn-offsite")
-        yield s3_port, ca, reachable, keys
+        yield s.port, s.ca, s.reachable, s.keys
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+        s.stop()
 
 
 def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -> None:
