@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     a.dir.mkdir(parents=True, exist_ok=True)
     for name in ("keys.json", "ca.pem"):  # (written afresh once it serves: a waiter sees the new ones)
         (a.dir / name).unlink(missing_ok=True)
-    s = StandIn(a.dir / "tls", a.python, a.listen, a.port, a.moto_port, a.name or [S3_NAME, "127.0.0.1"], a.users)
+    names = a.name or [S3_NAME]
+    # (127.0.0.1 too: the stand-in checks that it answers, from its own loopback)
+    s = StandIn(a.dir / "tls", a.python, a.listen, a.port, a.moto_port, [*names, "127.0.0.1"], a.users)
     stop = False
 
     def on_signal(*_: object) -> None:
