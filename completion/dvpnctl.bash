@@ -7,7 +7,7 @@ _dvpnctl() {
         firewall) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "show apply" -- "$cur")) && return ;;
         spoke) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "add remove rotate" -- "$cur")) && return ;;
         pg) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "setup password init-replica promote follow status" -- "$cur")) && return ;;
-        backup) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "now list verify restore" -- "$cur")) && return ;;
+        backup) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "now status restore" -- "$cur")) && return ;;
         relay) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "fingerprint" -- "$cur")) && return ;;
         lab) [ "$cword" -eq 2 ] && COMPREPLY=($(compgen -W "up status down exec block-udp transport" -- "$cur")) && return ;;
     esac

@@ -33,13 +33,15 @@ def _compose_config(file: Path, env: dict[str, str]) -> dict:
 def test_local_compose_file_has_hub_three_spokes_and_their_databases() -> None:
     cfg = _compose_config(ROOT / "docker-compose.yml", {})
     services = cfg["services"]
-    assert set(services) == {"hub", "spoke-a", "spoke-b", "spoke-c", "pg-a", "pg-b", "pg-c", "hub-relay", "relay-c"}
+    assert set(services) == {"hub", "spoke-a", "spoke-b", "spoke-c", "pg-a", "pg-b", "pg-c", "hub-relay", "relay-c",
+                             "s3"}
     published = sorted(p["published"] if isinstance(p, dict) else int(str(p).split(":")[-2])
                        for s in ("spoke-a", "spoke-b", "spoke-c") for p in services[s]["ports"])
     assert published == [8000, 8001, 8002]
     for pg, spoke in (("pg-a", "spoke-a"), ("pg-b", "spoke-b"), ("pg-c", "spoke-c")):
         assert services[pg]["network_mode"] == f"service:{spoke}"
     assert "ports" not in services["hub"]          # nothing of the hub is published
+    assert "ports" not in services["s3"]           # the S3 stand-in is on the compose network only
 
 
 @compose_cli
@@ -50,6 +52,9 @@ def test_dstack_compose_file_is_valid_and_needs_its_settings() -> None:
     assert dvpnd["network_mode"] == "host" and dvpnd["cap_add"] == ["NET_ADMIN"]
     mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in dvpnd["volumes"]]
     assert any(m.startswith("dvpn-state:/var/lib/dvpn") for m in mounts), mounts
+    # the guest agent's socket for the offsite passphrase (GetKey), only in dvpnd's container
+    assert "/var/run/dstack.sock:/var/run/dstack.sock:rw" in mounts
+    assert not any("dstack.sock" in str(v) for v in cfg["services"]["postgres"]["volumes"])
     assert set(cfg["volumes"]) == {"dvpn-state", "pgdata", "pgrun", "relay"}   # named: on the persistent disk
     r = subprocess.run(["docker-compose", "-f", str(DSTACK / "docker-compose.yml"), "config", "-q"],
                        capture_output=True, text=True, env={k: v for k, v in os.environ.items()
@@ -96,9 +101,12 @@ def test_database_containers_never_see_the_key_and_dvpnd_has_a_memory_limit(file
     for name, svc in services.items():
         runs_postgres = "pg-start" in " ".join(svc.get("entrypoint") or [])
         runs_relay = "/usr/bin/dvpn-relay" in (svc.get("entrypoint") or [])
+        runs_s3 = "dvpnd.lab.s3" in (svc.get("entrypoint") or [])
         holds_key = [m for m in _mounts(svc) if m.split(":")[1] in ("/var/lib/dvpn", "/var/lib/dvpn/")]
         if runs_postgres:
             assert not holds_key, f"{file}: {name} runs PostgreSQL and mounts the key's volume"
+        elif runs_s3:  # the S3 stand-in: no key, a limit of its own
+            assert not holds_key and svc["mem_limit"] in ("256m", 268435456) and svc["ulimits"]["core"] == 0
         elif runs_relay:  # Internet-facing on a hub: no WireGuard key, a limit of its own
             assert not holds_key, f"{file}: {name} runs the relay and mounts the key's volume"
             assert svc["mem_limit"] in ("128m", 134217728) and svc["ulimits"]["core"] == 0

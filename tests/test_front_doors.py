@@ -74,9 +74,9 @@ def test_metrics_show_the_published_counters() -> None:
 
 
 def test_the_daemon_publishes_the_databases_current_view(tmp_path: Path) -> None:
-    f = write(tmp_path, SPOKE + "postgres:\n  primary: 10.88.0.11\n")
+    f = write(tmp_path, SPOKE + "postgres:\n  primary: 10.88.0.11\nbackup:\n  enabled: false\n")
     d = Daemon(f, load_config(f))
-    assert d.db is not None
+    assert d.db is not None and d.backrest is None
     marker: Any = object()
     d.db.view = marker  # what the next poll saw, newer than the last snapshot
     pub = d.published()

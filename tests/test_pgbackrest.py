@@ -70,7 +70,7 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
         restore_argv(p, tmp_path / "data", "latest", 1)
 
 
-# --- backup.tool: pgbackrest: the config keys, the runner's operations, the secrets, the status
+# --- backup.pgbackrest: the config keys, the runner's operations, the secrets, the status
 
 from dvpnd.config.load import load_config  # noqa: E402
 from dvpnd.postgres import pgbr_keys, pgbr_run  # noqa: E402
@@ -104,7 +104,7 @@ backup:
 def test_pgbackrest_keys_make_the_plan(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, PGBR))
     b = c.backup.pgbackrest
-    assert c.backup.enabled and c.backup.tool == "pgbackrest" and b is not None
+    assert c.backup.enabled and b is not None
     assert (b.stanza, b.full_every, b.diff_every, b.wal_alarm, b.keep_full) == ("shop", 7 * 86400, 86400, 2 << 30, 2)
     assert b.repo == Path("/srv/dvpn/pgbackrest/repo") and b.runner == "auto"
     p = plan_for(c)
@@ -113,14 +113,15 @@ def test_pgbackrest_keys_make_the_plan(tmp_path: Path) -> None:
     assert p.repos[1].s3.endpoint == "nyc3.digitaloceanspaces.com" and p.repos[1].path == "/dvpn"
     conf = render_conf(p)
     assert "repo2-s3-bucket=shop-backups" in conf and "repo2-cipher-type=aes-256-cbc" in conf
-    # the old tool's default is unchanged
-    assert load_config(write(tmp_path, PGBR.split("backup:")[0])).backup.tool == "basebackup"
+    # with no backup section, a database's backups are pgBackRest's with the defaults (local only)
+    d = load_config(write(tmp_path, PGBR.split("backup:")[0])).backup
+    assert d.enabled and d.pgbackrest is not None and d.pgbackrest.offsite is None
 
 
 @pytest.mark.parametrize("change, message", [
-    (("tool: pgbackrest", "tool: barman"), "backup.tool: 'barman': basebackup or pgbackrest"),
-    (("  pgbackrest:\n", "  keep_last: 3\n  pgbackrest:\n"), "backup.keep_last: applies to tool: basebackup only"),
-    (("tool: pgbackrest", "tool: basebackup"), "backup.pgbackrest: is read with tool: pgbackrest only"),
+    (("tool: pgbackrest", "tool: barman"), "backup.tool: 'barman': pgbackrest is the only tool"),
+    (("  pgbackrest:\n", "  keep_last: 3\n  pgbackrest:\n"), "backup.keep_last: was a setting of dvpnd's own "
+                                                           "pg_basebackup backups"),
     (("stanza: shop", "stanza: ../etc"), "backup.pgbackrest.stanza: '../etc': letters, digits"),
     (("diff_every: 1d", "diff_every: 8d"), "backup.pgbackrest.diff_every: must be shorter than full_every"),
     (("wal_alarm: 2GiB", "wal_alarm: lots"), "backup.pgbackrest.wal_alarm: 'lots' is not a size"),
@@ -282,7 +283,9 @@ def test_pg_setup_writes_the_archive_settings_for_pgbackrest(tmp_path: Path) -> 
     assert "archive_mode = 'on'" in text and "archive_timeout = '60'" in text
     assert ("archive_command = '/usr/bin/pgbackrest --config=/srv/dvpn/pgbackrest/pgbackrest.conf "
             "--config-include-path=/srv/dvpn/pgbackrest/conf.d --stanza=shop archive-push %p'") in text
-    assert "archive_command" not in render_server_conf(load_config(write(tmp_path, PGBR.split("backup:")[0])))
+    # with backups off, nothing is archived
+    off = PGBR.split("backup:")[0] + "backup:\n  enabled: false\n"
+    assert "archive_command" not in render_server_conf(load_config(write(tmp_path, off)))
 
 
 def test_status_and_metrics_show_the_repositories_and_the_offsite_lag() -> None:
@@ -349,21 +352,22 @@ def test_a_restore_names_its_moment_with_a_zone_and_never_the_live_directory(tmp
         restore(c, busy, "latest", "local")
 
 
-def test_dvpnctl_backup_verify_and_restore_take_their_own_arguments(tmp_path: Path, capsys: Any) -> None:
-    """Each backup command reads only the arguments it has, with either tool (a restore's --time
-    and --from were once read by verify too, which has neither)."""
+def test_dvpnctl_backup_restore_refuses_a_name_and_the_retired_commands(tmp_path: Path, capsys: Any) -> None:
+    """`backup restore` takes --time and --from (pgBackRest's), not a backup's name; `backup list`
+    and `backup verify` (dvpnd's own backups) are gone: argparse names the commands there are."""
     from dvpnd.cli.main import main
 
-    old = write(tmp_path, PGBR.split("backup:")[0] + f"backup:\n  dir: {tmp_path / 'backups'}\n", "old.yaml")
     new = write(tmp_path, PGBR, "new.yaml")
-    assert main(["backup", "verify", "--config", str(old)]) == 1  # no backup yet: a failure, not a crash
-    assert "no verified backup" in capsys.readouterr().err
-    assert main(["backup", "verify", "--config", str(new)]) == 2
-    assert "dvpnd runs pgBackRest's verify on its schedule" in capsys.readouterr().err
-    assert main(["backup", "restore", "--config", str(old), "--to", str(tmp_path / "r"), "--from", "offsite"]) == 2
-    assert "--time and --from need backup.tool: pgbackrest" in capsys.readouterr().err
-    assert main(["backup", "restore", "x", "--config", str(new), "--to", str(tmp_path / "r")]) == 2
-    assert "not a name" in capsys.readouterr().err
+    for gone in ("list", "verify"):
+        with pytest.raises(SystemExit) as e:
+            main(["backup", gone, "--config", str(new)])
+        assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["backup", "restore", "x", "--config", str(new), "--to", str(tmp_path / "r")])
+    assert "unrecognized arguments: x" in capsys.readouterr().err
+    assert main(["backup", "restore", "--config", str(new), "--to", str(tmp_path / "r"), "--time", "noon"]) == 2
+    assert "'latest' or a moment with its time zone" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_result_file_is_read_as_untrusted_input(tmp_path: Path) -> None:

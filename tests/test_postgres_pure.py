@@ -1,4 +1,4 @@
-"""The database side's pure parts: config, dvpn's server files, backup planning."""
+"""The database side's pure parts: config and dvpn's server files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from dvpnd.config.load import load_config
 from dvpnd.firewall.ruleset import render_ruleset
 from dvpnd.postgres import conf as pgconf
-from dvpnd.postgres.backup import BackupEntry, basebackup_argv, compress_arg, plan_retention, space_needed
 
 from .test_config import HUB, SPOKE, problems, write
 
@@ -19,10 +18,6 @@ postgres:
   primary: 10.88.0.11
   data_dir: /srv/pg/data
   socket_dir: /srv/pg/run
-backup:
-  interval: 6h
-  keep_last: 3
-  keep_age: 7d
 """
 
 
@@ -33,8 +28,9 @@ def test_postgres_and_backup_sections(tmp_path: Path) -> None:
     assert pg.config_dir == pg.data_dir == Path("/srv/pg/data")
     assert pg.slot == "spoke_a" and pg.replication_user == "replicator"
     assert pg.passfile == Path("/srv/pg/data.dvpn.pgpass")  # outside the data directory (and its backups)
-    assert bc.enabled and bc.interval == 6 * 3600 and bc.keep_last == 3 and bc.keep_age == 7 * 86400
-    assert bc.dir == Path("/var/lib/dvpn/backups") and bc.compress == "gzip:1" and bc.verify
+    # backups are on with the database, through pgBackRest, its home outside the state directory
+    assert bc.enabled and bc.pgbackrest is not None and bc.pgbackrest.home == Path("/var/lib/dvpn-pgbackrest")
+    assert bc.pgbackrest.offsite is None
 
 
 def test_no_postgres_section_means_no_database(tmp_path: Path) -> None:
@@ -48,11 +44,12 @@ def test_no_postgres_section_means_no_database(tmp_path: Path) -> None:
     ("postgres:\n  primary: 10.88.0.11\n  data_dir: relative\n", "postgres.data_dir: 'relative' must be an absolute path"),
     ("postgres:\n  primary: 10.88.0.11\n  slot: Bad-Slot\n", "postgres.slot: must be a-z, 0-9 and _"),
     ("postgres:\n  primary: 10.88.0.11\n  prot: 5432\n", "postgres.prot: unknown key (did you mean 'port'?)"),
-    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  interval: 10\n", "backup.interval: must be between 60 and 2592000 seconds, got 10"),
-    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  interval: soon\n", "backup.interval: 'soon' is not a duration"),
-    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  compress: zip\n", "backup.compress: 'zip': the method must be one of gzip, none"),
-    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  keep_last: 0\n", "backup.keep_last: with keep_age 0 too"),
-    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  max_rate: 1k\n", "backup.max_rate: '1k' must be between 32k and 1024M"),
+    # the keys of dvpnd's own pg_basebackup backups, gone: named, with what to do
+    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  interval: 6h\n",
+     "backup.interval: was a setting of dvpnd's own pg_basebackup backups, which pgBackRest replaced: remove it"),
+    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  keep_last: 3\n", "backup.keep_last: was a setting of dvpnd's own"),
+    ("postgres:\n  primary: 10.88.0.11\nbackup:\n  tool: basebackup\n",
+     "backup.tool: 'basebackup': pgbackrest is the only tool"),
     ("backup:\n  enabled: true\n", "backup.enabled: backups need the postgres section"),
     ("postgres:\n  primary: 10.88.0.11\nfirewall:\n  public_tcp_ports: [5432]\n",
      "firewall.public_tcp_ports: TCP 5432 is PostgreSQL's port, which is open to other spokes on the overlay only"),
@@ -134,42 +131,3 @@ def test_firewall_opens_the_database_port_on_the_overlay_when_ports_are_listed(t
              if "add" in cmd and "element" in cmd["add"]}
     assert elems["overlay_tcp"] == [8080, 5432]
     assert "public_tcp" not in elems
-
-
-def E(name: str, finished: float, size: int = 100, extracted: int = 1000) -> BackupEntry:
-    return BackupEntry(name=name, started=finished - 1, finished=finished, duration_sec=1, verify_sec=1,
-                       size_bytes=size, extracted_bytes=extracted, server_role="primary", node="n", files=())
-
-
-DAY = 86400.0
-
-
-@pytest.mark.parametrize("ages_days, keep_last, keep_age_days, doomed", [
-    ([0, 1, 2, 3, 4], 3, 0, ["d3", "d4"]),          # the last three
-    ([0, 1, 2, 3, 4], 0, 2.5, ["d3", "d4"]),        # those younger than 2.5 days
-    ([0, 1, 2, 3, 4], 2, 2.5, ["d3", "d4"]),        # either rule keeps a backup
-    ([0, 1, 2, 3, 4], 4, 1.5, ["d4"]),
-    ([10, 11, 12], 0, 1, ["d1", "d2"]),             # all too old: the newest stays anyway
-    ([10], 1, 0, []),
-    ([], 3, 0, []),
-])
-def test_retention(ages_days: list[float], keep_last: int, keep_age_days: float, doomed: list[str]) -> None:
-    now = 100 * DAY
-    entries = [E(f"d{i}", now - a * DAY) for i, a in enumerate(ages_days)]
-    assert plan_retention(entries, now, keep_last, int(keep_age_days * DAY)) == doomed
-
-
-def test_space_needed() -> None:
-    assert space_needed(E("x", 0, size=100, extracted=1000), None, verify=True) == 1210
-    assert space_needed(E("x", 0, size=100, extracted=1000), None, verify=False) == 110
-    assert space_needed(None, 500, verify=True) == 1100
-    assert space_needed(None, None, verify=True) is None
-
-
-def test_basebackup_command(tmp_path: Path) -> None:
-    c = load_config(write(tmp_path, PG + "  max_rate: 50M\n"))
-    argv = basebackup_argv(c.postgres, c.backup, Path("/b/.partial-x"), "label")
-    assert argv[:4] == ["/usr/lib/postgresql/15/bin/pg_basebackup", "-D", "/b/.partial-x", "-Ft"]
-    assert "--compress=client-gzip:1" in argv and argv[argv.index("-X") + 1] == "stream"
-    assert argv[argv.index("-h") + 1] == "/srv/pg/run" and argv[-2:] == ["--max-rate", "50M"]
-    assert compress_arg("none") == "none" and compress_arg("gzip") == "client-gzip"

@@ -11,10 +11,9 @@ from typing import Any
 
 from dvpnd.cli.common import BadInput, config_arg
 from dvpnd.cli.db import (
-    cmd_backup_list,
     cmd_backup_now,
     cmd_backup_restore,
-    cmd_backup_verify,
+    cmd_backup_status,
     cmd_pg_follow,
     cmd_pg_init_replica,
     cmd_pg_password,
@@ -120,20 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(pgp, "status", cmd_pg_status, "role, replicas, lag, slots and backups as dvpnd sees them")
     p.add_argument("--json", action="store_true")
 
-    bk = sub.add_parser("backup", help="verified local backups").add_subparsers(dest="backup", required=True)
-    p = _command(bk, "now", cmd_backup_now, "take a backup now (through dvpnd) and wait for it")
-    p = _command(bk, "list", cmd_backup_list, "the verified backups, newest first")
+    bk = sub.add_parser("backup", help="pgBackRest's backups, local and offsite").add_subparsers(
+        dest="backup", required=True)
+    p = _command(bk, "now", cmd_backup_now, "take a backup now (through dvpnd, on the primary) and wait for it")
+    p = _command(bk, "status", cmd_backup_status, "both repositories, WAL archiving, drills and problems")
     p.add_argument("--json", action="store_true")
-    p = _command(bk, "verify", cmd_backup_verify, "check a backup against its manifest again (default: the newest)")
-    p.add_argument("name", nargs="?")
-    p = _command(bk, "restore", cmd_backup_restore, "unpack a backup into a new data directory (default: the newest)")
-    p.add_argument("name", nargs="?")
+    p = _command(bk, "restore", cmd_backup_restore,
+                 "restore to a point in time, or the latest archived WAL, into a new or empty directory")
     p.add_argument("--to", type=Path, required=True, help="a new or empty directory")
-    p.add_argument("--standby", action="store_true", help="keep standby.signal (restore a replica as a replica)")
     p.add_argument("--time", default="latest",
-                   help="pgbackrest: a moment with its zone ('2026-11-26 13:05:00+00') or latest (the default)")
+                   help="a moment with its zone ('2026-11-26 13:05:00+00') or latest (the default)")
     p.add_argument("--from", dest="source", choices=("local", "offsite"), default="local",
-                   help="pgbackrest: the repository to restore from (default: local)")
+                   help="the repository to restore from (default: local)")
 
     add_roster_arguments(sub)
 

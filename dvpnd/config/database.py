@@ -11,12 +11,10 @@ from dvpnd.config.fields import (
     Reader,
     abs_path,
     check_port,
-    check_rate,
     overlay_address,
     read_duration,
 )
 from dvpnd.config.model import (
-    COMPRESSIONS,
     DEFAULT_PG_PORT,
     BackupConfig,
     OffsiteConfig,
@@ -65,9 +63,10 @@ def postgres_section(r: Reader, top: dict[str, Any], is_hub: bool, name: str | N
     )
 
 
-BACKUP_KEYS = {"enabled", "dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate",
-               "tool", "pgbackrest"}
-BASEBACKUP_ONLY = BACKUP_KEYS - {"enabled", "tool", "pgbackrest"}
+# the keys of dvpnd's own pg_basebackup backups (until 0.2), refused by name so that an old
+# configuration says what to change
+RETIRED = {"dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate"}
+BACKUP_KEYS = {"enabled", "tool", "pgbackrest"} | RETIRED
 PGBR_KEYS = {"home", "stanza", "repo", "keep_full", "full_every", "diff_every", "check_every", "verify_every",
              "drill_every", "archive_timeout", "io_timeout", "process_max", "wal_alarm", "runner", "binary", "offsite"}
 OFFSITE_KEYS = {"endpoint", "bucket", "region", "path", "uri_style", "ca_file", "host", "port", "keep_full",
@@ -179,38 +178,10 @@ def backup_section(r: Reader, top: dict[str, Any], pg: PostgresConfig, state_dir
         r.error(("backup", "enabled"), "backups need the postgres section (enabled: true)")
         return BackupConfig()
 
-    tool = r.get(m, ("backup", "tool"), str, default="basebackup",
-                 check=lambda v: None if v in ("basebackup", "pgbackrest") else f"'{v}': basebackup or pgbackrest")
-    if tool == "pgbackrest":
-        for key in sorted(BASEBACKUP_ONLY & set(m)):
-            r.error(("backup", key), "applies to tool: basebackup only (pgBackRest's settings go under "
-                                     "backup.pgbackrest)")
-        return BackupConfig(enabled=True, tool=tool, pgbackrest=pgbackrest_section(r, m, state_dir))
-    if "pgbackrest" in m:
-        r.error(("backup", "pgbackrest"), "is read with tool: pgbackrest only")
-
-    def check_compress(v: str) -> str | None:
-        method, _, level = v.partition(":")
-        if method not in COMPRESSIONS:
-            return f"'{v}': the method must be one of {', '.join(COMPRESSIONS)}"
-        if level and not (level.isdigit() and 1 <= int(level) <= 9 and method == "gzip"):
-            return f"'{v}': the level after 'gzip:' must be 1 to 9 (none takes no level)"
-        return None
-
-    keep_last = r.get(m, ("backup", "keep_last"), int, default=7,
-                      check=lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000")
-    keep_age = read_duration(r, m, ("backup", "keep_age"), 0, 0, 10 * 365 * 86400)
-    if keep_last == 0 and keep_age == 0:
-        r.error(("backup", "keep_last"), "with keep_age 0 too, nothing but the newest backup would be kept; "
-                                         "set keep_last or keep_age")
-    return BackupConfig(
-        enabled=True,
-        dir=abs_path(r, m, ("backup", "dir"), str(state_dir / "backups")),
-        interval=read_duration(r, m, ("backup", "interval"), 86400, 60, 30 * 86400),
-        keep_last=keep_last,
-        keep_age=keep_age,
-        compress=r.get(m, ("backup", "compress"), str, default="gzip:1", check=check_compress),
-        verify=r.get(m, ("backup", "verify"), bool, default=True),
-        timeout=read_duration(r, m, ("backup", "timeout"), 6 * 3600, 60, 7 * 86400),
-        max_rate=r.get(m, ("backup", "max_rate"), str, default=None, check=check_rate),
-    )
+    r.get(m, ("backup", "tool"), str, default="pgbackrest",
+          check=lambda v: None if v == "pgbackrest" else
+          f"'{v}': pgbackrest is the only tool (dvpnd's own pg_basebackup backups were replaced by it)")
+    for key in sorted(RETIRED & set(m)):
+        r.error(("backup", key), "was a setting of dvpnd's own pg_basebackup backups, which pgBackRest replaced: "
+                                 "remove it (pgBackRest's settings go under backup.pgbackrest, see dvpnd.yaml(5))")
+    return BackupConfig(enabled=True, pgbackrest=pgbackrest_section(r, m, state_dir))

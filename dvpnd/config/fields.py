@@ -220,14 +220,6 @@ def abs_path(r: Reader, m: dict[str, Any], kp: KeyPath, default: str) -> Path:
     return Path(text)
 
 
-def check_rate(v: str) -> str | None:
-    m = re.match(r"^(\d+)([kM]?)\Z", v)
-    if not m:
-        return f"'{v}' must be a rate in kB/s, or with a k or M suffix (e.g. 500k, 50M)"
-    kb = int(m.group(1)) * (1024 if m.group(2) == "M" else 1)
-    return None if 32 <= kb <= 1024 * 1024 else f"'{v}' must be between 32k and 1024M"
-
-
 def overlay_address(r: Reader, m: dict[str, Any], kp: KeyPath, network: IPv4Network | None,
              default: str | None = None) -> IPv4Address | None:
     text = r.get(m, kp, str, default=default if default is not None else MISSING)

@@ -17,7 +17,6 @@ DEFAULT_MTU = 1420
 DEFAULT_STATUS_PORT = 8000
 DEFAULT_METRICS_PORT = 9586
 DEFAULT_PG_PORT = 5432
-COMPRESSIONS = ("gzip", "none")  # what tar unpacks for verification without extra tools
 BACKENDS = ("auto", "kernel", "userspace")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("routed", "confidential")
@@ -160,7 +159,7 @@ class OffsiteConfig:
 
 @dataclass(frozen=True)
 class PgBackRestConfig:
-    """backup.pgbackrest: pgBackRest supervised by dvpnd (backup.tool: pgbackrest)."""
+    """backup.pgbackrest: pgBackRest supervised by dvpnd."""
 
     home: Path  # pgbackrest.conf, conf.d/, spool/, lock/, log/, results/ (on the volume)
     stanza: str = "dvpn"
@@ -182,17 +181,10 @@ class PgBackRestConfig:
 
 @dataclass(frozen=True)
 class BackupConfig:
+    """backup: pgBackRest under dvpnd, on whenever the postgres section is (enabled: false: none)."""
+
     enabled: bool = False
-    tool: str = "basebackup"  # today's pg_basebackup tars, or "pgbackrest"
-    pgbackrest: PgBackRestConfig | None = None
-    dir: Path = DEFAULT_STATE_DIR / "backups"
-    interval: int = 86400
-    keep_last: int = 7
-    keep_age: int = 0  # seconds; 0: no age rule
-    compress: str = "gzip:1"
-    verify: bool = True
-    timeout: int = 6 * 3600
-    max_rate: str | None = None  # pg_basebackup --max-rate, e.g. "50M": spare the disk and the network
+    pgbackrest: PgBackRestConfig | None = None  # set when enabled
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from dvpnd.firewall.nft import list_table_text
 from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.paths import Strays
 from dvpnd.overlay.plan import HubChoice, peer_paths
-from dvpnd.postgres.backup import entry_json
 from dvpnd.postgres.pgbr_supervisor import BackRest
 from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.relay.choice import TransportJudge
@@ -88,7 +87,7 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
-        self.backrest = BackRest(config) if self.db is not None and config.backup.tool == "pgbackrest" else None
+        self.backrest = BackRest(config) if self.db is not None and config.backup.enabled else None
         self.relay = RelayControl(config)
         self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
         self.transport_judge = TransportJudge(config.relay.udp_holddown)
@@ -261,8 +260,7 @@ class Daemon:
                 != (old.wireguard.interface, old.wireguard.private_key_file),
                 "postgres.enabled/backup.enabled": (new.postgres.enabled, new.backup.enabled)
                 != (old.postgres.enabled, old.backup.enabled),
-                "backup.tool/backup.pgbackrest": (new.backup.tool, new.backup.pgbackrest)
-                != (old.backup.tool, old.backup.pgbackrest),
+                "backup.pgbackrest": new.backup.pgbackrest != old.backup.pgbackrest,
                 "dns": new.dns != old.dns,
                 "hubs/probe": bool(new.more_hubs or old.more_hubs) and (
                     [_route_of(h) for h in new.hubs], new.probe) != ([_route_of(h) for h in old.hubs], old.probe),
@@ -300,7 +298,6 @@ class Daemon:
                 self.rosters.config = config
             if self.db is not None:
                 self.db.config = config
-                self.db.reschedule()
             set_level(config.log_level)
 
     async def finish_rotations(self) -> None:
@@ -383,7 +380,6 @@ class Daemon:
             firewall_error=fw.error, firewall_applied=fw.applied,
             extra=self.counters().as_dict(),
             postgres=self.db.view if self.db else None,
-            backup=self.db.status if self.db and c.backup.enabled and self.backrest is None else None,
             pgbackrest=self.backrest.snapshot(self._is_primary()) if self.backrest is not None else None,
             hubs=self.hub_judge.view(time.monotonic()) if self.hub_judge else (),
             failovers=self.hub_judge.failovers if self.hub_judge else 0,
@@ -428,7 +424,6 @@ class Daemon:
         snap, counters = self.snapshot, self.counters()
         if self.db is not None:
             snap = replace(snap, postgres=self.db.view,
-                           backup=self.db.status if self.config.backup.enabled and self.backrest is None else None,
                            pgbackrest=self.backrest.snapshot(self._is_primary()) if self.backrest else None)
         return Published(replace(snap, extra=counters.as_dict()), counters, self.ready, self.config.stale_after)
 
@@ -448,23 +443,17 @@ class Daemon:
         return view is not None and view.up and view.role == "primary"
 
     async def backup_now(self) -> Outcome:
-        if self.db is None or not self.config.backup.enabled:
+        if self.backrest is None:
             return Outcome(False, (f"{self.config_path}: backups are not enabled (backup section)",), bad_input=True)
-        if self.backrest is not None:
-            if not self._is_primary():
-                return Outcome(False, ("this spoke's PostgreSQL is not the primary: only the primary backs up "
-                                       "(one writer per stanza)",))
-            try:
-                ok = await self.backrest.backup_now()
-            except DvpnError as e:
-                return Outcome(False, (str(e),))
-            return Outcome(ok, tuple(f"pgBackRest {op}: {why}" for op, why in self.backrest.errors.items()),
-                           data={"pgbackrest": self.backrest.view()})
+        if not self._is_primary():
+            return Outcome(False, ("this spoke's PostgreSQL is not the primary: only the primary backs up "
+                                   "(one writer per stanza)",))
         try:
-            entry = await self.db.backup_now()
+            ok = await self.backrest.backup_now()
         except DvpnError as e:
             return Outcome(False, (str(e),))
-        return Outcome(True, data={"backup": entry_json(entry)})
+        return Outcome(ok, tuple(f"pgBackRest {op}: {why}" for op, why in self.backrest.errors.items()),
+                       data={"pgbackrest": self.backrest.view()})
 
     async def roster_publish(self, path: str) -> Outcome:
         """Offer a roster document from a file (`dvpnctl roster publish`; the hub serves it on)."""
@@ -681,8 +670,6 @@ class Daemon:
             if self.backrest is not None:
                 backrest = self.backrest.loop(self.stopping, self._is_primary)
                 tasks.append(asyncio.create_task(backrest, name="pgbackrest"))
-            elif self.config.backup.enabled:
-                tasks.append(asyncio.create_task(self.db.backup_loop(self.stopping), name="backup"))
         try:
             await self.stopping.wait()
         finally:

@@ -18,14 +18,13 @@ from dvpnd.wireguard.device import DeviceState
 if TYPE_CHECKING:
     from dvpnd.postgres.pgbr_status import RepoView
     from dvpnd.postgres.state import PgView
-    from dvpnd.postgres.supervisor import BackupStatus
 
 VERSION = __version__  # shown on the page and in dvpnd_build
 
 
 @dataclass(frozen=True)
 class BackRestView:
-    """backup.tool: pgbackrest, as the snapshot carries it (see postgres/pgbr_supervisor.py)."""
+    """The backups (pgBackRest), as the snapshot carries it (see postgres/pgbr_supervisor.py)."""
 
     stanza: str
     running: str | None
@@ -167,8 +166,7 @@ class Snapshot:
     firewall_applied: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     postgres: PgView | None = None  # spokes with a database
-    backup: BackupStatus | None = None
-    pgbackrest: BackRestView | None = None  # backup.tool: pgbackrest
+    pgbackrest: BackRestView | None = None  # backups (pgBackRest)
     mode: str = "routed"
     roster: RosterView | None = None  # confidential mode
     hubs: tuple[HubView, ...] = ()  # a spoke with more than one hub
@@ -218,10 +216,6 @@ class Snapshot:
                 out.append("postgres down")
             elif pgv.role == "replica" and pgv.receiver_status != "streaming":
                 out.append(f"postgres replica not streaming ({pgv.receiver_status or 'no receiver'})")
-        b = self.backup
-        if b is not None and b.overdue(now):
-            out.append("backup overdue (older than twice backup.interval)" if b.last_success
-                       else "no backup yet after twice backup.interval")
         if self.pgbackrest is not None:
             out += [f"backup: {p}" for p in self.pgbackrest.problems]
         return out
@@ -296,12 +290,6 @@ def _public_db(snap: Snapshot, now: float) -> dict[str, Any]:
         v = snap.postgres
         out["postgres"] = {"role": v.role if v.up else "down",
                            "replication_lag_sec": v.lag_sec if v.role == "replica" else None}
-    if snap.backup is not None:
-        b = snap.backup
-        age = b.age(now)
-        out["backup"] = {"last_success": rfc3339_ms(b.last_success) if b.last_success else None,
-                         "age_sec": int(age) if age is not None else None,
-                         "overdue": b.overdue(now)}
     if snap.pgbackrest is not None:
         last = snap.pgbackrest.last_success
         out["backup"] = {"last_success": rfc3339_ms(last) if last else None,
@@ -320,18 +308,13 @@ def _detail_db(snap: Snapshot, now: float) -> dict[str, Any]:
             "upstream": v.upstream, "receiver_status": v.receiver_status,
             "lag_bytes": v.lag_bytes, "lag_sec": v.lag_sec,
         }
-    if snap.backup is not None:
-        b = snap.backup
-        age = b.age(now)
-        out["backup"] = dict(asdict(b), age_sec=int(age) if age is not None else None, overdue=b.overdue(now),
-                             last_success_time=rfc3339_ms(b.last_success) if b.last_success else None)
     if snap.pgbackrest is not None:
         out["backup"] = backrest_json(snap.pgbackrest)
     return out
 
 
 def backrest_json(br: BackRestView) -> dict[str, Any]:
-    """backup.tool: pgbackrest in the detailed status (and dvpnctl backup now's answer)."""
+    """The backups (pgBackRest) in the detailed status (and dvpnctl backup now's answer)."""
     names = {1: "local", 2: "offsite"}
     return {
         "tool": "pgbackrest", "stanza": br.stanza, "primary": br.primary, "running": br.running,

@@ -98,13 +98,14 @@ PRIMARY_OVERLAY = "10.88.0.11"  # spoke-a
 def pg_paths(node: Node) -> dict[str, str]:
     d = Path(node.dir)
     return {"data_dir": str(d / "postgres" / "data"), "socket_dir": str(d / "postgres" / "run"),
-            "password_file": str(d / "pg-replication.password"), "backups": str(d / "backups")}
+            "password_file": str(d / "pg-replication.password"), "pgbackrest": str(d / "pgbackrest")}
 
 
 def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False,
-                       authority: str | None = None, hub_b_key: str | None = None) -> dict[str, Any]:
+                       authority: str | None = None, hub_b_key: str | None = None,
+                       offsite: dict[str, str] | None = None) -> dict[str, Any]:
     """A node's dvpnd.yaml in the lab (pure); with `authority`, in confidential mode; with
-    `hub_b_key`, the spokes use two hubs."""
+    `hub_b_key`, the spokes use two hubs; with `offsite`, the spokes' backups go offsite too."""
     assert node.state_dir is not None
     cfg: dict[str, Any] = {
         "role": node.role,
@@ -145,7 +146,14 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
             paths = pg_paths(node)
             cfg["postgres"] = {"primary": PRIMARY_OVERLAY, "data_dir": paths["data_dir"],
                                "socket_dir": paths["socket_dir"], "password_file": paths["password_file"]}
-            cfg["backup"] = {"dir": paths["backups"], "interval": "1h", "keep_last": 3}
+            # pgBackRest: its home and local repository in the node's directory (the postgres user
+            # reaches them); one stanza for the cluster, offsite on the S3 stand-in, encrypted
+            pgbr: dict[str, Any] = {"home": paths["pgbackrest"], "repo": paths["pgbackrest"] + "/repo",
+                                    "stanza": "lab", "archive_timeout": 10, "io_timeout": 10, "runner": "direct"}
+            if offsite is not None:
+                pgbr["offsite"] = dict(offsite, port=int(offsite["port"]), region="us-east-1", uri_style="path",
+                                       path="/lab")
+            cfg["backup"] = {"pgbackrest": pgbr}
     return cfg
 
 
@@ -378,6 +386,11 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
         (Path(n.dir) / "wireguard").mkdir(exist_ok=True)
     save_lab(nodes, meta)
     build_network(nodes)
+    offsite = None
+    if postgres:
+        from dvpnd.lab import pg as labpg
+
+        offsite = labpg.s3_up(next(n for n in nodes if n.role == "outside"))
 
     auth_pub = None
     if confidential:
@@ -403,7 +416,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
         assert s.config is not None
         if not Path(s.config).exists():
             write_yaml(Path(s.config), render_node_config(s, backend, hub_key, postgres, authority=auth_pub,
-                                                          hub_b_key=hub_b_key))
+                                                          hub_b_key=hub_b_key, offsite=offsite))
         if not pid_alive(read_pid(s)):
             start_daemon(s)
         wait_ready(s)
@@ -491,6 +504,7 @@ def down() -> list[str]:
     for n in nodes:
         if n.role == "spoke":
             done += labpg.stop_server(n)
+    done += labpg.s3_down()
     for n in nodes:
         if n.runs_dvpnd:
             pid = read_pid(n)

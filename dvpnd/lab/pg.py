@@ -6,6 +6,7 @@ steps an operator uses. The lab starts the servers (a real spoke has its own ser
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
 from dvpnd.errors import DvpnError
 from dvpnd.lab.node import LAB_DIR, Node, node_argv, node_env, pid_alive, run_in, wait_until
+from dvpnd.lab.s3 import BUCKET, S3_NAME
 from dvpnd.postgres.server import as_user, scram_verifier, server_user
 from dvpnd.postgres.state import connect
 from dvpnd.util.fsutil import write_atomic
@@ -25,6 +27,79 @@ from dvpnd.util.procutil import wait_exit
 
 APP_USER = "app"
 APP_DB = "app"
+S3_DIR = LAB_DIR / "s3"
+S3_PORT = 443
+
+
+# --- the offsite store: the S3 stand-in in the outside namespace ------------------------------
+
+def _moto_python() -> Path | None:
+    """A Python with moto and boto3 (the S3 stand-in's, from PyPI): DVPN_S3_PYTHON, this one, or
+    the checkout's .venv (./dev setup makes it); None if there is none."""
+    here = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
+    for cand in (os.environ.get("DVPN_S3_PYTHON"), sys.executable, str(here)):
+        if cand and Path(cand).exists() and subprocess.run([cand, "-c", "import moto, boto3"],
+                                                           capture_output=True).returncode == 0:
+            return Path(cand)
+    return None
+
+
+def s3_pid() -> int | None:
+    try:
+        pid = int((S3_DIR / "s3.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid, b"dvpnd.lab.s3") else None
+
+
+def s3_up(outside: Node) -> dict[str, str] | None:
+    """Start the S3 stand-in (dvpnd.lab.s3: moto behind stunnel, signatures and policies checked)
+    on the outside namespace's address, port 443, unless it runs; make the offsite secrets the
+    spokes share (the writer's key pair, a cipher passphrase). The offsite settings for the
+    spokes' config, or None where moto is not installed (the lab then backs up locally only)."""
+    python = _moto_python()
+    if python is None:
+        return None
+    S3_DIR.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(S3_DIR, 0o755)  # (the postgres user reads the CA under it)
+    if s3_pid() is None:
+        for name in ("keys.json", "ca.pem"):
+            (S3_DIR / name).unlink(missing_ok=True)
+        log = open(S3_DIR / "s3.log", "ab")
+        argv = [sys.executable, "-m", "dvpnd.lab.s3", "--dir", str(S3_DIR), "--python", str(python), "--users",
+                "--listen", str(outside.public_ip), "--port", str(S3_PORT), "--name", S3_NAME,
+                "--name", str(outside.public_ip)]
+        env = dict(node_env(outside), PYTHONPATH=str(Path(__file__).resolve().parents[2]))  # (this dvpnd)
+        proc = subprocess.Popen(node_argv(outside, argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=env, start_new_session=True, cwd="/")
+        log.close()
+        (S3_DIR / "s3.pid").write_text(str(proc.pid))
+
+        def serving() -> bool:
+            if s3_pid() is None:
+                raise DvpnError(f"the S3 stand-in exited: {(S3_DIR / 's3.log').read_text()[-800:]}")
+            return (S3_DIR / "keys.json").exists() and (S3_DIR / "ca.pem").exists()
+
+        wait_until(serving, 60, 0.3, lambda: f"the S3 stand-in did not come up; see {S3_DIR / 's3.log'}")
+    creds, passphrase = LAB_DIR / "offsite.env", LAB_DIR / "offsite.passphrase"
+    writer = json.loads((S3_DIR / "keys.json").read_text())["writer"]
+    write_atomic(creds, f"AWS_ACCESS_KEY_ID={writer[0]}\nAWS_SECRET_ACCESS_KEY={writer[1]}\n".encode(), mode=0o600)
+    if not passphrase.exists():
+        write_atomic(passphrase, (secrets.token_urlsafe(36) + "\n").encode(), mode=0o600)
+    return {"endpoint": S3_NAME, "host": str(outside.public_ip), "port": str(S3_PORT), "bucket": BUCKET,
+            "ca_file": str(S3_DIR / "ca.pem"), "credentials_file": str(creds), "passphrase_file": str(passphrase)}
+
+
+def s3_down() -> list[str]:
+    """Stop the stand-in by its recorded PID (it stops moto and stunnel); its group if it hangs."""
+    pid = s3_pid()
+    if pid is None:
+        return []
+    wait_exit(pid, 30, (signal.SIGTERM, None))
+    if pid_alive(pid, b"dvpnd.lab.s3"):
+        os.killpg(pid, signal.SIGKILL)
+        wait_exit(pid, 5, (None,))
+    return [f"stopped the S3 stand-in (pid {pid})"]
 
 
 def node_config(node: Node) -> Config:

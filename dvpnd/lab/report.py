@@ -35,7 +35,8 @@ def status() -> list[dict[str, Any]]:
                                    "handshake_age_sec": p["handshake_age_sec"]} for p in st.get("peers", [])]
                 if "postgres" in st:
                     entry["postgres"] = st["postgres"]["role"]
-                    entry["backups"] = (st.get("backup") or {}).get("kept")
+                    b = st.get("backup") or {}
+                    entry["backups"] = {r["name"]: r["backups"] for r in b.get("repos", [])}
             except DvpnError as e:
                 entry["state"] = "down"
                 entry["error"] = str(e)
@@ -68,7 +69,8 @@ def format_status(entries: list[dict[str, Any]]) -> str:
                               for p in e.get("peers", []))
             head += f"  peers: {peers or '-'}"
             if e.get("postgres"):
-                head += f"  postgres: {e['postgres']}, {e.get('backups') or 0} backups"
+                repos = ", ".join(f"{n} {k}" for n, k in (e.get("backups") or {}).items())
+                head += f"  postgres: {e['postgres']}" + (f", backups: {repos}" if repos else "")
             if e.get("page"):
                 head += f"  page {e['page']}"
         lines.append(head)

@@ -47,10 +47,10 @@ def render_server_conf(config: Config) -> str:
         "wal_keep_size = '128MB'",
         "recovery_target_timeline = 'latest'",
     ]
-    if config.backup.enabled and config.backup.tool == "pgbackrest" and config.backup.pgbackrest is not None:
+    if config.backup.enabled and config.backup.pgbackrest is not None:
         from dvpnd.postgres.pgbackrest import archive_settings, plan_for
 
-        lines.append("# WAL to pgBackRest (backup.tool: pgbackrest); 'on' archives on whichever node is primary,")
+        lines.append("# WAL to pgBackRest (dvpnd's backups); 'on' archives on whichever node is primary,")
         lines.append("# so a promoted replica takes over (a change of archive_mode needs a restart)")
         for key, value in archive_settings(plan_for(config), config.backup.pgbackrest.binary).items():
             lines.append(f"{key} = {_q(value)}")

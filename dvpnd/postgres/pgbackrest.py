@@ -181,10 +181,10 @@ def restore_argv(plan: Plan, target: Path, to: str, repo: int) -> list[str]:
 
 
 def plan_for(config: Config) -> Plan:
-    """The plan a spoke's config describes (backup.tool: pgbackrest)."""
+    """The plan a spoke's config describes."""
     b, pg = config.backup.pgbackrest, config.postgres
     if b is None:
-        raise PgBackRestConfError("backup.tool is not pgbackrest")
+        raise PgBackRestConfError("backups are off (backup.enabled: false)")
     repos = [Repo(1, str(b.repo), b.keep_full)]
     o = b.offsite
     if o is not None:

@@ -1,4 +1,4 @@
-"""dvpnctl backup restore with backup.tool: pgbackrest: a point in time (or the latest archived
+"""dvpnctl backup restore: a point in time (or the latest archived
 WAL) from the local or the offsite repository, into a new or empty directory, as the server's
 user. Never into the live data directory: restore next to it, check, then swap with the server
 stopped. The copy starts with archiving off (it never pushes WAL into the stanza it came from)

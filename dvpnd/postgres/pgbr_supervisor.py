@@ -1,4 +1,4 @@
-"""dvpnd's side of pgBackRest (backup.tool: pgbackrest): prepare its home, keep the schedule,
+"""dvpnd's side of pgBackRest (its backups): prepare its home, keep the schedule,
 run each operation through the runner (as the server's user), and report (issue 19).
 
 dvpnd decides and reports; pgBackRest does the work (backups, WAL archiving, retention after

@@ -177,31 +177,11 @@ def collect_db(snap: Snapshot, now: float) -> Iterator[Any]:
                                     value=v.lag_bytes or 0)
             yield GaugeMetricFamily("dvpnd_postgres_streaming", "1 if the WAL receiver is streaming",
                                     value=int(v.receiver_status == "streaming"))
-    b = snap.backup
-    if b is not None:
-        yield GaugeMetricFamily("dvpnd_backup_last_success_timestamp_seconds",
-                                "UNIX time of the last verified backup (0: none)", value=b.last_success or 0)
-        yield GaugeMetricFamily("dvpnd_backup_age_seconds", "Age of the last verified backup",
-                                value=b.age(now) if b.last_success else float("nan"))
-        yield GaugeMetricFamily("dvpnd_backup_last_duration_seconds", "pg_basebackup time of the last backup",
-                                value=b.last_duration_sec or 0.0)
-        yield GaugeMetricFamily("dvpnd_backup_last_verify_seconds", "Verification time of the last backup",
-                                value=b.last_verify_sec or 0.0)
-        yield GaugeMetricFamily("dvpnd_backup_last_size_bytes", "Size on disk of the last backup",
-                                value=b.last_size_bytes or 0)
-        yield CounterMetricFamily("dvpnd_backup_successes", "Verified backups taken", value=b.successes)
-        yield CounterMetricFamily("dvpnd_backup_failures", "Backups that failed or were refused", value=b.failures)
-        yield GaugeMetricFamily("dvpnd_backup_last_failed", "1 if the last attempt failed",
-                                value=int(b.last_error is not None))
-        yield GaugeMetricFamily("dvpnd_backup_running", "1 while a backup runs", value=int(b.running_since is not None))
-        yield GaugeMetricFamily("dvpnd_backups_kept", "Verified backups in the backup directory", value=b.kept)
-        yield GaugeMetricFamily("dvpnd_backup_overdue", "1 if the last backup is older than twice the interval",
-                                value=int(b.overdue(now)))
     yield from collect_pgbackrest(snap, now)
 
 
 def collect_pgbackrest(snap: Snapshot, now: float) -> Iterator[Any]:
-    """backup.tool: pgbackrest: per repository (local, offsite) and per operation."""
+    """The backups (pgBackRest): per repository (local, offsite) and per operation."""
     br = snap.pgbackrest
     if br is None:
         return

@@ -266,7 +266,7 @@ def test_the_offsite_bucket_holds_no_plaintext_and_the_local_repository_does() -
         _remove(home)
 
 
-# --- dvpnd supervising pgBackRest (backup.tool: pgbackrest) -----------------------------------
+# --- dvpnd supervising pgBackRest ------------------------------------------------------------
 # The config is dvpnd's own YAML through its loader; dvpnd's BackRest writes pgBackRest's home
 # and runs every operation through its runner as the postgres user (runner: direct, as in the
 # lab and containers). The passphrase comes from a stand-in for Dstack's guest agent: a small

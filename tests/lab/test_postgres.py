@@ -1,14 +1,13 @@
 """PostgreSQL 15 on the spokes, for real: replication over the overlay, the firewall around
-5432, the database in dvpnd's status, and verified backups under interruption, a full disk,
-retention, restore and a manual failover."""
+5432, the database in dvpnd's status, backups by pgBackRest (the primary's, into its local
+repository and offsite on the lab's S3 stand-in, moto from PyPI) restored on another spoke, and a
+manual failover. pgBackRest's faults are tests/lab/test_pgbackrest.py's."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ import yaml
 
 from dvpnd.lab import cluster as lab
 from dvpnd.lab import pg as labpg
-from dvpnd.postgres.backup import list_backups
 from dvpnd.postgres.server import as_user
 
 from .conftest import Lab
@@ -30,18 +28,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 def node(L: Lab, name: str) -> lab.Node:
     return L.nodes[name]
-
-
-def backups_dir(L: Lab, name: str) -> Path:
-    return Path(lab.pg_paths(node(L, name))["backups"])
-
-
-def complete(directory: Path) -> list[str]:
-    return [e.name for e in list_backups(directory)]
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) if directory.exists() else []
 
 
 @contextmanager
@@ -134,157 +120,65 @@ def _status(L: Lab, name: str) -> str:
     return L.run(name, "curl", "-s", f"http://{L.public(name)}:8000/status").stdout
 
 
-def test_a_scheduled_backup_completes_and_verifies_on_every_spoke(PG: Lab) -> None:
-    for name in ("spoke-a", "spoke-b", "spoke-c"):
-        st = PG.wait(f"a backup on {name}", lambda n=name: (PG.status(n).get("backup") or {}).get("last_success")
-                     and PG.status(n), timeout=60)
-        b = st["backup"]
-        assert b["kept"] >= 1 and b["last_error"] is None and not b["overdue"]
-        names = complete(backups_dir(PG, name))
-        assert b["last_name"] == names[0]
-        meta = json.loads((backups_dir(PG, name) / names[0] / "backup.json").read_text())
-        assert meta["verified"] is True and meta["server_role"] == ("primary" if name == "spoke-a" else "replica")
-        assert meta["files"] == ["backup_manifest", "base.tar.gz", "pg_wal.tar.gz"]
-        assert sorted(p.name for p in (backups_dir(PG, name) / names[0]).iterdir()) == [
-            "backup.json", "backup_manifest", "base.tar.gz", "pg_wal.tar.gz"]
-        assert meta["size_bytes"] > 0 and meta["extracted_bytes"] > meta["size_bytes"]
-        PG.dvpnctl(name, "backup", "verify", "--config", str(node(PG, name).config))
-    metrics = PG.run("spoke-b", "curl", "-s", "http://127.0.0.1:9586/metrics").stdout
-    assert "dvpnd_backup_last_success_timestamp_seconds 0.0" not in metrics
-    assert "dvpnd_backup_overdue 0.0" in metrics
+def test_the_primary_backs_up_into_both_repositories_and_the_replicas_schedule_nothing(PG: Lab) -> None:
+    """dvpnd's pgBackRest on the primary: the stanza, a first full backup into the local
+    repository and offsite (the S3 stand-in, encrypted); the replicas run no backup."""
+    b = PG.wait("a full backup in both repositories on spoke-a", lambda: (
+        (st := PG.status("spoke-a").get("backup") or {}).get("repos") and len(st["repos"]) == 2
+        and all(r["ok"] and r["last_full_time"] for r in st["repos"]) and st), timeout=240)
+    assert b["tool"] == "pgbackrest" and b["primary"] and b["stanza"] == "lab" and not b["problems"], b
+    assert [r["name"] for r in b["repos"]] == ["local", "offsite"]
+    for name in ("spoke-b", "spoke-c"):
+        rb = PG.status(name)["backup"]
+        assert not rb["primary"] and not rb["running"] and "backup-full" not in rb["last_ok"], rb
+    public = json.loads(_status(PG, "spoke-a"))["backup"]
+    assert public["last_success"] and public["overdue"] is False
+    metrics = PG.run("spoke-a", "curl", "-s", "http://127.0.0.1:9586/metrics").stdout
+    assert 'dvpnd_pgbackrest_repo_ok{repo="offsite"} 1.0' in metrics
+    text = PG.dvpnctl("spoke-a", "backup", "status", "--config", str(node(PG, "spoke-a").config)).stdout
+    assert "stanza lab" in text and "offsite" in text and "problem" not in text
 
 
-def writers(directory: Path) -> list[int]:
-    """Processes whose command line names a directory under `directory`."""
-    found = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if str(directory).encode() in (p / "cmdline").read_bytes():
-                    found.append(int(p.name))
-            except OSError:
-                pass
-    return found
-
-
-def _wait_running(L: Lab, name: str) -> int:
-    return int(L.wait("the backup to start", lambda: (L.status(name).get("backup") or {}).get("running_pid"),
-                      timeout=20, step=0.05))
-
-
-def test_a_backup_killed_midway_leaves_no_entry_and_cleans_up(PG: Lab) -> None:
-    d = backups_dir(PG, "spoke-c")
-    before = complete(d)
-    with config_change(PG, "spoke-c", {"backup": {"max_rate": "32k"}}):
-        # 1. pg_basebackup killed.
-        proc = PG.popen("spoke-c", sys.executable, "-m", "dvpnd.cli", "backup", "now",
-                        "--config", str(node(PG, "spoke-c").config))
-        pid = _wait_running(PG, "spoke-c")
-        time.sleep(1)
-        assert any(p.startswith(".partial-") for p in leftovers(d))
-        os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1 and "killed by signal 9" in err, (out, err)
-        assert complete(d) == before and leftovers(d) == [] and writers(d) == []
-        st = PG.status("spoke-c")["backup"]
-        assert "killed by signal 9" in st["last_error"] and st["running_pid"] is None
-
-        # 2. dvpnd itself killed mid-backup: its pg_basebackup dies with it; the next start cleans up.
-        proc = PG.popen("spoke-c", sys.executable, "-m", "dvpnd.cli", "backup", "now",
-                        "--config", str(node(PG, "spoke-c").config))
-        child = _wait_running(PG, "spoke-c")
-        time.sleep(1)
-        lab.stop_daemon(node(PG, "spoke-c"), signal.SIGKILL)
-        proc.communicate(timeout=30)
-        PG.wait("pg_basebackup to die with dvpnd", lambda: not Path(f"/proc/{child}").exists(), timeout=10)
-        assert complete(d) == before and any(p.startswith(".partial-") for p in leftovers(d))
-        # Its WAL helper may live on; the next start ends it (by its recorded process group).
-        lab.start_daemon(node(PG, "spoke-c"))
-        lab.wait_ready(node(PG, "spoke-c"))
-        PG.wait("the partial backup removed at start", lambda: leftovers(d) == [] and writers(d) == [], timeout=20)
-        assert complete(d) == before
-        log = (Path(node(PG, "spoke-c").dir) / "dvpnd.log").read_text()
-        assert "left by an interrupted backup" in log
-
-
-def test_a_full_disk_leaves_no_entry_and_a_backup_that_cannot_fit_is_refused(PG: Lab) -> None:
-    c = node(PG, "spoke-c")
-    small = Path(c.dir) / "small-backups"
-    small.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m,mode=0700", "dvpn-test-small", str(small)], check=True)
-    try:
-        with config_change(PG, "spoke-c", {"backup": {"dir": str(small), "max_rate": "32k"}}, restart=True):
-            PG.wait("no backup running", lambda: not PG.status("spoke-c")["backup"]["running_pid"], timeout=60)
-            for p in small.iterdir():  # the scheduled first backup may have run: start empty
-                subprocess.run(["rm", "-rf", str(p)], check=True)
-            proc = PG.popen("spoke-c", sys.executable, "-m", "dvpnd.cli", "backup", "now", "--config", str(c.config))
-            _wait_running(PG, "spoke-c")
-            time.sleep(0.5)
-            # Fill the disk under the running backup.
-            subprocess.run(["dd", "if=/dev/zero", f"of={small}/filler", "bs=1M", "status=none"], check=False)
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 1 and "No space left on device" in err, (out, err)
-            assert complete(small) == [] and leftovers(small) == []
-            assert "No space left" in PG.status("spoke-c")["backup"]["last_error"]
-
-            # With room for the backup, it works; then leave less room than the last one needed.
-            (small / "filler").unlink()
-            with config_change(PG, "spoke-c", {"backup": {"max_rate": "1024M"}}):
-                backup_now(PG, "spoke-c")
-                done = complete(small)
-                assert len(done) == 1
-                free = int(subprocess.run(["df", "--output=avail", "-B1", str(small)], capture_output=True,
-                                          text=True).stdout.split()[1])
-                meta = json.loads((small / done[0] / "backup.json").read_text())
-                keep_free = (meta["size_bytes"] + meta["extracted_bytes"]) // 2
-                subprocess.run(["fallocate", "-l", str(free - keep_free), str(small / "filler")], check=True)
-                r = backup_now(PG, "spoke-c", check=False)
-                assert r.returncode == 1 and "backup refused" in r.stderr and "free" in r.stderr, r.stderr
-                assert complete(small) == done and leftovers(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
-        small.rmdir()
-
-
-def test_retention_keeps_the_newest_verified_backups(PG: Lab) -> None:
-    d = backups_dir(PG, "spoke-b")
-    with config_change(PG, "spoke-b", {"backup": {"keep_last": 2}}):
-        made = []
-        for _ in range(3):
-            backup_now(PG, "spoke-b")
-            made.append(complete(d)[0])
-            time.sleep(1.1)  # backups are named by the second
-        assert complete(d) == [made[2], made[1]]
-        assert leftovers(d) == []
-    listing = PG.dvpnctl("spoke-b", "backup", "list", "--config", str(node(PG, "spoke-b").config)).stdout
-    assert made[2] in listing and made[0] not in listing
-
-
-def test_restore_round_trips_into_a_server_that_holds_the_data(PG: Lab) -> None:
-    a = node(PG, "spoke-a")
+def test_another_spoke_restores_the_offsite_repository_into_a_server_that_holds_the_data(PG: Lab) -> None:
+    """spoke-a's commits, backed up and archived offsite, restored on spoke-c (as after losing
+    spoke-a with its volume): `backup now`, then `backup restore --from offsite` into scratch,
+    a server started on it on a private socket holds the row written before the backup."""
+    a, c = node(PG, "spoke-a"), node(PG, "spoke-c")
     marker = f"restore {time.time()}"
     labpg.app_psql(node(PG, "spoke-b"), "10.88.0.11", f"CREATE TABLE IF NOT EXISTS t (note text);"
                                                     f"INSERT INTO t VALUES ('{marker}')")
+    PG.wait("the first full backup", lambda: "backup-full" in PG.status("spoke-a")["backup"]["last_ok"], timeout=240)
     backup_now(PG, "spoke-a")
-    target = Path(a.dir) / "restored"
-    sock = Path(a.dir) / "restored-sock"
-    out = PG.dvpnctl("spoke-a", "backup", "restore", "--to", str(target), "--config", str(a.config)).stdout
-    assert "checked it against its manifest" in out
+    target = Path(c.dir) / "restored"
+    sock = Path(c.dir) / "restored-sock"
+    out = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--to", str(target),
+                     "--config", str(c.config)).stdout
+    assert "restored the offsite repository to latest" in out
     sock.mkdir()
     subprocess.run(["chown", "postgres:postgres", str(sock)], check=True)
-    pg = labpg._pg(a)
-    server = subprocess.Popen(lab.node_argv(a, as_user(pg, [
+    pg = labpg._pg(c)
+    server = subprocess.Popen(lab.node_argv(c, as_user(pg, [
         str(pg.bin_dir / "postgres"), "-D", str(target), "-c", "listen_addresses=", "-c", "port=5499",
         "-c", f"unix_socket_directories={sock}"])), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         q = as_user(pg, [str(pg.bin_dir / "psql"), "-h", str(sock), "-p", "5499", "-U", "postgres", "-d", "app",
                          "-XAtc", f"SELECT count(*) FROM t WHERE note = '{marker}'"])
-        got = PG.wait("the restored server", lambda: PG.run("spoke-a", *q, check=False).stdout.strip(), timeout=30)
+        got = PG.wait("the restored server", lambda: PG.run("spoke-c", *q, check=False).stdout.strip(), timeout=60)
         assert got == "1"
+        # the copy archives nothing into the stanza it came from
+        off = PG.run("spoke-c", *as_user(pg, [str(pg.bin_dir / "psql"), "-h", str(sock), "-p", "5499", "-U",
+                                               "postgres", "-XAtc", "SHOW archive_mode"])).stdout.strip()
+        assert off == "off"
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
         subprocess.run(["rm", "-rf", str(target), str(sock)], check=True)
+    # the offsite secrets are in no log nor status
+    secret = (lab.LAB_DIR / "offsite.env").read_text().split("AWS_SECRET_ACCESS_KEY=")[1].strip()
+    passphrase = (lab.LAB_DIR / "offsite.passphrase").read_text().strip()
+    for where in ((Path(a.dir) / "dvpnd.log").read_text(), (Path(c.dir) / "dvpnd.log").read_text(),
+                  json.dumps(PG.status("spoke-a")), out):
+        assert secret not in where and passphrase not in where
 
 
 def test_a_database_that_is_down_degrades_the_node_and_recovers(PG: Lab) -> None:
@@ -315,7 +209,8 @@ def test_turning_the_database_off_is_refused_until_a_restart(PG: Lab) -> None:
     try:
         reply = PG.request("spoke-c", "reload")
         assert not reply["ok"] and reply["bad_input"]
-        assert reply["problems"] == [f"{path}: changing postgres.enabled/backup.enabled needs a restart of dvpnd"]
+        assert reply["problems"] == [f"{path}: changing postgres.enabled/backup.enabled, backup.pgbackrest needs a restart "
+                                     "of dvpnd"]
         assert PG.status("spoke-c")["postgres"]["up"]  # still watched
     finally:
         path.write_text(before)
