@@ -63,7 +63,7 @@ def postgres_section(r: Reader, top: dict[str, Any], is_hub: bool, name: str | N
     )
 
 
-# the keys of dvpnd's own pg_basebackup backups (until 0.2), refused by name so that an old
+# the keys of dvpnd's own pg_basebackup backups (before pgBackRest), refused by name so that an old
 # configuration says what to change
 RETIRED = {"dir", "interval", "keep_last", "keep_age", "compress", "verify", "timeout", "max_rate"}
 BACKUP_KEYS = {"enabled", "tool", "pgbackrest"} | RETIRED

@@ -106,7 +106,9 @@ def render_conf(plan: Plan) -> str:
         _line("archive-timeout", plan.archive_timeout),
         _line("io-timeout", plan.io_timeout),
         "start-fast=y",
-        "delta=y",
+        # (no delta=y: it checksums every file of every backup, so a differential after small
+        # changes reads the whole cluster; pgBackRest trusts size and time stamp, and turns delta
+        # on by itself where those cannot be trusted, after a timeline switch for one)
     ]
     for r in plan.repos:
         k = f"repo{r.index}"
