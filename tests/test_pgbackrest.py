@@ -39,6 +39,10 @@ def test_the_main_file_holds_no_secret_and_the_secrets_file_all_of_them(tmp_path
     assert "repo2-s3-uri-style=path" in lines and "repo2-storage-ca-file=/etc/dvpn/ca.pem" in lines
     assert "repo1-cipher-type=aes-256-cbc" not in lines  # the local repository is the volume's
     assert "[main]" in lines and f"pg1-path={tmp_path}/data" in lines
+    assert "delta=y" not in lines  # (it would checksum every file of every backup)
+    # pgBackRest's wait for a segment is never shorter than the store's io-timeout
+    assert "archive-timeout=60" in render_conf(plan(tmp_path, archive_timeout=10)).splitlines()
+    assert "archive-timeout=5" in render_conf(plan(tmp_path, archive_timeout=5, io_timeout=5)).splitlines()
     secrets = render_secrets(p, "AKID", "s3cr3t", "a passphrase long enough!")
     assert {"repo2-s3-key=AKID", "repo2-s3-key-secret=s3cr3t", "repo2-cipher-pass=a passphrase long enough!"} \
         <= set(secrets.splitlines())

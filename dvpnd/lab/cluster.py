@@ -149,7 +149,7 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
             # pgBackRest: its home and local repository in the node's directory (the postgres user
             # reaches them); one stanza for the cluster, offsite on the S3 stand-in, encrypted
             pgbr: dict[str, Any] = {"home": paths["pgbackrest"], "repo": paths["pgbackrest"] + "/repo",
-                                    "stanza": "lab", "archive_timeout": 10, "io_timeout": 10, "runner": "direct"}
+                                    "stanza": "lab", "archive_timeout": 10, "runner": "direct"}
             if offsite is not None:
                 pgbr["offsite"] = dict(offsite, port=int(offsite["port"]), region="us-east-1", uri_style="path",
                                        path="/lab")

@@ -103,7 +103,11 @@ def render_conf(plan: Plan) -> str:
         _line("compress-type", plan.compress_type),
         _line("process-max", plan.process_max),
         "archive-async=y",
-        _line("archive-timeout", plan.archive_timeout),
+        # pgBackRest's archive-timeout is how long a segment may take to reach the repositories or
+        # come back from them (archive-push, a backup's WAL check, a restore's archive-get): never
+        # shorter than the store's io-timeout, whatever the server's archive_timeout (a drill
+        # under load once waited 10 s for one segment and failed)
+        _line("archive-timeout", max(plan.archive_timeout, plan.io_timeout)),
         _line("io-timeout", plan.io_timeout),
         "start-fast=y",
         # (no delta=y: it checksums every file of every backup, so a differential after small
