@@ -4,6 +4,7 @@ pgBackRest against a real PostgreSQL in tests/lab/test_pgbackrest.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -463,6 +464,45 @@ def test_a_run_refused_for_a_held_lock_is_tried_again(tmp_path: Path) -> None:
     count.unlink()
     step, _ = _step([str(prog), "stanza-create"], 30, lock_wait=0)
     assert step["rc"] == 50 and "unable to acquire lock" in step["stderr"]  # (no wait: said at once)
+
+
+@pytest.mark.process
+def test_pgbackrest_dies_with_the_runner(tmp_path: Path) -> None:
+    """dvpnd kills the runner when it stops mid-operation (lab down, a restart): the pgBackRest it
+    started must not go on alone holding the stanza's lock (found in the lab: a verify outlived
+    dvpnd and the lab)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    prog = tmp_path / "pgbackrest"
+    prog.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 300\n")
+    prog.chmod(0o755)
+    runner = subprocess.Popen([sys.executable, "-c", "import sys; from dvpnd.postgres.pgbr_run import _step; "
+                               "_step([sys.argv[1], 'verify'], 600)", str(prog)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and runner.poll() is None, "the runner did not start its child"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "pgBackRest outlived its runner"
+            time.sleep(0.05)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        if pidfile.exists() and pidfile.read_text().strip():
+            try:  # (where the test fails: what it started ends here, by its PID)
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_archive_push_errors_and_the_runners_wal_count_are_read_as_untrusted_input(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from dvpnd.errors import DvpnError
 from dvpnd.postgres.pgbackrest import DRILL_PORT, OPS, drill_argv, op_argvs
 from dvpnd.postgres.pgbr_home import apply_dirs, wal_backlog
 from dvpnd.util.fsutil import read_regular, write_atomic
+from dvpnd.util.procutil import with_pdeathsig
 
 TAIL = 4000
 RUN_TIMEOUT = 24 * 3600.0
@@ -77,7 +78,10 @@ def _step(argv: list[str], timeout: float, lock_wait: float = LOCK_WAIT) -> tupl
 def _step_once(argv: list[str], timeout: float) -> tuple[dict[str, Any], str]:
     t0 = time.monotonic()
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, cwd="/",
+        # (dies with the runner: dvpnd kills the runner when it stops mid-operation, and a
+        # pgBackRest left behind would go on holding the stanza's lock)
+        p = subprocess.run(with_pdeathsig(argv), capture_output=True, text=True, errors="replace", timeout=timeout,
+                           cwd="/",
                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         rc, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired:
