@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dvpnd.config.load import load_config
 from dvpnd.config.model import Config, PostgresConfig
@@ -233,6 +234,23 @@ def up(nodes: list[Node]) -> None:
     if replicas and psql(primary, "SELECT pg_is_in_recovery()") == "f":
         wait_streaming(primary, len(replicas))
     wait_reported(spokes)
+    wait_backed_up(primary)
+
+
+def wait_backed_up(primary: Node, timeout: float = 180) -> None:
+    """Until the primary's dvpnd has its first full backup in every repository (stanza, a full
+    backup locally and offsite: half a minute), so the lab comes up healthy."""
+    from dvpnd.serve import control
+
+    last: list[Any] = [None]
+
+    def done() -> bool:
+        b = control.request(Path(primary.dir) / "control.sock", "status").get("status", {}).get("backup") or {}
+        last[0] = b.get("problems") or b.get("repos")
+        repos = b.get("repos") or []
+        return bool(repos) and all(r.get("backups") for r in repos) and not b.get("problems")
+
+    wait_until(done, timeout, 1.0, lambda: f"{primary.name}: no first backup after {timeout:.0f}s: {last[0]}")
 
 
 def wait_reported(spokes: list[Node], timeout: float = 20) -> None:
