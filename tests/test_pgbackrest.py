@@ -73,6 +73,12 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
     assert "--type=time" not in restore_argv(p, tmp_path / "scratch", "latest", 1)
     with pytest.raises(PgBackRestConfError, match="live data directory"):
         restore_argv(p, tmp_path / "data", "latest", 1)
+    # over files: a delta restore; a copy never archives, the live directory (forced) archives as
+    # configured, being the cluster again
+    over = restore_argv(p, tmp_path / "old-copy", "latest", 1, delta=True)
+    assert "--delta" in over and "--archive-mode=off" in over
+    live = restore_argv(p, tmp_path / "data", "latest", 1, delta=True)
+    assert "--delta" in live and "--archive-mode=off" not in live
 
 
 # --- backup.pgbackrest: the config keys, the runner's operations, the secrets, the status
@@ -358,8 +364,9 @@ def test_a_restore_names_its_moment_with_a_zone_and_never_the_live_directory(tmp
 
 
 def test_dvpnctl_backup_restore_refuses_a_name_and_the_retired_commands(tmp_path: Path, capsys: Any) -> None:
-    """`backup restore` takes --time and --from (pgBackRest's), not a backup's name; `backup list`
-    and `backup verify` (dvpnd's own backups) are gone: argparse names the commands there are."""
+    """`backup restore --to TIME|latest --target DIR [--from] [--force]`, no backup's name; `backup
+    list` and `backup verify` (dvpnd's own backups) are gone: argparse names the commands there
+    are. Bad input changes nothing: no directory made, nothing written over."""
     from dvpnd.cli.main import main
 
     new = write(tmp_path, PGBR, "new.yaml")
@@ -368,11 +375,19 @@ def test_dvpnctl_backup_restore_refuses_a_name_and_the_retired_commands(tmp_path
             main(["backup", gone, "--config", str(new)])
         assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["backup", "restore", "x", "--config", str(new), "--to", str(tmp_path / "r")])
+        main(["backup", "restore", "x", "--config", str(new), "--target", str(tmp_path / "r")])
     assert "unrecognized arguments: x" in capsys.readouterr().err
-    assert main(["backup", "restore", "--config", str(new), "--to", str(tmp_path / "r"), "--time", "noon"]) == 2
-    assert "'latest' or a moment with its time zone" in capsys.readouterr().err
+    assert main(["backup", "restore", "--config", str(new), "--target", str(tmp_path / "r"), "--to", "noon"]) == 2
+    assert "--to 'noon': 'latest' or a moment with its time zone" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    # a directory that holds files, and the live data directory: refused without --force
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("mine")
+    assert main(["backup", "restore", "--config", str(new), "--target", str(full)]) == 1
+    assert "not an empty directory" in capsys.readouterr().err and (full / "keep").read_text() == "mine"
+    assert main(["backup", "restore", "--config", str(new), "--target", "/srv/pg/data"]) == 1
+    assert "is the live data directory" in capsys.readouterr().err
 
 
 def test_a_result_file_is_read_as_untrusted_input(tmp_path: Path) -> None:

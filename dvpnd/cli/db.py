@@ -152,9 +152,9 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
     if not config.backup.enabled:
         raise BadInput(f"{args.config}: backups are off (backup.enabled: false)")
     try:
-        pgbr_restore.parse_target(args.time)
+        pgbr_restore.parse_target(args.when)
     except pgbr_restore.RestoreError as e:
         raise BadInput(str(e)) from None
-    for line in pgbr_restore.restore(config, args.to, args.time, args.source):
+    for line in pgbr_restore.restore(config, args.target, args.when, args.source, force=args.force):
         print(line)
     return 0

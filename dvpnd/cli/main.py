@@ -126,11 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = _command(bk, "restore", cmd_backup_restore,
                  "restore to a point in time, or the latest archived WAL, into a new or empty directory")
-    p.add_argument("--to", type=Path, required=True, help="a new or empty directory")
-    p.add_argument("--time", default="latest",
+    p.add_argument("--to", dest="when", default="latest", metavar="TIME|latest",
                    help="a moment with its zone ('2026-11-26 13:05:00+00') or latest (the default)")
+    p.add_argument("--target", type=Path, required=True, help="a new or empty directory")
     p.add_argument("--from", dest="source", choices=("local", "offsite"), default="local",
                    help="the repository to restore from (default: local)")
+    p.add_argument("--force", action="store_true",
+                   help="restore over a directory that holds files, or over the live data directory once its "
+                        "server is stopped (never under a running server)")
 
     add_roster_arguments(sub)
 

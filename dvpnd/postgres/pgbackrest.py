@@ -173,14 +173,19 @@ def backup_argv(plan: Plan, kind: str, repo: int) -> list[str]:
     return [*base_argv(plan), f"--repo={repo}", f"--type={kind}", "backup"]
 
 
-def restore_argv(plan: Plan, target: Path, to: str, repo: int) -> list[str]:
-    """A restore into `target` (an empty directory: never the live one), to `latest` or a time
-    ('2026-11-26 13:05:00+00'), with archiving off in the copy (a drill or a restore never
-    pushes WAL into the stanza it came from). The copy gets its own configuration only when
-    started; it starts in recovery, then promotes at the target."""
-    if target.resolve() == plan.pg_path.resolve():
+def restore_argv(plan: Plan, target: Path, to: str, repo: int, delta: bool = False) -> list[str]:
+    """A restore into `target`, to `latest` or a time ('2026-11-26 13:05:00+00'); it starts in
+    recovery, then promotes at the target. Into a copy (never the live data directory) with
+    archiving off (a drill or a restore never pushes WAL into the stanza it came from); `delta`:
+    over a directory that holds files (pgBackRest's delta restore; it refuses while a server's
+    postmaster.pid is there). Over the live data directory (only with `delta`) archiving stays
+    as configured: it becomes the cluster again, a new timeline in the same stanza."""
+    live = target.resolve() == plan.pg_path.resolve()
+    if live and not delta:
         raise PgBackRestConfError(f"{target} is the live data directory")
-    argv = [*base_argv(plan), f"--repo={repo}", f"--pg1-path={target}", "--archive-mode=off"]
+    argv = [*base_argv(plan), f"--repo={repo}", f"--pg1-path={target}"]
+    argv += ["--delta"] if delta else []
+    argv += [] if live else ["--archive-mode=off"]
     if to != "latest":
         argv += ["--type=time", f"--target={to}", "--target-action=promote"]
     return [*argv, "restore"]

@@ -151,7 +151,7 @@ def test_another_spoke_restores_the_offsite_repository_into_a_server_that_holds_
     backup_now(PG, "spoke-a")
     target = Path(c.dir) / "restored"
     sock = Path(c.dir) / "restored-sock"
-    out = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--to", str(target),
+    out = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--target", str(target),
                      "--config", str(c.config)).stdout
     assert "restored the offsite repository to latest" in out
     sock.mkdir()
@@ -169,9 +169,23 @@ def test_another_spoke_restores_the_offsite_repository_into_a_server_that_holds_
         off = PG.run("spoke-c", *as_user(pg, [str(pg.bin_dir / "psql"), "-h", str(sock), "-p", "5499", "-U",
                                                "postgres", "-XAtc", "SHOW archive_mode"])).stdout.strip()
         assert off == "off"
+        # never under a running server, even with --force: not the copy, not spoke-c's own
+        for where in (target, labpg._pg(c).data_dir):
+            r = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--target", str(where), "--force",
+                           "--config", str(c.config), check=False)
+            assert r.returncode == 1 and ("running" in r.stderr or "postmaster.pid" in r.stderr), r.stderr
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
+    try:
+        # over a directory that holds files: refused, then with --force a delta restore over it
+        r = PG.dvpnctl("spoke-c", "backup", "restore", "--target", str(target), "--config", str(c.config),
+                       check=False)
+        assert r.returncode == 1 and "not an empty directory" in r.stderr
+        out = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--target", str(target), "--force",
+                         "--config", str(c.config)).stdout
+        assert "over what was there (delta), archiving off in the copy" in out
+    finally:
         subprocess.run(["rm", "-rf", str(target), str(sock)], check=True)
     # the offsite secrets are in no log nor status
     secret = (lab.LAB_DIR / "offsite.env").read_text().split("AWS_SECRET_ACCESS_KEY=")[1].strip()
