@@ -103,7 +103,7 @@ def pg_paths(node: Node) -> dict[str, str]:
 
 def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: bool = False,
                        authority: str | None = None, hub_b_key: str | None = None,
-                       offsite: dict[str, str] | None = None) -> dict[str, Any]:
+                       offsite: dict[str, Any] | None = None) -> dict[str, Any]:
     """A node's dvpnd.yaml in the lab (pure); with `authority`, in confidential mode; with
     `hub_b_key`, the spokes use two hubs; with `offsite`, the spokes' backups go offsite too."""
     assert node.state_dir is not None
@@ -151,8 +151,7 @@ def render_node_config(node: Node, backend: str, hub_key: str | None, postgres: 
             pgbr: dict[str, Any] = {"home": paths["pgbackrest"], "repo": paths["pgbackrest"] + "/repo",
                                     "stanza": "lab", "archive_timeout": 10, "runner": "direct"}
             if offsite is not None:
-                pgbr["offsite"] = dict(offsite, port=int(offsite["port"]), region="us-east-1", uri_style="path",
-                                       path="/lab")
+                pgbr["offsite"] = dict(offsite, region="us-east-1", uri_style="path", path="/lab")
             cfg["backup"] = {"pgbackrest": pgbr}
     return cfg
 

@@ -53,7 +53,7 @@ def s3_pid() -> int | None:
     return pid if pid_alive(pid, b"dvpnd.lab.s3") else None
 
 
-def s3_up(outside: Node) -> dict[str, str] | None:
+def s3_up(outside: Node) -> dict[str, Any] | None:
     """Start the S3 stand-in (dvpnd.lab.s3: moto behind stunnel, signatures and policies checked)
     on the outside namespace's address, port 443, unless it runs; make the offsite secrets the
     spokes share (the writer's key pair, a cipher passphrase). The offsite settings for the
@@ -87,7 +87,7 @@ def s3_up(outside: Node) -> dict[str, str] | None:
     write_atomic(creds, f"AWS_ACCESS_KEY_ID={writer[0]}\nAWS_SECRET_ACCESS_KEY={writer[1]}\n".encode(), mode=0o600)
     if not passphrase.exists():
         write_atomic(passphrase, (secrets.token_urlsafe(36) + "\n").encode(), mode=0o600)
-    return {"endpoint": S3_NAME, "host": str(outside.public_ip), "port": str(S3_PORT), "bucket": BUCKET,
+    return {"endpoint": S3_NAME, "host": str(outside.public_ip), "port": S3_PORT, "bucket": BUCKET,
             "ca_file": str(S3_DIR / "ca.pem"), "credentials_file": str(creds), "passphrase_file": str(passphrase)}
 
 

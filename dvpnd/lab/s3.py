@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dvpnd.errors import DvpnError
@@ -113,14 +113,13 @@ def request(host: str, port: int, ca: Path, method: str, path: str) -> bytes:
 
 
 class StandIn:
-    """moto on 127.0.0.1:moto_port (plain HTTP), stunnel on listen:port (TLS) in front of it;
-    `prefix` runs both elsewhere (["ip", "netns", "exec", NS]). Files in `d`."""
+    """moto on 127.0.0.1:moto_port (plain HTTP), stunnel on listen:port (TLS) in front of it, in
+    this network namespace (the lab runs this module inside its outside namespace). Files in `d`."""
 
     def __init__(self, d: Path, python: Path, listen: str, port: int, moto_port: int,
-                 names: Sequence[str] = (S3_NAME, "127.0.0.1"), users: bool = False,
-                 prefix: Sequence[str] = ()):
+                 names: Sequence[str] = (S3_NAME, "127.0.0.1"), users: bool = False):
         self.d, self.python, self.listen, self.port, self.moto_port = d, python, listen, port, moto_port
-        self.names, self.users, self.prefix = tuple(names), users, list(prefix)
+        self.names, self.users = tuple(names), users
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.keys: dict[str, list[str]] = {}
         self.ca = d / "ca.pem"
@@ -140,11 +139,11 @@ class StandIn:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(USERS_ACTIONS)
         try:
             self.procs["moto"] = subprocess.Popen(
-                [*self.prefix, str(self.python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
+                [str(self.python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             self._wait("moto", lambda: self._connect(self.moto_port))
             if self.users:  # (straight to moto: the requests it lets through unchecked are counted)
-                r = subprocess.run([*self.prefix, str(self.python), "-c", USERS, str(self.moto_port), BUCKET],
+                r = subprocess.run([str(self.python), "-c", USERS, str(self.moto_port), BUCKET],
                                    capture_output=True, text=True, timeout=120, env=env)
                 if r.returncode != 0:
                     raise DvpnError(f"the S3 stand-in's users: {r.stderr.strip()[-600:]}")
@@ -164,16 +163,12 @@ class StandIn:
             old.wait(timeout=30)
         if on:
             with open(self.d / "stunnel.log", "ab") as log:
-                self.procs["tunnel"] = subprocess.Popen([*self.prefix, "stunnel", str(self.d / "stunnel.conf")],
+                self.procs["tunnel"] = subprocess.Popen(["stunnel", str(self.d / "stunnel.conf")],
                                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                         stderr=log)
             self._wait("stunnel", self._answers)
 
     def _connect(self, port: int) -> bool:
-        if self.prefix:  # (in another namespace: ask from there)
-            return subprocess.run([*self.prefix, sys.executable, "-c",
-                                   f"import socket; socket.create_connection(('127.0.0.1', {port}), 1).close()"],
-                                  capture_output=True).returncode == 0
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return True
@@ -181,8 +176,6 @@ class StandIn:
             return False
 
     def _answers(self) -> bool:
-        if self.prefix:
-            return self._connect(self.port)
         try:
             request(self.check_host, self.port, self.ca, "HEAD", f"/{BUCKET}")
             return True
@@ -191,9 +184,8 @@ class StandIn:
         except OSError:
             return False
 
-    def _wait(self, what: str, ready: object) -> None:
+    def _wait(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 30
-        assert callable(ready)
         while not ready():
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
