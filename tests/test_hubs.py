@@ -190,6 +190,35 @@ def test_no_hub_wins_by_handshaking_first_when_the_probes_begin() -> None:
     assert choice is not None and choice.active == K2 and moved
 
 
+def test_the_grace_begins_with_the_first_member_to_probe_not_with_dvpnd() -> None:
+    """Seen in CI: the prober started with no roster yet (nobody to probe: no evidence against
+    any hub), and those rounds wiped the grace; when the roster came, the first window passed
+    before the fellow spokes' tunnels were up, and hub-b, answering first, took the overlay."""
+    from dvpnd.overlay.health import STARTUP_GRACE
+
+    j = HubJudge([(K1, "hub"), (K2, "hub-b")], PROBE, started=0.0)
+    for t in (0.0, 0.2, 4.8):
+        j.targets_seen(t, False)  # the roster is not there yet
+    j.targets_seen(5.0, True)  # it is: the probes begin
+    j.answered(K2, 6.5, "m")  # hub-b's path answers first
+    j.targets_seen(6.6, True)
+    choice, moved = j.judge(6.6)
+    assert choice is not None and choice.active == K1 and not moved
+    assert all(h.up and (h.last_answer_age or 0) >= 0 for h in j.view(6.6))
+    j.answered(K1, 7.0, "m")
+    assert j.judge(7.1) == (j.judge(7.1)[0], False) and j.active == K1
+    # a member gone and back (a lone spoke again, then a fellow): the grace again, for every hub
+    j.targets_seen(20.0, False)
+    j.targets_seen(21.0, True)
+    j.answered(K2, 22.0, "m")
+    assert j.judge(22.1)[0].active == K1  # type: ignore[union-attr]
+    # and a hub that never answers is still left once the grace is over
+    for t in (23.0, 24.0, 25.0, 26.0, 21.0 + STARTUP_GRACE + 0.5):
+        j.answered(K2, t, "m")
+    choice, moved = j.judge(21.0 + STARTUP_GRACE + PROBE.window + 0.01)
+    assert choice is not None and choice.active == K2 and moved
+
+
 def test_a_late_answer_is_no_miss_and_only_a_whole_window_unanswered_is() -> None:
     """Seen in CI: on a busy machine an echo came back after the next probe to the same member
     had gone out, and counting probes sent (not probes overdue) marked a working path out."""

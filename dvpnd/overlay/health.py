@@ -62,6 +62,7 @@ class HubJudge:
     reason: str = ""
     misses: dict[tuple[str, str], int] = field(default_factory=dict)  # (member, hub) -> probes unanswered
     bad: frozenset[tuple[str, str]] = frozenset()
+    probing: bool = False  # whether the last round had a member to probe
 
     def __post_init__(self) -> None:
         # every hub starts up, as of the start, without a hold-down: the first is used until
@@ -71,12 +72,23 @@ class HubJudge:
         self.active = self.hubs[0][0] if self.hubs else None
 
     def begin(self, now: float) -> None:
-        """The probes begin: a hub not yet heard from counts as up for STARTUP_GRACE more seconds,
-        so that the hub whose tunnel happens to handshake first does not win (seen in the lab: a
-        slower start, and the spokes began on their second hub)."""
+        """The probes begin (or begin again, after a time with nobody to probe): every hub counts
+        as up for STARTUP_GRACE more seconds, so that the hub whose tunnel to the other members
+        happens to handshake first does not win (seen in the lab: a slower start, and the spokes
+        began on their second hub)."""
         for h in self.state.values():
-            if h.answers == 0:
-                h.last_answer = now + STARTUP_GRACE
+            h.last_answer = max(h.last_answer if h.last_answer is not None else now, now + STARTUP_GRACE)
+
+    def targets_seen(self, now: float, present: bool) -> None:
+        """Each round: with no other member to probe there is no evidence against any hub; the
+        first round with one (the roster arrives only after dvpnd starts, or a lone spoke gets a
+        fellow member) begins the probes, with the grace."""
+        if not present:
+            self.no_targets(now)
+            self.probing = False
+        elif not self.probing:
+            self.begin(now)
+            self.probing = True
 
     def sent(self, key: str, member: str | None = None) -> None:
         self.state[key].probes += 1
@@ -153,7 +165,7 @@ class HubJudge:
             out.append(HubView(name=h.name, public_key=key, up=h.up(now, self.probe.window), in_use=key == self.active,
                                probes=h.probes, answers=h.answers,
                                last_answer_age=None if h.last_answer is None or h.answers == 0
-                               else round(now - h.last_answer, 1)))
+                               else round(max(0.0, now - h.last_answer), 1)))
         return tuple(out)
 
 
@@ -250,13 +262,11 @@ class Prober:
         self.sock = sock
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self._receive, sock)
-        self.judge.begin(self.clock())
         try:
             while not stopping.is_set():
                 now = self.clock()
                 target = self._next_target(now)
-                if target is None:
-                    self.judge.no_targets(now)
+                self.judge.targets_seen(now, target is not None)
                 for key, _ in self.judge.hubs:
                     addr = target[1].get(key) if target else None
                     if addr is None or target is None:

@@ -54,6 +54,9 @@ def test_two_hubs_every_spoke_probes_both_and_uses_the_first(H: Lab) -> None:
     for s in ("spoke-a", "spoke-b", "spoke-c"):
         st = H.status(s)
         assert [(h["name"], h["up"], h["in_use"]) for h in st["hubs"]] == [("hub", True, True), ("hub-b", True, False)]
+        # and never left it: the fellow spokes' tunnels coming up one by one at the start is no
+        # reason to move (seen in CI: hub-b, answering first, took the overlay for a while)
+        assert st["failovers"] == 0, (s, st["failovers"])
         assert {p["name"] for p in st["peers"]} >= {"hub", "hub-b"}
     # both hubs hold the roster; the overlay goes through the first one
     assert H.status("hub")["roster"]["serial"] == H.status("hub-b")["roster"]["serial"]
@@ -165,7 +168,9 @@ def test_both_hubs_down_then_one_back(both_hubs_back: Lab) -> None:
     H.wait("spoke-a to reach spoke-b through hub-b", lambda: H.ping("spoke-a", H.ip("spoke-b"), count=1),
            timeout=15, step=0.1)
     print(f"\nboth hubs down, hub-b back: traffic again {time.monotonic() - t0:.1f}s after it was ready")
-    assert hub_in_use(H, "spoke-a") == "hub-b"
+    # spoke-a's own move follows its next answered probe: the ping can come first, since spoke-b,
+    # moved already, sends through hub-b and spoke-a's WireGuard roams to it (seen in CI)
+    H.wait("spoke-a on hub-b", lambda: hub_in_use(H, "spoke-a") == "hub-b", timeout=3, step=0.1)
 
 
 def test_a_roster_change_while_a_hub_is_down_reaches_it_when_it_returns(both_hubs_back: Lab) -> None:
