@@ -59,3 +59,31 @@ def test_wait_for_takes_any_false_value_for_not_yet() -> None:
 
     answers = itertools.chain(["", 0, [], None, False], itertools.repeat("1"))
     assert wait_for("an answer", lambda: next(answers), timeout=5, step=0.001) == "1"
+
+
+@pytest.mark.process
+def test_wait_exit_all_signals_every_process_and_kills_one_that_ignores_the_first_signal() -> None:
+    from dvpnd.util.procutil import wait_exit_all
+
+    polite = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+    procs = [*polite, stubborn]
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    try:
+        time.sleep(0.3)  # (the trap set)
+        wait_exit_all([p.pid for p in procs], 1, (signal.SIGTERM,))
+        assert not any(alive(p.pid) for p in polite) and alive(stubborn.pid)  # (reaped on the way)
+        wait_exit_all([p.pid for p in procs], 2, (signal.SIGTERM, signal.SIGKILL))
+        assert not alive(stubborn.pid)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -31,7 +31,7 @@ from dvpnd.roster.authority import Authority
 from dvpnd.roster.model import Member
 from dvpnd.serve import control
 from dvpnd.util.fsutil import write_yaml
-from dvpnd.util.procutil import wait_exit
+from dvpnd.util.procutil import wait_exit, wait_exit_all
 from dvpnd.wireguard.uapi import socket_peer_pid
 
 PREFIX = os.environ.get("DVPN_LAB_PREFIX", "dvpn-")
@@ -512,14 +512,16 @@ def down() -> list[str]:
                 done.append(f"stopped dvpnd in {n.name} (pid {pid})")
             wg_pids += wg_go_pids(n)
             wg_pids += [p for p in [relay_pid(n)] if p]
+    # The lab's wireguard-go and relays (found by their sockets and PID files in the lab's own
+    # directories) are told to stop, all at once, before their namespaces go: a wireguard-go
+    # whose namespace is deleted under it does not notice for a long while (5 s each, then a
+    # SIGKILL, made every lab down take about a minute)
+    wait_exit_all(wg_pids, 5, (signal.SIGTERM, signal.SIGKILL))
+    done += [f"wireguard-go {pid} gone" for pid in wg_pids]
     for n in nodes:
         if _ns_exists(n.netns):
-            # Deleting the namespace deletes wg0, and wireguard-go exits with its tun.
             _ip("netns", "del", n.netns)
             done.append(f"removed namespace {n.netns}")
-    for pid in wg_pids:
-        wait_exit(pid, 5, (None, signal.SIGKILL))
-        done.append(f"wireguard-go {pid} gone")
     if LAB_DIR.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(LAB_DIR)], check=False)
         done.append(f"removed {LAB_DIR}")

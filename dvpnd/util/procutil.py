@@ -47,6 +47,37 @@ def wait_exit(pid: int, timeout: float, signals: Sequence[int | None] = DEFAULT_
             time.sleep(0.05)
 
 
+def wait_exit_all(pids: Sequence[int], timeout: float, signals: Sequence[int | None] = DEFAULT_ESCALATION) -> None:
+    """wait_exit for several processes at once: each signal goes to every one still there, then
+    one wait of up to `timeout` for all of them (not `timeout` each)."""
+    left = list(dict.fromkeys(pids))
+    for sig in signals:
+        if sig is not None:
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            still = []
+            for pid in left:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                try:
+                    os.kill(pid, 0)
+                    still.append(pid)
+                except ProcessLookupError:
+                    pass
+            left = still
+            if left:
+                time.sleep(0.05)
+        if not left:
+            return
+
+
 def call_as(uid: int, gid: int, fn: Callable[[], T], what: str) -> T:
     """`fn()` in a forked child running as uid/gid (with that user's groups); its result, a
     JSON value, comes back through a pipe, and an exception's text as ChildError.
