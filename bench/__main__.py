@@ -46,9 +46,9 @@ def with_scratch(name: str) -> lab.Node:
 
 def drop_scratch(node: lab.Node) -> None:
     pid = lab.wg_go_pid(node)
+    if pid:  # (stopped first: it does not notice its namespace going for a long while)
+        wait_exit(pid, 5, (signal.SIGTERM, signal.SIGKILL))
     subprocess.run(["ip", "netns", "del", node.netns], check=False)
-    if pid:
-        wait_exit(pid, 5, (None, signal.SIGKILL))
 
 
 def control_plane(quick: bool) -> list[Figure]:
@@ -164,15 +164,19 @@ def main() -> int:
     figs: list[Figure] = []
     lab.down()
     try:
+        dataplane.REUSE = args.quick
+        # (in this order the sections that share a lab's shape follow each other: --quick reuses it)
         for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run),
-                         ("confidential", confidential.run), ("hubs", hubs.run), ("tcp", tcp.run), ("dns", dns.run),
+                         ("confidential", confidential.run), ("tcp", tcp.run), ("hubs", hubs.run), ("dns", dns.run),
                          ("backup", pgbackup.run)):
             if args.only and name not in args.only:
                 continue
             print(f"== {name}", flush=True)
+            t0 = time.monotonic()
             got = fn(args.quick)
             for f in got:
                 print(f.row(), flush=True)
+            print(f"== {name}: {time.monotonic() - t0:.0f} s", flush=True)
             figs += got
     finally:
         lab.down()

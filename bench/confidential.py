@@ -175,10 +175,8 @@ def hub_idle(L: Lab, seconds: int) -> tuple[float, float]:
 def many_spokes(idle_secs: int) -> tuple[list[float], dict[str, tuple[float, float]]]:
     """A 20-spoke lab in each mode: the hub idle; in confidential mode, roster changes too."""
     idle: dict[str, tuple[float, float]] = {}
-    lab.down()
     L = Lab(mode="routed", spokes=MANY)
     idle["routed"] = hub_idle(L, idle_secs)
-    lab.down()
     L = Lab(mode="confidential", spokes=MANY)
     idle["confidential"] = hub_idle(L, idle_secs)
     prop = roster_propagation(L, 5)
@@ -198,10 +196,8 @@ def mss(L: Lab) -> str:
 
 def run(quick: bool) -> list[Figure]:
     rounds, secs = (1, 2) if quick else (3, 5)
-    lab.down()
     L = Lab(mode="routed")
     routed_thr, routed_rtt = throughput_and_rtt(L, quick, rounds, secs)
-    lab.down()
     L = Lab(mode="confidential")
     conf_thr, conf_rtt = throughput_and_rtt(L, quick, rounds, secs)
     df_ok = L.run("spoke-a", "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1312", L.ip("spoke-b"),
@@ -215,7 +211,7 @@ def run(quick: bool) -> list[Figure]:
         hand_thr, hand_rtt = throughput_and_rtt(L, quick, rounds, secs)
     finally:
         back_to_dvpnd(L)
-    lab.down()
+    lab.down()  # (even in --quick: its devices were set up by hand and back, not a lab to reuse)
     big, peak = big_roster()
     many: list[Figure] = []
     if not quick:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.dataplane import Lab, iperf, rtts
+from bench.dataplane import Lab, iperf, release, rtts
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
 from dvpnd.lab.node import wait_for as wait
@@ -130,7 +130,6 @@ def interleaved(L: Lab, pairs: int, secs: int) -> tuple[list[float], list[float]
 def run(quick: bool) -> list[Figure]:
     rounds, secs, pairs = (1, 2, 2) if quick else (3, 5, 5)
     n = 20 if quick else MANY
-    lab.down()
     L = Lab(mode="confidential")
     udp_tput, tcp_tput, udp_rtt, tcp_rtt = interleaved(L, pairs, secs)
     lab.set_transport(L.nodes["spoke-b"], "auto")
@@ -140,9 +139,9 @@ def run(quick: bool) -> list[Figure]:
         downs.append(d)
         backs.append(bk)
         lost.append(float(lo))
-    before, with_them, connected = idle_websockets(L, n, 10 if quick else 30)
+    before, with_them, connected = idle_websockets(L, n, 4 if quick else 30)
     lab.set_transport(L.nodes["spoke-b"], "udp")
-    lab.down()
+    release()
     ratios = [t / u for u, t in zip(udp_tput, tcp_tput, strict=True)]
     return [
         Figure("UDP blocked for spoke-b (transport auto): seconds until spoke-a ↔ spoke-b flows again", "s", downs,
