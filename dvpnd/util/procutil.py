@@ -28,23 +28,7 @@ def wait_exit(pid: int, timeout: float, signals: Sequence[int | None] = DEFAULT_
 
     A process still tearing down can hold resources a successor needs (wireguard-go removes
     its interface by name), so callers wait. Our own children are reaped on the way."""
-    for sig in signals:
-        if sig is not None:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+    wait_exit_all([pid], timeout, signals)
 
 
 def wait_exit_all(pids: Sequence[int], timeout: float, signals: Sequence[int | None] = DEFAULT_ESCALATION) -> None:
