@@ -38,6 +38,20 @@ def test_the_first_pass_writes_everything_the_second_nothing(tmp_path: Path, mon
     assert dev.writes == 1 and links.applies == 1 and len(fw.batches) == 1
 
 
+def test_a_pass_with_nothing_to_do_reads_the_device_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full read of a 5,000-peer device costs about what `wg show dump` does: the check that
+    the device exists (before the firewall) is the read the sync uses, not a second one."""
+    install(monkeypatch)
+    r, dev = reconciler(tmp_path)
+    r.reconcile(now=1000.0)
+    before = dev.reads
+    r.reconcile(now=1001.0)
+    assert dev.reads - before == 1 and dev.writes == 1
+    dev.state = None  # the device gone (wireguard-go killed): made again, written, read back
+    r.reconcile(now=1002.0)
+    assert dev.writes == 2 and dev.state is not None and set(dev.state.peers) == {p.public_key for p in r.config.peers}
+
+
 def test_a_device_that_does_not_take_the_write_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(monkeypatch)
     r, dev = reconciler(tmp_path)

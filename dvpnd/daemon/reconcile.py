@@ -174,16 +174,18 @@ class Reconciler:
         return self.transit_backend
 
     def _sync(self, backend: Backend, want_link: link.LinkState, render: Callable[[DeviceState], DesiredDevice],
-              ) -> tuple[DeviceState, DeviceChanges, bool]:
-        """One device in line: the link (address, MTU, up), then the peers; read back."""
+              actual: DeviceState | None = None) -> tuple[DeviceState, DeviceChanges, bool]:
+        """One device in line: the link (address, MTU, up), then the peers; read back. `actual`:
+        the device as this pass read it already (one full read of the device per pass)."""
         ifname = backend.ifname
-        try:
-            # Reading the device is also the liveness check: no separate probe on the hot path.
-            actual = backend.read()
-        except BackendError as e:
-            log.info("%s: %s; (re)creating it", ifname, e)
-            backend.create()
-            actual = backend.read()
+        if actual is None:
+            try:
+                # Reading the device is also the liveness check: no separate probe on the hot path.
+                actual = backend.read()
+            except BackendError as e:
+                log.info("%s: %s; (re)creating it", ifname, e)
+                backend.create()
+                actual = backend.read()
         have_link = link.read_link(ifname)
         if have_link is None:
             raise BackendError(f"interface {ifname} vanished")
@@ -235,10 +237,11 @@ class Reconciler:
         # (found in the VM test); and in confidential mode the fail-closed rules must be in place
         # before the overlay carries anything.
         backend = self.ensure_backend()
+        read: DeviceState | None = None  # (kept for the sync below: a full read costs as much as a dump)
         if config.is_hub or not config.confidential:
             # the device must exist for the firewall's interface rules to mean anything
             try:
-                backend.read()
+                read = backend.read()
             except BackendError:
                 backend.create()
         fw_changed = nft.reconcile_firewall(config, self.firewall_state, force=force_firewall)
@@ -253,11 +256,11 @@ class Reconciler:
                                      {k: p.last_handshake for k, p in actual.peers.items()},
                                      self.endpoint_memory.load() if config.is_hub else None)
 
-            actual, changes, link_changed = self._sync(backend, want_link, routed)
+            actual, changes, link_changed = self._sync(backend, want_link, routed, read)
         elif config.is_hub:
             actual, changes, link_changed = self._sync(
                 backend, plan.transit_link(config),
-                lambda _a: plan.render_hub_transit(config, key, self.roster, self.endpoint_memory.load()))
+                lambda _a: plan.render_hub_transit(config, key, self.roster, self.endpoint_memory.load()), read)
         else:
             okey = self.overlay_private_key
             assert okey is not None and self.overlay_public_key is not None
