@@ -36,12 +36,8 @@ def release() -> None:
 class Lab:
     def __init__(self, mode: str = "routed", spokes: int = 3, hubs: int = 1) -> None:
         got = lab.load_lab()
-        if got is not None:
-            meta = got[1]
-            fits = (int(meta.get("spokes", 0)) == spokes and meta.get("mode", "routed") == mode
-                    and int(meta.get("hubs", 1)) == hubs and not meta.get("postgres") and meta.get("backend") == "auto")
-            if not (REUSE and fits):
-                lab.down()
+        if got is not None and not (REUSE and lab.same_shape(got, spokes, "auto", False, mode, hubs)):
+            lab.down()
         # (an existing lab is checked, repaired if need be, and waited for by lab.up)
         self.nodes = {n.name: n for n in lab.up(spokes=spokes, backend="auto", mode=mode, hubs=hubs)}
 

@@ -347,6 +347,16 @@ def authority() -> Authority:
     return Authority(LAB_DIR / "authority")
 
 
+def same_shape(existing: tuple[list[Node], dict[str, Any]], spokes: int, backend: str, postgres: bool,
+               mode: str, hubs: int) -> bool:
+    """Whether the lab that is up (load_lab()) has this shape: `up` repairs such a lab, and
+    refuses to change the shape of one that differs."""
+    nodes, meta = existing
+    return (len([n for n in nodes if n.role == "spoke"]) == spokes and meta.get("backend") == backend
+            and bool(meta.get("postgres")) == postgres and meta.get("mode", "routed") == mode
+            and int(meta.get("hubs", 1)) == hubs)
+
+
 def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
        postgres: bool = False, mode: str | None = None, hubs: int = 1) -> list[Node]:
     """Build (or repair) the lab; return its nodes once every spoke has handshaken."""
@@ -359,9 +369,7 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
         mode = str(existing[1].get("mode", "routed")) if existing is not None else "confidential"
     if existing is not None:
         nodes, meta = existing
-        if (len([n for n in nodes if n.role == "spoke"]) != spokes or meta.get("backend") != backend
-                or bool(meta.get("postgres")) != postgres or meta.get("mode", "routed") != mode
-                or int(meta.get("hubs", 1)) != hubs):
+        if not same_shape(existing, spokes, backend, postgres, mode, hubs):
             raise DvpnError(
                 f"a lab with {meta.get('spokes')} spokes ({meta.get('backend')}, {meta.get('mode', 'routed')}"
                 f"{', postgres' if meta.get('postgres') else ''}) is up; "
