@@ -74,8 +74,8 @@ def restore(config: Config, to: Path, when: str, source: str, force: bool = Fals
         if in_place:  # (never chown what holds data: it is the server's already, or not ours to take)
             raise RestoreError(f"{to}: owned by uid {st.st_uid}, not {u.pw_name}")
         os.chown(to, u.pw_uid, u.pw_gid)
-    if not in_place:
-        to.chmod(0o700)  # (a directory with data keeps its mode: PostgreSQL's 0750 with group access too)
+    if not in_place:  # (over data pgBackRest sets the mode itself, the backed-up cluster's, from its manifest)
+        to.chmod(0o700)
     argv = restore_argv(plan, to, target, repo, delta=in_place)
     p = subprocess.run(argv, capture_output=True, text=True, errors="replace", cwd="/", env=child_env(),
                        user=u.pw_uid, group=u.pw_gid, extra_groups=[])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -182,9 +183,14 @@ def test_another_spoke_restores_the_offsite_repository_into_a_server_that_holds_
         r = PG.dvpnctl("spoke-c", "backup", "restore", "--target", str(target), "--config", str(c.config),
                        check=False)
         assert r.returncode == 1 and "not an empty directory" in r.stderr
+        target.chmod(0o750)  # (a mode that differs from the backed-up cluster's)
         out = PG.dvpnctl("spoke-c", "backup", "restore", "--from", "offsite", "--target", str(target), "--force",
                          "--config", str(c.config)).stdout
         assert "over what was there (delta), archiving off in the copy" in out
+        # the directory takes the backed-up cluster's mode (pgBackRest's manifest), as a restore
+        # into a new directory does: spoke-a's data directory's, whatever the target had
+        primary = Path(yaml.safe_load(Path(a.config or "").read_text())["postgres"]["data_dir"])
+        assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(primary.stat().st_mode) == 0o700
     finally:
         subprocess.run(["rm", "-rf", str(target), str(sock)], check=True)
     # the offsite secrets are in no log nor status
