@@ -524,6 +524,10 @@ def down() -> list[str]:
     # directories) are told to stop, all at once, before their namespaces go: a wireguard-go
     # whose namespace is deleted under it does not notice for a long while (5 s each, then a
     # SIGKILL, made every lab down take about a minute)
+    # and what is left of a spoke's pgBackRest run: its runner dies with dvpnd, its pgbackrest
+    # with the runner (SIGKILL), but pgbackrest's own workers then stay (found after a lab down
+    # during a verify); they are told apart by the lab's own configuration path in their argv
+    wg_pids += [pid for n in nodes if n.role == "spoke" for pid in _pgbackrest_pids(Path(n.dir) / "pgbackrest")]
     wait_exit_all(wg_pids, 5, (signal.SIGTERM, signal.SIGKILL))
     done += [f"wireguard-go {pid} gone" for pid in wg_pids]
     for n in nodes:
@@ -539,6 +543,22 @@ def down() -> list[str]:
         except OSError:
             pass
     return done
+
+
+def _pgbackrest_pids(home: Path) -> list[int]:
+    """pgbackrest processes run with the configuration in `home` (a lab node's own directory)."""
+    want = f"--config={home}/pgbackrest.conf".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"pgbackrest") and want in argv:
+            pids.append(int(proc.name))
+    return pids
 
 
 def relay_pid(node: Node) -> int | None:
