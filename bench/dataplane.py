@@ -125,7 +125,7 @@ def rtts(L: Lab, count: int) -> list[float]:
 
 
 def firewall_cost(L: Lab, quick: bool) -> list[Figure]:
-    secs, rounds = (2, 1) if quick else (5, 3)
+    secs, rounds = (2, 1) if quick else (5, 5)
     on, off, rtt_on, rtt_off = [], [], [], []
     for _ in range(rounds):
         on.append(iperf(L, secs))
@@ -135,10 +135,13 @@ def firewall_cost(L: Lab, quick: bool) -> list[Figure]:
         rtt_off += rtts(L, 50 if quick else 200)
         L.set_firewall(True)
     thr = statistics.median(on) / statistics.median(off)
+    pairs = sorted(a / b for a, b in zip(on, off, strict=True))
     p50_on, p50_off = percentile(rtt_on, 50), percentile(rtt_off, 50)
     return [
         Figure("iperf3 spoke-a → hub → spoke-b, with dvpn's firewall", "Mbit/s", on,
-               "no dvpn table", off, "≥ 0.95×", thr >= 0.95),
+               "no dvpn table", off, "≥ 0.97×", thr >= 0.97,
+               f"{rounds} interleaved pairs (table on, then off); the pairs' ratios "
+               f"{pairs[0]:.2f}–{pairs[-1]:.2f}, their median {statistics.median(pairs):.2f}×"),
         Figure("ping RTT p50 through the hub, with firewall", "ms", [p50_on], "without", [p50_off],
                "≤ 1.05×", p50_on / p50_off <= 1.05, f"{len(rtt_on)} pings each"),
     ]
