@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("DVPN_LAB_DIR", "/run/dvpn-bench-lab")
 os.environ.setdefault("DVPN_LAB_PREFIX", "dvpnb-")
 
-from bench import confidential, dataplane, dns, hubs, pgbackup, tcp
+from bench import chart, confidential, dataplane, dns, hubs, pgbackup, results, tcp
 from bench.stats import Figure
 from dvpnd.lab import cluster as lab
 from dvpnd.util.procutil import wait_exit
@@ -125,29 +125,47 @@ def machine() -> str:
     return f"{cores} cores, kernel {platform.release()}, {platform.python_implementation()} {platform.python_version()}"
 
 
-def write_results(figs: list[Figure], quick: bool, started: float) -> Path:
+def write_results(figs: list[Figure], quick: bool, started: float, only: list[str] | None = None) -> Path:
     out = HERE / ("RESULTS-quick.md" if quick else "RESULTS.md")
-    lines = [
-        "# dvpn benchmark results",
-        "",
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine()}",
-        "- backend: userspace (wireguard-go; this kernel has no WireGuard module)",
-        f"- mode: {'quick (tiny sizes, single runs)' if quick else 'full'}; took {time.monotonic() - started:.0f} s",
-        "- command: `sudo .venv/bin/python -m bench" + (" --quick`" if quick else "`"),
-        "",
-        "Values are min / median / max over the runs; the anchor is the tool a user would otherwise",
-        "use, measured in the same run; ratio = dvpnd median / anchor median.",
-        "",
-        "| figure | dvpnd | anchor (same run) | ratio | goal | met | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [f.row() for f in figs]
-    # The written analysis below the table (from "## " on) is kept from the last full run.
+    out_json = HERE / (out.stem + ".json")
+    now = datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')
+    took = time.monotonic() - started
     old = out.read_text() if out.exists() else ""
-    analysis = old[old.index("\n## "):] if "\n## " in old else ""
-    out.write_text("\n".join(lines) + "\n" + analysis)
-    (HERE / (out.stem + ".json")).write_text(json.dumps([f.to_json() for f in figs], indent=1))
+    head, old_rows, analysis = results.split_results(old)
+    if only and old_rows:
+        # one section re-measured: its rows replaced in place, every other row kept
+        at = max((i for i, ln in enumerate(head) if ln.startswith("- ")), default=len(head) - 1) + 1
+        cmd = "sudo .venv/bin/python -m bench" + (" --quick" if quick else "") + "".join(f" --only {o}" for o in only)
+        head = head[:at] + [f"- `{cmd}` on {now} ({took:.0f} s, {machine()}): its rows replaced "
+                            "in place, the others as above"] + head[at:]
+        lines = [*head, "", *results.TABLE_HEAD, *results.merge_rows(old_rows, figs)]
+        data = results.merge_json(results.read_json(out_json.read_text() if out_json.exists() else ""), figs)
+    else:
+        lines = [
+            "# dvpn benchmark results",
+            "",
+            f"- date: {now}",
+            f"- machine: {machine()}",
+            "- backend: userspace (wireguard-go; this kernel has no WireGuard module)",
+            f"- mode: {'quick (tiny sizes, single runs)' if quick else 'full'}; took {took:.0f} s",
+            "- command: `sudo .venv/bin/python -m bench" + (" --quick`" if quick else "`"),
+            "",
+            "Values are min / median / max over the runs; the anchor is the tool a user would otherwise",
+            "use, measured in the same run; ratio = dvpnd median / anchor median.",
+            "",
+            *results.TABLE_HEAD,
+            *(f.row() for f in figs),
+        ]
+        data = [f.to_json() for f in figs]
+    # The written analysis below the table (from "## " on) is kept from the last full run.
+    text = "\n".join(lines) + "\n" + analysis
+    out.write_text(text)
+    out_json.write_text(json.dumps(data, indent=1))
+    try:
+        png = chart.render_chart(text, out.with_suffix(".png"))
+        print(f"wrote {png}")
+    except ImportError:
+        print("matplotlib is not installed: no chart (it is in the bench extra: pip install -e '.[bench]')")
     return out
 
 
@@ -180,7 +198,7 @@ def main() -> int:
             figs += got
     finally:
         lab.down()
-    out = write_results(figs, args.quick, started)
+    out = write_results(figs, args.quick, started, args.only)
     print(f"wrote {out}")
     return 0
 
