@@ -101,7 +101,8 @@ def render_chart(markdown: str, out: Path) -> Path:
     for i, p in enumerate(points):
         ax.plot([p.score], [i], marker="<" if p.at_most else ">", markersize=9, linestyle="none",
                 color="#2a7d2a" if p.met else "#c0392b")
-        ax.annotate(p.label if len(p.label) <= 48 else p.label[:45] + "…", (p.score, i), xytext=(8, -3), textcoords="offset points", fontsize=7)
+        label = p.label if len(p.label) <= 48 else p.label[:45] + "…"
+        ax.annotate(label, (p.score, i), xytext=(8, -3), textcoords="offset points", fontsize=7)
     ax.axvline(1.0, color="#555555", linewidth=1)
     ax.set_xscale("log")
     lo = min([p.score for p in points] + [0.5])
