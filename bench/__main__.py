@@ -134,7 +134,9 @@ def write_results(figs: list[Figure], quick: bool, started: float, only: list[st
     head, old_rows, analysis = results.split_results(old)
     if only and old_rows:
         # one section re-measured: its rows replaced in place, every other row kept
-        at = max((i for i, ln in enumerate(head) if ln.startswith("- ")), default=len(head) - 1) + 1
+        at = next((i for i, ln in enumerate(head) if ln.startswith("- ")), len(head))
+        while at < len(head) and head[at] != "":  # (to the end of the list: an item may take lines)
+            at += 1
         cmd = "sudo .venv/bin/python -m bench" + (" --quick" if quick else "") + "".join(f" --only {o}" for o in only)
         head = head[:at] + [f"- `{cmd}` on {now} ({took:.0f} s, {machine()}): its rows replaced "
                             "in place, the others as above"] + head[at:]
