@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dvpnd.config.load import load_config
 from dvpnd.daemon.core import Daemon
 from dvpnd.daemon.status import PeerView, Snapshot, render_status
-from dvpnd.serve import http
+from dvpnd.serve import control, http
 from dvpnd.serve.api import Counters, Published
 from dvpnd.serve.guard import ConnectionTable, Limits
 
@@ -31,6 +35,9 @@ class FakeView:
 
     def published(self) -> Published:
         return self.pub
+
+    async def fresh(self) -> None:
+        self.freshened = getattr(self, "freshened", 0) + 1
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -82,3 +89,70 @@ def test_the_daemon_publishes_the_databases_current_view(tmp_path: Path) -> None
     pub = d.published()
     assert pub.snapshot.postgres is marker and pub.snapshot.extra == pub.counters.as_dict()
     assert pub.stale_after == d.config.stale_after and pub.ready is False
+
+
+def test_a_snapshot_is_read_at_most_once_a_second_however_many_ask(tmp_path: Path) -> None:
+    f = write(tmp_path, SPOKE)
+    d = Daemon(f, load_config(f))
+    reads: list[float] = []
+
+    def read() -> Any:
+        reads.append(time.time())
+        time.sleep(0.05)  # (a device read takes a while: the others arrive meanwhile)
+        return replace(d._empty_snapshot(), taken=time.time())
+
+    d._read_snapshot = read  # type: ignore[method-assign]
+
+    async def go() -> None:
+        d.snapshot = replace(d.snapshot, taken=time.time() - 5)  # an idle node's old snapshot
+        await asyncio.gather(*(d.fresh() for _ in range(20)))
+        assert len(reads) == 1  # twenty front doors at once: one read, shared
+        await d.fresh()
+        assert len(reads) == 1  # a second later than that read, not yet: still one
+        d.snapshot = replace(d.snapshot, taken=time.time() - 1.5)
+        await d.fresh()
+        assert len(reads) == 2
+
+    asyncio.run(go())
+
+
+def test_a_front_door_does_not_wait_for_a_frozen_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvpnd.daemon import core
+
+    monkeypatch.setattr(core, "FRESH_WAIT", 0.1)
+    f = write(tmp_path, SPOKE)
+    d = Daemon(f, load_config(f))
+
+    def frozen() -> Any:
+        time.sleep(0.6)  # (a frozen wireguard-go: the read waits for its timeout)
+        return replace(d._empty_snapshot(), taken=time.time(), node="the late read")
+
+    d._read_snapshot = frozen  # type: ignore[method-assign]
+
+    async def go() -> None:
+        d.snapshot = old = replace(d.snapshot, taken=time.time() - 5)
+        t0 = time.monotonic()
+        await d.fresh()
+        assert time.monotonic() - t0 < 0.4 and d.snapshot is old  # the last one shown at once
+        await asyncio.sleep(0.8)
+        assert d.snapshot.node == "the late read"  # and the read lands for the next request
+
+    asyncio.run(go())
+
+
+def test_background_snapshots_space_out_as_they_cost_more_within_their_bounds() -> None:
+    from dvpnd.daemon import core
+
+    assert core.snapshot_interval(0.0002, False) == core.SNAPSHOT_INTERVAL  # a few peers: every second
+    assert core.snapshot_interval(0.005, False) == pytest.approx(0.005 / core.SNAPSHOT_BUDGET)
+    assert core.snapshot_interval(0.5, False) == core.SNAPSHOT_MAX_INTERVAL  # never rarer than this
+    assert core.snapshot_interval(0.5, True) == core.SNAPSHOT_INTERVAL  # a node that acts on each one
+    assert core.SNAPSHOT_MAX_INTERVAL < 30  # systemd's WatchdogSec (systemd/dvpnd.service)
+
+
+def test_the_front_doors_freshen_the_snapshot_before_showing_it() -> None:
+    view = FakeView(ready=True)
+    serve(view, http.make_app, ["/status", "/readyz"])
+    serve(view, http.make_metrics_app, ["/metrics"])
+    reply = asyncio.run(control.handle(view, None, {"cmd": "status"}))  # type: ignore[arg-type]
+    assert reply["ok"] and view.freshened == 4

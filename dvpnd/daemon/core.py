@@ -31,7 +31,7 @@ from dvpnd.daemon.reconcile import Reconciler, ReconcileResult
 from dvpnd.daemon.relayctl import RelayControl
 from dvpnd.daemon.rosterfetch import fetch_loop
 from dvpnd.daemon.rosterkeeper import RosterKeeper
-from dvpnd.daemon.status import PeerView, RelayView, Snapshot, TransportView, peer_views
+from dvpnd.daemon.status import PeerView, RelayView, Snapshot, TransportView, peer_views, routed_names
 from dvpnd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DvpnError
 from dvpnd.firewall.nft import list_table_text
 from dvpnd.overlay.health import HubJudge, Prober
@@ -55,9 +55,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
+# A node nobody asks about reads its device less often when a read costs more (a hub with a
+# thousand peers): at most this share of a core, and at least every SNAPSHOT_MAX_INTERVAL (the peer
+# state log, the hub's endpoint memory; systemd's watchdog allows 30 s). Front doors read on demand.
+SNAPSHOT_BUDGET = 0.001
+SNAPSHOT_MAX_INTERVAL = 10.0
+FRESH_WAIT = 1.0  # the longest a front door waits for a read on demand
 ROTATION_POLL = 0.1
 SETTLE = 5.0  # seconds a relay link keeps delivering after its hub moved back to UDP (transport auto)
 STRAY = 5.0  # seconds an overlay peer's endpoint may stay off its first path (see overlay/paths.py)
+
+
+def snapshot_interval(cost: float, every_second: bool) -> float:
+    """Seconds until the next background snapshot, given the CPU seconds the last one took:
+    every second while a snapshot is cheap or the node acts on it each second (a spoke's hub
+    judge, transport auto, a key rotation); else spaced out to stay within SNAPSHOT_BUDGET."""
+    if every_second:
+        return SNAPSHOT_INTERVAL
+    return min(SNAPSHOT_MAX_INTERVAL, max(SNAPSHOT_INTERVAL, cost / SNAPSHOT_BUDGET))
 
 
 def own_address(c: Config) -> str:
@@ -74,6 +89,10 @@ class Daemon:
         self.rosters = RosterKeeper(config, clock) if config.confidential else None
         self._roster_event = asyncio.Event()  # set (and replaced) when the roster in force changes
         self.lock = asyncio.Lock()
+        self._snapshot_lock = asyncio.Lock()
+        self._snapshot_cost = 0.0  # CPU seconds the last snapshot took
+        self._fresh_task: asyncio.Future[None] | None = None  # the front doors' shared read
+        self._names: tuple[Config | None, dict[str, tuple[str, str]]] = (None, {})
         self.ready = False
         self.reconcile_error: str | None = None
         self.reconcile_count = 0
@@ -390,7 +409,9 @@ class Daemon:
     def _peer_views(self, device: DeviceState | None) -> tuple[PeerView, ...]:
         c = self.config
         if not c.confidential:
-            return peer_views(c, device) if device is not None else ()
+            if self._names[0] is not c:  # (built once per config: a hub's thousand names)
+                self._names = (c, routed_names(c))
+            return peer_views(c, device, self._names[1]) if device is not None else ()
         roster = self.rosters.roster if self.rosters else None
         members = roster.members if roster else ()
         if c.is_hub:
@@ -555,8 +576,17 @@ class Daemon:
             return None
         return self.rosters.document, self.rosters.etag
 
+    def _timed_read(self) -> tuple[Snapshot, float]:
+        t0 = time.thread_time()
+        snap = self._read_snapshot()
+        return snap, time.thread_time() - t0
+
     async def refresh_snapshot(self) -> Snapshot:
-        snap = await asyncio.to_thread(self._read_snapshot)
+        async with self._snapshot_lock:
+            return await self._refresh_locked()
+
+    async def _refresh_locked(self) -> Snapshot:
+        snap, self._snapshot_cost = await asyncio.to_thread(self._timed_read)
         self.snapshot = snap
         if self.config.is_hub and snap.peers:
             endpoints = {p.public_key: p.endpoint for p in snap.peers}
@@ -564,17 +594,53 @@ class Daemon:
         self._log_peer_changes(snap)
         return snap
 
+    def _snapshot_young(self) -> bool:
+        return time.time() - self.snapshot.taken <= SNAPSHOT_INTERVAL
+
+    async def fresh(self) -> None:
+        """A front door is about to show the snapshot: read the device now if the last read is
+        more than SNAPSHOT_INTERVAL old. Callers at the same moment share one read, so a flood of
+        status requests costs no more than one read a second; and none waits more than
+        FRESH_WAIT for it (a frozen wireguard-go answers nothing for seconds): it shows the last
+        snapshot then, and the read lands for the next one."""
+        if self._snapshot_young():
+            return
+        task = self._fresh_task
+        if task is None or task.done():
+            task = self._fresh_task = asyncio.ensure_future(self._refresh_if_old())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # (taken, if nobody waits)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), FRESH_WAIT)
+        except TimeoutError:
+            pass
+        except Exception as e:  # noqa: BLE001  (the loop's next read says it, at warning)
+            log.debug("snapshot on demand: %s", e)
+
+    async def _refresh_if_old(self) -> None:
+        async with self._snapshot_lock:
+            if not self._snapshot_young():  # (a read that finished while this one waited will do)
+                await self._refresh_locked()
+
+    def _every_second(self) -> bool:
+        return self.hub_judge is not None or any(h.transport == "auto" for h in self.config.hubs)
+
     async def snapshot_loop(self) -> None:
+        next_read = 0.0
         while not self.stopping.is_set():
             try:
-                snap = await self.refresh_snapshot()
+                if time.monotonic() >= next_read or time.time() - self.snapshot.taken >= SNAPSHOT_MAX_INTERVAL:
+                    await self.refresh_snapshot()
+                    # (a key rotation reads at every ROTATION_POLL below)
+                    next_read = 0.0 if self.reconciler.pending_rotations() else (
+                        time.monotonic() + snapshot_interval(self._snapshot_cost, self._every_second()))
+                    self.notifier.status(self.status_line())
+                snap = self.snapshot
                 if self.hub_judge is not None:
                     await self._straighten(snap)
                 if any(h.transport == "auto" for h in self.config.hubs):
                     await self._judge_transports()
                 if self.config.needs_relay and self.relay.spawns and self._last_result is not None:
                     await self._sync_relay(self._last_result)  # (starts a relay that died; else returns)
-                self.notifier.status(self.status_line())
                 if self.ready and snap.interface_up:
                     self.notifier.watchdog()
                 rotating = self.reconciler.pending_rotations()

@@ -55,6 +55,11 @@ class Outcome:
 class View(Protocol):
     def published(self) -> Published: ...
 
+    async def fresh(self) -> None:
+        """Bring the snapshot up to date before showing it (a device read at most once a second,
+        shared by callers at the same moment): a node nobody asks about reads its device less."""
+        ...
+
     def roster_document(self) -> tuple[bytes, str] | None:
         """The verified roster document in force and its ETag (confidential mode), or None."""
         ...

@@ -46,6 +46,7 @@ class ControlServer:
 async def handle(view: View, commands: Commands, request: dict[str, Any]) -> dict[str, Any]:
     cmd = request.get("cmd")
     if cmd == "status":
+        await view.fresh()
         pub = view.published()
         return {"ok": True, "status": render_detail(pub.snapshot, time.time(), pub.stale_after)}
     actions = {"reload": commands.reload, "rekey": commands.rekey, "firewall": commands.firewall_table,

@@ -80,13 +80,14 @@ def _anonymous() -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
-def _published(request: web.Request) -> Published:
+async def _published(request: web.Request) -> Published:
     view: View = request.app[VIEW_KEY]
+    await view.fresh()
     return view.published()
 
 
 async def status(request: web.Request) -> web.Response:
-    pub = _published(request)
+    pub = await _published(request)
     body = render_status(pub.snapshot, time.time(), pub.stale_after)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -96,7 +97,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    pub = _published(request)
+    pub = await _published(request)
     ok = pub.ready and pub.snapshot.interface_up
     return web.json_response({"ready": ok}, status=200 if ok else 503)
 
@@ -104,6 +105,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    await request.app[VIEW_KEY].fresh()
     body = generate_latest(request.app[REGISTRY_KEY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
