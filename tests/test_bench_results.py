@@ -87,3 +87,15 @@ def test_the_chart_is_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with tempfile.TemporaryDirectory() as d:
         out = chart.render_chart(OLD, Path(d) / "RESULTS.png")
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_profile_folds_py_spy_stacks_by_share() -> None:
+    from bench.profile import fold
+
+    raw = ("main (dvpnd/daemon/core.py:10);_read_snapshot (dvpnd/daemon/core.py:20);parse_get (uapi.py:5) 6\n"
+           "main (dvpnd/daemon/core.py:10);select (selectors.py:468) 4\n"
+           "garbage\n")
+    out = fold(raw, 4)
+    assert out[0] == "10 samples"
+    assert out[1] == "100.0 %  main (core.py)"
+    assert " 60.0 %  parse_get (uapi.py)" in out and out[out.index("own time:") + 1] == " 60.0 %  parse_get (uapi.py)"
