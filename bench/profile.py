@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +82,9 @@ def main() -> int:
         lab.stop_daemon(node)
     finally:
         drop_scratch(node)
+        shutil.rmtree(node.dir, ignore_errors=True)  # (its keys, config and state: nothing stays)
+        with contextlib.suppress(OSError):
+            lab.LAB_DIR.rmdir()  # (only if nothing else is in it)
     return 0
 
 
