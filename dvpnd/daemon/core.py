@@ -69,7 +69,8 @@ STRAY = 5.0  # seconds an overlay peer's endpoint may stay off its first path (s
 def snapshot_interval(cost: float, every_second: bool) -> float:
     """Seconds until the next background snapshot, given the CPU seconds the last one took:
     every second while a snapshot is cheap or the node acts on it each second (a spoke's hub
-    judge, transport auto, a key rotation); else spaced out to stay within SNAPSHOT_BUDGET."""
+    judge, transport auto); else spaced out to stay within SNAPSHOT_BUDGET. (A key rotation
+    under way reads at every ROTATION_POLL, whatever this says.)"""
     if every_second:
         return SNAPSHOT_INTERVAL
     return min(SNAPSHOT_MAX_INTERVAL, max(SNAPSHOT_INTERVAL, cost / SNAPSHOT_BUDGET))
