@@ -116,3 +116,22 @@ def test_rekey_applies_a_new_key_and_refuses_a_bad_one_keeping_the_old(tmp_path:
         assert dev.state.private_key == new  # the device keeps the key in use
 
     asyncio.run(go())
+
+
+def test_the_snapshot_after_a_pass_is_that_pass_s_read_not_another(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
+    d = Daemon(f, load_config(f))
+    dev = FakeBackend()
+    d.reconciler.backend = dev
+    d.reconciler.load_key()
+
+    async def go() -> None:
+        assert await d.reconcile("start")
+        before = dev.reads
+        assert await d.reconcile("nothing to do")
+        assert dev.reads - before == 1  # the pass's own read; the snapshot took it
+        assert d.snapshot.interface_up and {p.public_key for p in d.snapshot.peers} == set(dev.state.peers)
+
+    asyncio.run(go())

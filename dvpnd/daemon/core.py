@@ -91,7 +91,8 @@ class Daemon:
         self._roster_event = asyncio.Event()  # set (and replaced) when the roster in force changes
         self.lock = asyncio.Lock()
         self._snapshot_lock = asyncio.Lock()
-        self._snapshot_cost = 0.0  # CPU seconds the last snapshot took
+        self._snapshot_cost = 0.0  # CPU seconds the last read of the device and its snapshot took
+        self._next_read = 0.0  # (monotonic) when the background reads again
         self._fresh_task: asyncio.Future[None] | None = None  # the front doors' shared read
         self._names: tuple[Config | None, dict[str, tuple[str, str]]] = (None, {})
         self.ready = False
@@ -158,8 +159,9 @@ class Daemon:
                          len(result.device.peers))
             self._last_result = result
             await self._sync_relay(result)
-        # What was just applied is what the next answer shows.
-        await self.refresh_snapshot()
+        # What was just applied is what the next answer shows: the pass's own read of the device
+        # (after its writes), not a second one.
+        await self.refresh_snapshot(result.device)
         return True
 
     def _resume_transports(self) -> None:
@@ -374,12 +376,12 @@ class Daemon:
 
     # --- snapshot ----------------------------------------------------------------------------
 
-    def _read_snapshot(self) -> Snapshot:
+    def _read_snapshot(self, device: DeviceState | None = None) -> Snapshot:
+        """The snapshot, reading the device unless `device` is a read just made."""
         c = self.config
         lnk = netif.read_link(c.wireguard.interface)
         backend = self.reconciler.backend
-        device = None
-        if backend is not None and lnk is not None:
+        if device is None and backend is not None and lnk is not None:
             try:
                 device = backend.read()
             except DvpnError as e:
@@ -577,17 +579,21 @@ class Daemon:
             return None
         return self.rosters.document, self.rosters.etag
 
-    def _timed_read(self) -> tuple[Snapshot, float]:
+    def _timed_read(self, device: DeviceState | None) -> tuple[Snapshot, float]:
         t0 = time.thread_time()
-        snap = self._read_snapshot()
+        snap = self._read_snapshot(device)
         return snap, time.thread_time() - t0
 
-    async def refresh_snapshot(self) -> Snapshot:
+    async def refresh_snapshot(self, device: DeviceState | None = None) -> Snapshot:
         async with self._snapshot_lock:
-            return await self._refresh_locked()
+            return await self._refresh_locked(device)
 
-    async def _refresh_locked(self) -> Snapshot:
-        snap, self._snapshot_cost = await asyncio.to_thread(self._timed_read)
+    async def _refresh_locked(self, device: DeviceState | None = None) -> Snapshot:
+        snap, cost = await asyncio.to_thread(self._timed_read, device)
+        if device is None:  # (a read of the device: what the next one will cost)
+            self._snapshot_cost = cost
+        # the background's next read: every snapshot counts, whoever asked for it
+        self._next_read = time.monotonic() + snapshot_interval(self._snapshot_cost, self._every_second())
         self.snapshot = snap
         if self.config.is_hub and snap.peers:
             endpoints = {p.public_key: p.endpoint for p in snap.peers}
@@ -626,14 +632,12 @@ class Daemon:
         return self.hub_judge is not None or any(h.transport == "auto" for h in self.config.hubs)
 
     async def snapshot_loop(self) -> None:
-        next_read = 0.0
         while not self.stopping.is_set():
             try:
-                if time.monotonic() >= next_read or time.time() - self.snapshot.taken >= SNAPSHOT_MAX_INTERVAL:
+                # (a key rotation under way reads at every ROTATION_POLL below)
+                if (time.monotonic() >= self._next_read or self.reconciler.pending_rotations()
+                        or time.time() - self.snapshot.taken >= SNAPSHOT_MAX_INTERVAL):
                     await self.refresh_snapshot()
-                    # (a key rotation reads at every ROTATION_POLL below)
-                    next_read = 0.0 if self.reconciler.pending_rotations() else (
-                        time.monotonic() + snapshot_interval(self._snapshot_cost, self._every_second()))
                     self.notifier.status(self.status_line())
                 snap = self.snapshot
                 if self.hub_judge is not None:
