@@ -25,6 +25,17 @@ def reconciler(tmp_path: Path, text: str = HUB) -> tuple[Reconciler, FakeBackend
     return r, backend
 
 
+def daemon_on_a_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Daemon, FakeBackend]:
+    """A hub's Daemon whose device is a FakeBackend, its key loaded."""
+    install(monkeypatch)
+    f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
+    d = Daemon(f, load_config(f))
+    dev = FakeBackend()
+    d.reconciler.backend = dev
+    d.reconciler.load_key()
+    return d, dev
+
+
 def test_the_first_pass_writes_everything_the_second_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     links, fw = install(monkeypatch)
     r, dev = reconciler(tmp_path)
@@ -95,12 +106,7 @@ def test_a_new_peer_is_one_write_of_that_peer_only(tmp_path: Path, monkeypatch: 
 
 def test_rekey_applies_a_new_key_and_refuses_a_bad_one_keeping_the_old(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch)
-    f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
-    d = Daemon(f, load_config(f))
-    dev = FakeBackend()
-    d.reconciler.backend = dev
-    d.reconciler.load_key()
+    d, dev = daemon_on_a_fake(tmp_path, monkeypatch)
 
     async def go() -> None:
         assert await d.reconcile("start")
@@ -120,12 +126,7 @@ def test_rekey_applies_a_new_key_and_refuses_a_bad_one_keeping_the_old(tmp_path:
 
 def test_the_snapshot_after_a_pass_is_that_pass_s_read_not_another(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch)
-    f = write(tmp_path, HUB + f"state_dir: {tmp_path / 'state'}\n")
-    d = Daemon(f, load_config(f))
-    dev = FakeBackend()
-    d.reconciler.backend = dev
-    d.reconciler.load_key()
+    d, dev = daemon_on_a_fake(tmp_path, monkeypatch)
 
     async def go() -> None:
         assert await d.reconcile("start")
