@@ -635,8 +635,7 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 # (a key rotation under way reads at every ROTATION_POLL below)
-                if (time.monotonic() >= self._next_read or self.reconciler.pending_rotations()
-                        or time.time() - self.snapshot.taken >= SNAPSHOT_MAX_INTERVAL):
+                if time.monotonic() >= self._next_read or self.reconciler.pending_rotations():
                     await self.refresh_snapshot()
                     self.notifier.status(self.status_line())
                 snap = self.snapshot
