@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.request
 from dataclasses import replace
@@ -31,7 +32,7 @@ class FakeView:
         self.pub = Published(
             snapshot=Snapshot(taken=1000.0, node="spoke-a", role="spoke", interface="wg0", overlay_ip="10.88.0.11",
                               backend="userspace", interface_up=True, peers=(peer,), ready=ready),
-            counters=Counters(reconcile_count=7, device_writes=3), ready=ready, stale_after=180)
+            counters=Counters(reconcile_count=7, device_writes=3), ready=ready, stale_after=180, now=time.time())
 
     def published(self) -> Published:
         return self.pub
@@ -114,6 +115,28 @@ def test_a_snapshot_is_read_at_most_once_a_second_however_many_ask(tmp_path: Pat
         assert len(reads) == 2
 
     asyncio.run(go())
+
+
+def test_a_peer_a_front_door_shows_stale_is_logged_stale(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A front door judges the snapshot's peers when it shows them, up to a second after the
+    read: a peer that crossed stale_after in between is shown stale, and logged so."""
+    caplog.set_level(logging.INFO, logger="dvpnd")
+    f = write(tmp_path, SPOKE)
+    d = Daemon(f, load_config(f))
+    now = time.time()
+    hub = PeerView(name="hub", public_key="K" * 43 + "=", overlay_ip="10.88.0.1", allowed_ips=("10.88.0.0/24",),
+                   endpoint="192.0.2.10:51820", last_handshake=now - d.config.stale_after - 1.5, rx_bytes=1, tx_bytes=2)
+    read = replace(d._empty_snapshot(), taken=now - 1.0, peers=(hub,))
+    d.snapshot = read
+    d._log_peer_changes(read, read.taken)  # the read: still up then
+    assert [r.getMessage() for r in caplog.records] == [f"peer hub (10.88.0.1) up: handshake {d.config.stale_after}s ago"]
+    pub = d.published()
+    assert render_status(pub.snapshot, pub.now, pub.stale_after)["peers_up"] == 0
+    assert caplog.records[-1].getMessage().startswith("peer hub (10.88.0.1) stale: last handshake 18")
+    caplog.clear()
+    d._log_peer_changes(read, read.taken)  # a read that finished after the front door judged
+    d.published()
+    assert not caplog.records  # nothing flaps: one line per change
 
 
 def test_a_front_door_does_not_wait_for_a_frozen_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

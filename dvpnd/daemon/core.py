@@ -106,6 +106,7 @@ class Daemon:
         self.exit_code = 0
         self.wake = asyncio.Event()
         self._peer_states: dict[str, str] = {}
+        self._judged_at = 0.0  # (when _peer_states was judged)
         self.last_device: DeviceState | None = None
         self.db = DbSupervisor(config) if config.postgres.enabled else None
         self.backrest = BackRest(config) if self.db is not None and config.backup.enabled else None
@@ -445,11 +446,12 @@ class Daemon:
     def published(self) -> Published:
         """What every front door shows, built here only: the last snapshot with the database's
         current view and the counters merged in."""
-        snap, counters = self.snapshot, self.counters()
+        snap, counters, now = self.snapshot, self.counters(), time.time()
+        self._log_peer_changes(snap, now)  # (a peer shown stale is a peer logged stale)
         if self.db is not None:
             snap = replace(snap, postgres=self.db.view,
                            pgbackrest=self.backrest.snapshot(self._is_primary()) if self.backrest else None)
-        return Published(replace(snap, extra=counters.as_dict()), counters, self.ready, self.config.stale_after)
+        return Published(replace(snap, extra=counters.as_dict()), counters, self.ready, self.config.stale_after, now)
 
     # --- commands (the control socket's, through serve.api.Commands) --------------------------
 
@@ -598,7 +600,7 @@ class Daemon:
         if self.config.is_hub and snap.peers:
             endpoints = {p.public_key: p.endpoint for p in snap.peers}
             await asyncio.to_thread(self.reconciler.endpoint_memory.remember, endpoints)
-        self._log_peer_changes(snap)
+        self._log_peer_changes(snap, snap.taken)
         return snap
 
     def _snapshot_young(self) -> bool:
@@ -663,21 +665,26 @@ class Daemon:
                 return True
         return False
 
-    def _log_peer_changes(self, snap: Snapshot) -> None:
-        """One line per peer state change, nothing on a healthy tick."""
+    def _log_peer_changes(self, snap: Snapshot, now: float) -> None:
+        """One line per peer state change, nothing on a healthy tick. Peers are judged at `now`:
+        each new snapshot at its reading, and every front door at the moment it shows them, so
+        the log has every state a reader saw. (A judgement older than the last one, a read that
+        finished after a front door judged, is not logged: time does not run back.)"""
+        if now < self._judged_at:
+            return
+        self._judged_at = now
         seen = {}
         for p in snap.peers:
-            state = p.state(snap.taken, self.config.stale_after)
+            state = p.state(now, self.config.stale_after)
             seen[p.public_key] = state
             before = self._peer_states.get(p.public_key)
             if before == state:
                 continue
             if state == "up":
-                log.info("peer %s (%s) up: handshake %ss ago%s", p.name, p.overlay_ip, p.age(snap.taken),
+                log.info("peer %s (%s) up: handshake %ss ago%s", p.name, p.overlay_ip, p.age(now),
                          " (handshake restored)" if before == "stale" else "")
             elif state == "stale":
-                log.warning("peer %s (%s) stale: last handshake %ss ago", p.name, p.overlay_ip,
-                            p.age(snap.taken))
+                log.warning("peer %s (%s) stale: last handshake %ss ago", p.name, p.overlay_ip, p.age(now))
             elif before is not None:
                 log.info("peer %s (%s) has no handshake", p.name, p.overlay_ip)
         self._peer_states = seen

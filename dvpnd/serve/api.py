@@ -29,12 +29,14 @@ class Counters:
 @dataclass(frozen=True)
 class Published:
     """What every front door shows: the latest snapshot with the database's current view and
-    the counters merged in, so /status, /metrics and `dvpnctl status` agree."""
+    the counters merged in, so /status, /metrics and `dvpnctl status` agree. `now` is the
+    moment its peers are judged at (up, stale): the same one the daemon's log judged them at."""
 
     snapshot: Snapshot
     counters: Counters
     ready: bool
     stale_after: int
+    now: float
 
 
 @dataclass(frozen=True)

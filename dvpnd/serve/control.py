@@ -14,7 +14,6 @@ import os
 import socket
 import stat
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ async def handle(view: View, commands: Commands, request: dict[str, Any]) -> dic
     if cmd == "status":
         await view.fresh()
         pub = view.published()
-        return {"ok": True, "status": render_detail(pub.snapshot, time.time(), pub.stale_after)}
+        return {"ok": True, "status": render_detail(pub.snapshot, pub.now, pub.stale_after)}
     actions = {"reload": commands.reload, "rekey": commands.rekey, "firewall": commands.firewall_table,
                "firewall-apply": commands.firewall_apply, "backup-now": commands.backup_now, "down": commands.down}
     if cmd in actions:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from typing import Any
 
 from aiohttp import web
@@ -88,7 +87,7 @@ async def _published(request: web.Request) -> Published:
 
 async def status(request: web.Request) -> web.Response:
     pub = await _published(request)
-    body = render_status(pub.snapshot, time.time(), pub.stale_after)
+    body = render_status(pub.snapshot, pub.now, pub.stale_after)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

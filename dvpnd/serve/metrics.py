@@ -7,7 +7,6 @@ are prefixed dvpnd_.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -225,7 +224,7 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         pub = self.view.published()
-        return collect_snapshot(pub.snapshot, pub.counters, pub.stale_after, time.time())
+        return collect_snapshot(pub.snapshot, pub.counters, pub.stale_after, pub.now)
 
 
 def make_registry(view: View) -> CollectorRegistry:
