@@ -6,13 +6,34 @@ deb_depends() {
   dpkg-deb -f "$1" Depends | sed -e 's/([^)]*)//g' -e 's/|[^,]*//g' -e 's/ //g'
 }
 
+# apt_sources: this machine's own apt sources files that name a Debian 12 suite (bookworm,
+# bookworm-updates, bookworm-security...), one path a line; or $DVPN_APT_SOURCES (a sources
+# file, one-line or deb822) where the machine's apt is not a Debian 12 one.
+apt_sources() {
+  if [ -n "${DVPN_APT_SOURCES:-}" ]; then
+    [ -s "$DVPN_APT_SOURCES" ] || { echo "DVPN_APT_SOURCES=$DVPN_APT_SOURCES: no such file, or empty" >&2; return 1; }
+    printf '%s\n' "$DVPN_APT_SOURCES"; return 0
+  fi
+  local f found=0
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -s "$f" ] || continue
+    if grep -v '^[[:space:]]*#' "$f" | grep -qE '(^|[[:space:]])bookworm(-[a-z]+)?([[:space:]]|$)'; then
+      printf '%s\n' "$f"; found=1
+    fi
+  done
+  [ "$found" = 1 ] || { echo "no apt source on this machine names bookworm (/etc/apt/sources.list{,.d}): set DVPN_APT_SOURCES to a Debian 12 sources file" >&2; return 1; }
+}
+
 # bookworm_tree TARGET [MMDEBSTRAP OPTIONS...]: a Debian 12 tree (a directory, or a tarball
-# when TARGET ends in .tar, or - for stdout) from Debian's own mirrors, apt variant.
+# when TARGET ends in .tar, or - for stdout), apt variant, from the mirrors this machine's own
+# apt uses (mmdebstrap pastes each sources file given as a mirror into the tree's sources).
 bookworm_tree() {
   local target=$1; shift
-  mmdebstrap --quiet --variant=apt "$@" bookworm "$target" \
-    "deb http://deb.debian.org/debian bookworm main" \
-    "deb http://deb.debian.org/debian-security bookworm-security main"
+  local sources
+  sources=$(apt_sources) || return 1
+  local -a mirrors
+  mapfile -t mirrors <<<"$sources"
+  mmdebstrap --quiet --variant=apt "$@" bookworm "$target" "${mirrors[@]}"
 }
 
 # apt_need PACKAGE...: install those missing, refreshing the package lists first (a fresh
