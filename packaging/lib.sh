@@ -51,3 +51,80 @@ apt_need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ "$made" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 }
+
+# --- the VMs (packaging/vmtest, packaging/vmbench): Debian 12 with its kernel and systemd ---
+# Callers set `work` (a scratch directory they remove) and `say`, and kill "$qemu_pid" on exit.
+# DVPN_VM_CACHE holds the base image (default /var/cache/dvpn-vmtest); DVPN_VM_ACCEL=kvm tries
+# KVM (the default is TCG: KVM hung on these machines).
+
+# vm_base DEB: the path of the cached base image (a tarball): Debian 12, its kernel, systemd and
+# DEB's dependencies from Debian's packages, built with mmdebstrap the first time. postgresql-15
+# and pgbackrest: the VM test's spoke-a database; systemd-resolved (and the bus it is driven
+# over): its names' step.
+vm_base() {
+  local pkgs cache=${DVPN_VM_CACHE:-/var/cache/dvpn-vmtest} base
+  pkgs="systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,iproute2,iputils-ping,curl,procps,postgresql-15,pgbackrest,dbus,systemd-resolved,$(deb_depends "$1")"
+  base="$cache/base-$(echo "$pkgs vm1" | sha256sum | cut -c1-16).tar"
+  mkdir -p "$cache"
+  if [ ! -e "$base" ]; then
+    say "building the base image with mmdebstrap (cached in $base)" >&2
+    rm -f "$cache"/base-*.tar
+    bookworm_tree "$base.tmp.tar" --include="$pkgs" >&2 || return 1
+    mv "$base.tmp.tar" "$base" || return 1
+  fi
+  echo "$base"
+}
+
+# vm_root DEB: $work/root, the base image with DEB installed with apt (it resolves nothing new:
+# the base has the dependencies), chrooted in a private mount namespace so nothing is left
+# mounted whatever happens.
+vm_root() {
+  local base; base=$(vm_base "$1") || return 1
+  say "base image $(basename "$base") ($(du -h "$base" | cut -f1))"
+  mkdir "$work/root"
+  tar -C "$work/root" --numeric-owner -xpf "$base"
+  mkdir -p "$work/root/root/debs"
+  cp "$1" "$work/root/root/debs/"
+  unshare --mount --propagation private --fork sh -ec '
+    mount --bind /dev "$1/dev"; mount -t proc proc "$1/proc"
+    chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "/root/debs/$2" >/dev/null
+  ' sh "$work/root" "$(basename "$1")"
+  mkdir -p "$work/root/var/log/journal"
+  echo dvpn-vm >"$work/root/etc/hostname"
+  echo "LABEL=dvpnroot / ext4 rw,errors=remount-ro 0 1" >"$work/root/etc/fstab"
+}
+
+# vm_disk: $work/root becomes $work/disk.raw (3 GB, ext4), with the kernel and initrd beside it.
+vm_disk() {
+  local kernel initrd
+  kernel=$(ls "$work"/root/boot/vmlinuz-* | tail -1)
+  initrd=$(ls "$work"/root/boot/initrd.img-* | tail -1)
+  cp "$kernel" "$work/vmlinuz"; cp "$initrd" "$work/initrd"
+  mkfs.ext4 -q -F -L dvpnroot -d "$work/root" "$work/disk.raw" 3G
+  rm -rf "$work/root"
+  say "image ready: $(du -h --apparent-size "$work/disk.raw" | cut -f1) disk, kernel $(basename "$kernel")"
+}
+
+# vm_boot TIMEOUT: boot $work's image (no network card: the guest's own namespaces are its
+# network), print what the guest writes to its second serial port ($work/results.log) as it
+# comes, and return when qemu exits (the guest powered off) or after TIMEOUT seconds.
+vm_boot() {
+  local accel=${DVPN_VM_ACCEL:-tcg} cpu=max t0=$SECONDS shown=0 n
+  [ "$accel" = kvm ] && cpu=host
+  : >"$work/results.log"
+  qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -smp 2 -m 2048 \
+    -kernel "$work/vmlinuz" -initrd "$work/initrd" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=auto" \
+    -drive "file=$work/disk.raw,format=raw,if=virtio" \
+    -nic none -display none -monitor none \
+    -serial "file:$work/console.log" -serial "file:$work/results.log" &
+  qemu_pid=$!
+  say "qemu started (pid $qemu_pid, $accel); the guest's log follows"
+  while kill -0 "$qemu_pid" 2>/dev/null; do
+    n=$(wc -l <"$work/results.log")
+    if [ "$n" -gt "$shown" ]; then sed -n "$((shown + 1)),${n}p" "$work/results.log"; shown=$n; fi
+    if [ $((SECONDS - t0)) -gt "$1" ]; then say "timeout after $1 s"; break; fi
+    sleep 1
+  done
+  sed -n "$((shown + 1)),\$p" "$work/results.log"
+}
