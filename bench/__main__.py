@@ -66,6 +66,29 @@ def control_plane(quick: bool) -> list[Figure]:
         drop_scratch(node)
 
 
+def kernel_rows(quick: bool) -> list[Figure]:
+    """The control-plane rows on the kernel's WireGuard module: bench.ctl inside a Debian 12 VM
+    (packaging/vmbench, the VM test's image; the .deb built from this checkout first). TCG here
+    (no working KVM): times are not comparable to the rows measured on the machine, the ratios
+    to `wg` in the same VM are. Not in --quick (the boot alone takes minutes)."""
+    if quick:
+        print("kernel: not in --quick (a VM boot)", flush=True)
+        return []
+    opts = {"sizes": [1000, 10000], "add_among": 5000, "repeat": 3}
+    subprocess.run([str(ROOT / "dev"), "deb"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    out = lab.LAB_DIR / "kernel-figures.json"
+    lab.LAB_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([str(ROOT / "packaging" / "vmbench"), json.dumps(opts), str(out)], check=True, cwd=ROOT)
+        figs = [Figure.from_json(f) for f in json.loads(out.read_text())]
+    finally:
+        out.unlink(missing_ok=True)
+    accel = os.environ.get("DVPN_VM_ACCEL", "tcg")
+    for f in figs:
+        f.note = "; ".join(x for x in (f.note, f"VM, {accel.upper()}: compare ratios, not times") if x)
+    return figs
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -174,7 +197,8 @@ def write_results(figs: list[Figure], quick: bool, started: float, only: list[st
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a minute or two")
-    ap.add_argument("--only", choices=("control", "daemon", "data", "confidential", "hubs", "tcp", "dns", "backup"),
+    ap.add_argument("--only", choices=("control", "kernel", "daemon", "data", "confidential", "hubs", "tcp", "dns",
+                                       "backup"),
                     action="append")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -186,9 +210,9 @@ def main() -> int:
     try:
         dataplane.REUSE = args.quick
         # (in this order the sections that share a lab's shape follow each other: --quick reuses it)
-        for name, fn in (("control", control_plane), ("daemon", daemon_figures), ("data", dataplane.run),
-                         ("confidential", confidential.run), ("tcp", tcp.run), ("hubs", hubs.run), ("dns", dns.run),
-                         ("backup", pgbackup.run)):
+        for name, fn in (("control", control_plane), ("kernel", kernel_rows), ("daemon", daemon_figures),
+                         ("data", dataplane.run), ("confidential", confidential.run), ("tcp", tcp.run),
+                         ("hubs", hubs.run), ("dns", dns.run), ("backup", pgbackup.run)):
             if args.only and name not in args.only:
                 continue
             print(f"== {name}", flush=True)

@@ -1,9 +1,12 @@
 """Control-plane figures, run inside a scratch network namespace (see bench/__main__.py).
 
-  python -m bench.ctl '{"sizes": [1000, 10000], "add_among": 5000, "repeat": 3, "dir": "..."}'
+  python -m bench.ctl '{"sizes": [1000, 10000], "add_among": 5000, "repeat": 3, "dir": "...",
+                        "backend": "userspace"}'
 
 Prints a JSON list of figures. Each dvpnd figure is measured beside its anchor, the
-wireguard-tools command a user would otherwise run, on the same wireguard-go in the same run.
+wireguard-tools command a user would otherwise run, on the same device in the same run:
+wireguard-go ("userspace", the default), or the kernel's module ("kernel", run inside the VM by
+packaging/vmbench; no firewall row there).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from bench.stats import Figure, timed
 from dvpnd.config.load import load_config
 from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.firewall import nft, ruleset
+from dvpnd.wireguard.kernel import KernelBackend
 from dvpnd.wireguard.keys import encode_key
-from dvpnd.wireguard.uapi import b64_to_hex
 from dvpnd.wireguard.userspace import UserspaceBackend
+
+Backend = UserspaceBackend | KernelBackend
 
 
 def peer_keys(n: int) -> list[str]:
@@ -54,9 +59,13 @@ def wg_conf(path: Path, private_key: str, keys: list[str], cfg_path: Path) -> Pa
     return path
 
 
-def fresh_device(d: Path) -> UserspaceBackend:
-    b = UserspaceBackend("wg0", d)
-    b.delete()  # waits for the old wireguard-go to be gone
+def device(d: Path, kind: str) -> Backend:
+    return KernelBackend("wg0") if kind == "kernel" else UserspaceBackend("wg0", d)
+
+
+def fresh_device(d: Path, kind: str) -> Backend:
+    b = device(d, kind)
+    b.delete()  # (wireguard-go: waits for the old one to be gone)
     b.create()
     return b
 
@@ -68,6 +77,8 @@ def wg(*args: str) -> None:
 def run(opts: dict[str, Any]) -> list[Figure]:
     d = Path(opts["dir"])
     repeat = int(opts["repeat"])
+    kind = opts.get("backend", "userspace")
+    where = "userspace" if kind == "userspace" else "kernel, in the VM"
     figs: list[Figure] = []
 
     # cold apply of N peers vs `wg setconf`
@@ -77,16 +88,16 @@ def run(opts: dict[str, Any]) -> list[Figure]:
         load_s, config = timed(lambda: load_config(cfg_path))
         ours, anchor = [], []
         for _ in range(repeat):
-            backend = fresh_device(d)
+            backend = fresh_device(d, kind)
             r = Reconciler(config, backend=backend)
             r.load_key()
             ours.append(timed(r.reconcile)[0])
             assert len(backend.read().peers) == n
-            fresh_device(d)
+            fresh_device(d, kind)
             conf = wg_conf(d / "wg.conf", r.private_key or "", keys, cfg_path)
             anchor.append(timed(lambda: wg("setconf", "wg0", str(conf)))[0])
         ratio = (sorted(ours)[len(ours) // 2]) / (sorted(anchor)[len(anchor) // 2])
-        figs.append(Figure(f"cold apply, {n} peers (userspace)", "s", ours, "wg setconf", anchor, "≤ 1.5×",
+        figs.append(Figure(f"cold apply, {n} peers ({where})", "s", ours, "wg setconf", anchor, "≤ 1.5×",
                            ratio <= 1.5, f"config load {load_s:.2f}s, not included"))
 
     # one spoke added among N vs `wg syncconf`, and a reconcile with nothing to do vs `wg show dump`
@@ -95,24 +106,26 @@ def run(opts: dict[str, Any]) -> list[Figure]:
     base_cfg = load_config(write_hub(d / "base", keys[:n]))
     plus_path = write_hub(d / "plus", keys)
     plus_cfg = load_config(plus_path)
-    backend = fresh_device(d)
+    backend = fresh_device(d, kind)
     r = Reconciler(base_cfg, backend=backend)
     r.load_key()
     r.reconcile()
     conf_plus = wg_conf(d / "plus.conf", r.private_key or "", keys, plus_path)
     ours, anchor = [], []
-    remove_last = f"set=1\npublic_key={b64_to_hex(keys[n])}\nremove=true\n\n"
-    from dvpnd.wireguard.uapi import uapi_request
+
+    def remove_last() -> None:
+        wg("set", "wg0", "peer", keys[n], "remove")
 
     for _ in range(repeat):
         r.config = plus_cfg
         ours.append(timed(r.reconcile)[0])
-        uapi_request("wg0", remove_last)
+        remove_last()
         anchor.append(timed(lambda: wg("syncconf", "wg0", str(conf_plus)))[0])
-        uapi_request("wg0", remove_last)
+        remove_last()
         r.config = base_cfg
     ratio = sorted(ours)[len(ours) // 2] / sorted(anchor)[len(anchor) // 2]
-    figs.append(Figure(f"one spoke added among {n}", "s", ours, "wg syncconf", anchor, "≤ 1.0×", ratio <= 1.0))
+    suffix = "" if kind == "userspace" else f" ({where})"
+    figs.append(Figure(f"one spoke added among {n}{suffix}", "s", ours, "wg syncconf", anchor, "≤ 1.0×", ratio <= 1.0))
 
     r.config = base_cfg
     r.reconcile()
@@ -122,10 +135,12 @@ def run(opts: dict[str, Any]) -> list[Figure]:
                                            stdout=subprocess.DEVNULL))[0] for _ in range(max(repeat, 5))]
     zero = r.device_writes == writes
     ratio = sorted(ours)[len(ours) // 2] / sorted(anchor)[len(anchor) // 2]
-    figs.append(Figure(f"reconcile with nothing to do, {n} peers", "s", ours, "wg show wg0 dump", anchor,
+    figs.append(Figure(f"reconcile with nothing to do, {n} peers{suffix}", "s", ours, "wg show wg0 dump", anchor,
                        "≤ 1.0×, zero writes", ratio <= 1.0 and zero,
                        f"device writes during these passes: {r.device_writes - writes}"))
-    UserspaceBackend("wg0", d).delete()
+    device(d, kind).delete()
+    if kind != "userspace":
+        return figs
 
     # firewall: rule count and apply time with 10 vs 1000 spokes
     counts, times = {}, {}
