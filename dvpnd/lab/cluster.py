@@ -40,18 +40,30 @@ HUB_PUBLIC = "192.0.2.10"
 HUB_B_PUBLIC = "192.0.2.242"  # the second hub (--hubs 2), on a /28 of its own
 HUB_B_TRANSIT = "10.90.0.0/24"
 OUTSIDE_PUBLIC = "203.0.113.10"
-MAX_SPOKES = 24  # spokes beyond the 15th sit beside the hub (192.0.2.0/24): the bench's 20
+MAX_SPOKES = 120  # 24 on /28s as before; the rest on /31s of 203.0.113.0/24 (the bench's 100)
 LAB_NETWORK = "10.88.0.0/24"
 
 
 def spoke_name(i: int) -> str:
-    return f"spoke-{string.ascii_lowercase[i]}"
+    """spoke-a ... spoke-z, then spoke-27, spoke-28, ... (the lab's 27th spoke on)."""
+    return f"spoke-{string.ascii_lowercase[i]}" if i < 26 else f"spoke-{i + 1}"
 
 
 def spoke_public(i: int) -> str:
-    """Spoke i's public address, each on a /28 of its own: 198.51.100.18, .34, ... for the first
-    15, then 192.0.2.18, .34, ... (the hub's own /28 is 192.0.2.0/28)."""
-    return f"198.51.100.{16 * (i + 1) + 2}" if i < 15 else f"192.0.2.{16 * (i - 14) + 2}"
+    """Spoke i's public address: the first 15 on /28s of their own (198.51.100.18, .34, ...), the
+    next 9 too (192.0.2.18, .34, ...; the hub's own /28 is 192.0.2.0/28); from the 25th on, a /31
+    each in 203.0.113.128/25 and then 203.0.113.16-127 (the outside node keeps 203.0.113.0/28)."""
+    if i < 15:
+        return f"198.51.100.{16 * (i + 1) + 2}"
+    if i < 24:
+        return f"192.0.2.{16 * (i - 14) + 2}"
+    j = i - 24
+    return f"203.0.113.{128 + 2 * j + 1}" if j < 64 else f"203.0.113.{16 + 2 * (j - 64) + 1}"
+
+
+def _prefix(public_ip: str) -> int:
+    """A spoke's link prefix: /31 in 203.0.113.0/24, /28 elsewhere."""
+    return 31 if public_ip.startswith("203.0.113.") else 28
 
 
 def plan(spokes: int, backend: str, hubs: int = 1) -> list[Node]:
@@ -80,7 +92,7 @@ def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
     out = []
     for n in nodes:
         if n.role == "outside":
-            out.append((n, "203.0.113.1/24", f"{n.public_ip}/24"))
+            out.append((n, "203.0.113.1/28", f"{n.public_ip}/28"))
         elif n.role == "hub" and n.public_ip == HUB_PUBLIC:
             out.append((n, "192.0.2.1/28", f"{n.public_ip}/28"))
         elif n.role == "hub":
@@ -88,7 +100,8 @@ def _links(nodes: list[Node]) -> list[tuple[Node, str, str]]:
             out.append((n, f"{first3}.{int(last) - 1}/28", f"{n.public_ip}/28"))
         elif n.role == "spoke":
             first3, last = n.public_ip.rsplit(".", 1)
-            out.append((n, f"{first3}.{int(last) - 1}/28", f"{n.public_ip}/28"))
+            bits = _prefix(n.public_ip)
+            out.append((n, f"{first3}.{int(last) - 1}/{bits}", f"{n.public_ip}/{bits}"))
     return out
 
 
