@@ -14,12 +14,12 @@ from dvpnd.errors import BackendError
 from dvpnd.testing.fakes import FakeBackend, install
 from dvpnd.wireguard.keys import encode_key, generate_private_key
 
-from .test_config import HUB, K2, write
+from .test_config import HUB, K1, K2, write
 
 
-def reconciler(tmp_path: Path, text: str = HUB) -> tuple[Reconciler, FakeBackend]:
+def reconciler(tmp_path: Path, text: str = HUB, uapi_text: bool = False) -> tuple[Reconciler, FakeBackend]:
     config = load_config(write(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n"))
-    backend = FakeBackend()
+    backend = FakeBackend(text=uapi_text)
     r = Reconciler(config, backend=backend)
     r.load_key()
     return r, backend
@@ -136,3 +136,59 @@ def test_the_snapshot_after_a_pass_is_that_pass_s_read_not_another(tmp_path: Pat
         assert d.snapshot.interface_up and {p.public_key for p in d.snapshot.peers} == set(dev.state.peers)
 
     asyncio.run(go())
+
+
+def test_a_hubs_quiet_pass_skips_the_parse_and_still_catches_every_drift(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub's pass whose inputs and device configuration are as the last pass with nothing to do
+    left them parses nothing (a thousand peers, every pass); a peer removed by hand, an allowed
+    IP changed, a new config object or a new endpoint memory each bring the full pass back."""
+    from dataclasses import replace
+
+    from dvpnd.wireguard import uapi
+
+    install(monkeypatch)
+    parses = []
+    real_parse = uapi.parse_get
+    monkeypatch.setattr(uapi, "parse_get", lambda text: parses.append(1) or real_parse(text))
+    r, dev = reconciler(tmp_path, uapi_text=True)
+    assert r.reconcile(now=1000.0).wg_changes and dev.state is not None
+    assert uapi.parse_get(dev.read_text() or "") == dev.state  # (the fake's text: what wireguard-go answers)
+    assert r.reconcile(now=1001.0).device is not None  # nothing to do: the next such pass may skip
+    parses.clear()
+    quiet = r.reconcile(now=1002.0)
+    assert quiet.device is None and not quiet.wg_changes and not parses and dev.writes == 1
+    key = next(iter(dev.state.peers))
+    busy = replace(dev.state.peers[key], last_handshake=1500.5, rx_bytes=10**9, endpoint=None)
+    dev.state = replace(dev.state, peers={**dev.state.peers, key: busy})  # traffic: counters, handshakes
+    assert r.reconcile(now=1003.0).device is None and not parses
+
+    dev.state = replace(dev.state, peers={k: p for k, p in dev.state.peers.items() if k != key})  # by hand
+    again = r.reconcile(now=1004.0)
+    assert again.device is not None and again.wg_changes and key in dev.state.peers and dev.writes == 2
+    r.reconcile(now=1005.0)
+    parses.clear()
+    assert r.reconcile(now=1006.0).device is None and not parses
+
+    other = replace(dev.state.peers[key], allowed_ips=frozenset({"10.88.0.99/32"}))
+    dev.state = replace(dev.state, peers={**dev.state.peers, key: other})
+    assert r.reconcile(now=1007.0).wg_changes and dev.state.peers[key].allowed_ips != {"10.88.0.99/32"}
+
+    for change in (lambda: setattr(r, "config", replace(r.config)),  # a reload: an equal but new config
+                   lambda: r.endpoint_memory.remember({k: "192.0.2.77:51820" for k in dev.state.peers})):
+        r.reconcile(now=1008.0)
+        assert r.reconcile(now=1009.0).device is None
+        change()
+        parses.clear()
+        assert r.reconcile(now=1010.0).device is not None and parses
+
+
+def test_a_hub_parses_every_pass_while_a_spoke_rotates_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder of a rotating spoke's address follows the handshakes, which no digest covers."""
+    install(monkeypatch)
+    new = encode_key(generate_private_key())
+    r, dev = reconciler(tmp_path, HUB.replace(f"public_key: {K1}", f"public_key: {K1}\n    next_public_key: {new}"),
+                        uapi_text=True)
+    assert r.pending_rotations()
+    for t in range(4):
+        assert r.reconcile(now=1000.0 + t).device is not None

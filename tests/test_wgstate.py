@@ -375,3 +375,26 @@ def test_parse_get_reads_a_captured_wireguard_go_reply_as_wg_show_reads_it() -> 
         assert p.endpoint == (None if endpoint == "(none)" else endpoint)
         assert p.persistent_keepalive == (0 if keepalive == "off" else int(keepalive))
         assert (p.last_handshake, p.rx_bytes, p.tx_bytes) == (None if handshake == "0" else float(handshake), int(rx), int(tx))
+
+
+def test_the_config_digest_sees_configuration_not_traffic_nor_wireguard_gos_peer_order() -> None:
+    from dvpnd.testing.fakes import render_get
+
+    keys = [encode_key(generate_private_key()) for _ in range(4)]
+    peers = {k: PeerState(public_key=k, allowed_ips=frozenset({f"10.88.0.{11 + i}/32"}), persistent_keepalive=25,
+                          endpoint=f"198.51.100.{i + 1}:51820") for i, k in enumerate(keys)}
+    dev = DeviceState(private_key=keys[0], listen_port=51820, peers=peers)
+    digest = uapi.config_digest(render_get(dev))
+    assert digest is not None
+    shuffled = replace(dev, peers=dict(reversed(list(peers.items()))))
+    busy = replace(dev, peers={k: replace(p, last_handshake=1700000000.25, rx_bytes=5, tx_bytes=7)
+                               for k, p in peers.items()})
+    assert uapi.config_digest(render_get(shuffled)) == uapi.config_digest(render_get(busy)) == digest
+    k = keys[2]
+    for drift in ({**peers, k: replace(peers[k], endpoint="203.0.113.9:4000")},
+                  {**peers, k: replace(peers[k], allowed_ips=frozenset({"10.88.0.99/32"}))},
+                  {**peers, k: replace(peers[k], persistent_keepalive=0)},
+                  {p: v for p, v in peers.items() if p != k}):
+        assert uapi.config_digest(render_get(replace(dev, peers=drift))) != digest
+    assert uapi.config_digest(render_get(replace(dev, listen_port=51821))) != digest
+    assert uapi.config_digest(render_get(dev).replace("errno=0", "errno=1")) is None

@@ -147,7 +147,8 @@ class Daemon:
                 log.exception("reconcile (%s) failed unexpectedly: %s", why, e)
                 self.reconcile_error = f"unexpected: {e}"
                 return False
-            self.last_device = result.device
+            if result.device is not None:  # (None: a quiet pass, the device as the last one left it)
+                self.last_device = result.device
             if self.reconcile_error:
                 log.info("reconcile succeeded again")
             self.reconcile_error = None
@@ -157,12 +158,14 @@ class Daemon:
                 self.ready = True
                 log.info("first reconcile done in %.2fs: %s %s up with %d peers",
                          result.duration, self.config.role, self.config.wireguard.interface,
-                         len(result.device.peers))
+                         len(self.last_device.peers) if self.last_device else 0)
             self._last_result = result
             await self._sync_relay(result)
         # What was just applied is what the next answer shows: the pass's own read of the device
-        # (after its writes), not a second one.
-        await self.refresh_snapshot(result.device)
+        # (after its writes), not a second one. A quiet pass applied nothing to the device: the
+        # snapshot's own cadence reads it (but a link or firewall it changed shows at once).
+        if result.device is not None or result.link_changed or result.firewall_changed:
+            await self.refresh_snapshot(result.device)
         return True
 
     def _resume_transports(self) -> None:
@@ -241,7 +244,9 @@ class Daemon:
         peers); written only when something it depends on changed. A failure is logged: it stops
         no tunnel over UDP."""
         c = self.config
-        tunnel = result.transit if result.transit is not None else result.device
+        tunnel = result.transit or result.device or self.last_device
+        if tunnel is None:
+            return
         if c.is_hub:
             roster = self.reconciler.roster
             keys: tuple[str, ...] = tuple(sorted(m.transit_key for m in roster.members)) if c.confidential and roster \
@@ -657,7 +662,7 @@ class Daemon:
             # While a spoke switches keys, look often: its traffic waits for its address to move.
             await asyncio.sleep(ROTATION_POLL if self.reconciler.pending_rotations() else SNAPSHOT_INTERVAL)
 
-    def _rotation_ready(self, snap: Snapshot, rotating: list[tuple[str, str]]) -> bool:
+    def _rotation_ready(self, snap: Snapshot, rotating: tuple[tuple[str, str], ...]) -> bool:
         by_key = {p.public_key: p for p in snap.peers}
         for _name, new_key in rotating:
             new = by_key.get(new_key)

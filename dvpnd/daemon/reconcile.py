@@ -22,6 +22,7 @@ from dvpnd.firewall import nft
 from dvpnd.overlay import plan
 from dvpnd.roster.model import Roster
 from dvpnd.util.fsutil import write_atomic
+from dvpnd.wireguard import uapi
 from dvpnd.wireguard.backends import Backend, select_backend
 from dvpnd.wireguard.device import (
     DesiredDevice,
@@ -42,7 +43,9 @@ RERESOLVE_MIN_INTERVAL = 30.0
 
 @dataclass
 class ReconcileResult:
-    device: DeviceState
+    # the device as this pass read it; None when the pass found it configured exactly as the last
+    # pass with nothing to do left it, and its inputs unchanged (a hub's quiet pass: not parsed)
+    device: DeviceState | None
     wg_changes: DeviceChanges
     link_changed: bool
     firewall_changed: bool
@@ -112,6 +115,40 @@ class EndpointMemory:
 
 
 @dataclass
+class DeviceRead:
+    """One read of a device: wireguard-go's reply text, parsed only when needed, or the kernel's
+    parsed state."""
+
+    text: str | None
+    parsed: DeviceState | None = None
+
+    def state(self) -> DeviceState:
+        if self.parsed is None:
+            assert self.text is not None
+            self.parsed = uapi.parse_get(self.text)
+        return self.parsed
+
+
+def read_device(backend: Backend) -> DeviceRead:
+    text = backend.read_text()
+    return DeviceRead(text) if text is not None else DeviceRead(None, backend.read())
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """What a pass with nothing to do saw: its render's inputs (compared by identity: a new config,
+    key, roster or endpoint memory is a new object) and the digest of the device's configuration.
+    A later pass that finds both the same has nothing to do either, and skips the parse."""
+
+    inputs: tuple[object, ...]
+    digest: bytes
+
+    def holds(self, inputs: tuple[object, ...], digest: bytes) -> bool:
+        return (digest == self.digest and len(inputs) == len(self.inputs)
+                and all(a is b for a, b in zip(inputs, self.inputs, strict=True)))
+
+
+@dataclass
 class Reconciler:
     config: Config
     backend: Backend | None = None
@@ -134,6 +171,8 @@ class Reconciler:
     roster: Roster | None = None
     membership: plan.Membership = field(default_factory=lambda: plan.Membership(None, "not reconciled yet"))
     hub_choice: plan.HubChoice | None = None  # more than one hub: which carry the overlay now
+    quiet: dict[str, Quiet] = field(default_factory=dict)  # per interface: the last pass with nothing to do
+    _rotations: tuple[Config | None, tuple[tuple[str, str], ...]] = field(default=(None, ()), repr=False)
 
     def __post_init__(self) -> None:
         if self.endpoint_memory.path is None:
@@ -173,25 +212,42 @@ class Reconciler:
             log.info("using the %s WireGuard backend for %s", self.transit_backend.name, ifname)
         return self.transit_backend
 
+    def _sync_parsed(self, backend: Backend, want_link: link.LinkState,
+                     render: Callable[[DeviceState], DesiredDevice]) -> tuple[DeviceState, DeviceChanges, bool]:
+        """_sync for a device whose pass always parses it (a spoke's: its render reads handshakes)."""
+        actual, changes, link_changed = self._sync(backend, want_link, render)
+        assert actual is not None
+        return actual, changes, link_changed
+
     def _sync(self, backend: Backend, want_link: link.LinkState, render: Callable[[DeviceState], DesiredDevice],
-              actual: DeviceState | None = None) -> tuple[DeviceState, DeviceChanges, bool]:
-        """One device in line: the link (address, MTU, up), then the peers; read back. `actual`:
-        the device as this pass read it already (one full read of the device per pass)."""
+              read: DeviceRead | None = None, quiet: tuple[object, ...] | None = None,
+              ) -> tuple[DeviceState | None, DeviceChanges, bool]:
+        """One device in line: the link (address, MTU, up), then the peers; read back. `read`: the
+        device as this pass read it already (one full read of the device per pass). `quiet`: the
+        render's inputs, when they are all it depends on: a pass that finds them and the device's
+        configuration as the last pass with nothing to do left them returns None for the device,
+        without parsing it (a hub's thousands of peers, every pass)."""
         ifname = backend.ifname
-        if actual is None:
+        if read is None:
             try:
                 # Reading the device is also the liveness check: no separate probe on the hot path.
-                actual = backend.read()
+                read = read_device(backend)
             except BackendError as e:
                 log.info("%s: %s; (re)creating it", ifname, e)
                 backend.create()
-                actual = backend.read()
+                read = read_device(backend)
         have_link = link.read_link(ifname)
         if have_link is None:
             raise BackendError(f"interface {ifname} vanished")
         link_changes = link.diff_link(want_link, have_link)
         if link_changes:
             link.apply_link(ifname, link_changes)
+        digest = uapi.config_digest(read.text) if quiet is not None and read.text is not None else None
+        last = self.quiet.pop(ifname, None)
+        if digest is not None and last is not None and last.holds(quiet or (), digest):
+            self.quiet[ifname] = last
+            return None, DeviceChanges(), bool(link_changes)
+        actual = read.state()
         desired = render(actual)
         changes = diff_device(desired, actual)
         if changes:
@@ -203,6 +259,8 @@ class Reconciler:
                 raise BackendError(f"{ifname}: the device did not take the change "
                                    f"({leftover.summary()} still differ after writing)")
             log.info("%s: %s", ifname, changes.summary())
+        elif digest is not None and quiet is not None:
+            self.quiet[ifname] = Quiet(quiet, digest)
         return actual, changes, bool(link_changes)
 
     def _hub_endpoint(self, device: DeviceState, now: float | None, hub: HubSpec | None = None) -> str:
@@ -237,11 +295,11 @@ class Reconciler:
         # (found in the VM test); and in confidential mode the fail-closed rules must be in place
         # before the overlay carries anything.
         backend = self.ensure_backend()
-        read: DeviceState | None = None  # (kept for the sync below: a full read costs as much as a dump)
+        read: DeviceRead | None = None  # (kept for the sync below: a full read costs as much as a dump)
         if config.is_hub or not config.confidential:
             # the device must exist for the firewall's interface rules to mean anything
             try:
-                read = backend.read()
+                read = read_device(backend)
             except BackendError:
                 backend.create()
         fw_changed = nft.reconcile_firewall(config, self.firewall_state, force=force_firewall)
@@ -256,20 +314,25 @@ class Reconciler:
                                      {k: p.last_handshake for k, p in actual.peers.items()},
                                      self.endpoint_memory.load() if config.is_hub else None)
 
-            actual, changes, link_changed = self._sync(backend, want_link, routed, read)
+            # a hub's render depends on these alone (and on handshakes while a spoke rotates its key)
+            quiet = None if not config.is_hub or self.pending_rotations() else (
+                config, key, self.endpoint_memory.load())
+            actual, changes, link_changed = self._sync(backend, want_link, routed, read, quiet)
         elif config.is_hub:
+            memory = self.endpoint_memory.load()
             actual, changes, link_changed = self._sync(
                 backend, plan.transit_link(config),
-                lambda _a: plan.render_hub_transit(config, key, self.roster, self.endpoint_memory.load()), read)
+                lambda _a: plan.render_hub_transit(config, key, self.roster, memory), read,
+                (config, key, self.roster, memory))
         else:
             okey = self.overlay_private_key
             assert okey is not None and self.overlay_public_key is not None
-            transit, _, tl = self._sync(
+            transit, _, tl = self._sync_parsed(
                 self.ensure_transit_backend(), plan.transit_link(config),
                 lambda a: plan.render_spoke_transit(
                     config, key, {h.public_key: self._hub_endpoint(a, now, h) or None for h in config.hubs}))
             self.membership = plan.own_membership(config, self.roster, self.overlay_public_key)
-            actual, changes, link_changed = self._sync(
+            actual, changes, link_changed = self._sync_parsed(
                 backend, plan.overlay_link(config),
                 lambda _a: plan.render_overlay(config, okey, self.roster, self.membership, self.hub_choice))
             link_changed = link_changed or tl
@@ -277,9 +340,13 @@ class Reconciler:
         return ReconcileResult(device=actual, wg_changes=changes, link_changed=link_changed,
                                firewall_changed=fw_changed, duration=time.monotonic() - start, transit=transit)
 
-    def pending_rotations(self) -> list[tuple[str, str]]:
-        """(name, new key) of spokes whose key rotation is not finished."""
-        return [(p.name, p.next_public_key) for p in self.config.peers if p.next_public_key]
+    def pending_rotations(self) -> tuple[tuple[str, str], ...]:
+        """(name, new key) of spokes whose key rotation is not finished (looked for once per config:
+        the snapshot loop asks several times a second, a hub has thousands of peers)."""
+        if self._rotations[0] is not self.config:
+            self._rotations = (self.config, tuple((p.name, p.next_public_key) for p in self.config.peers
+                                                  if p.next_public_key))
+        return self._rotations[1]
 
     def down(self) -> None:
         """Remove the interfaces (and wireguard-go with them) and the firewall table."""

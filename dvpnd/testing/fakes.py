@@ -19,17 +19,36 @@ if TYPE_CHECKING:
     import pytest
 
 
+def render_get(state: DeviceState) -> str:
+    """wireguard-go's reply to `get=1` for this state, in its order (what parse_get reads)."""
+    from dvpnd.wireguard.uapi import b64_to_hex
+
+    lines = [f"private_key={b64_to_hex(state.private_key)}"] if state.private_key else []
+    lines.append(f"listen_port={state.listen_port}")
+    for key, p in state.peers.items():
+        hs = p.last_handshake or 0.0
+        lines += [f"public_key={b64_to_hex(key)}", "preshared_key=" + "0" * 64, "protocol_version=1"]
+        lines += [f"endpoint={p.endpoint}"] if p.endpoint else []
+        lines += [f"last_handshake_time_sec={int(hs)}", f"last_handshake_time_nsec={int(hs % 1 * 1e9)}",
+                  f"tx_bytes={p.tx_bytes}", f"rx_bytes={p.rx_bytes}",
+                  f"persistent_keepalive_interval={p.persistent_keepalive}"]
+        lines += [f"allowed_ip={cidr}" for cidr in sorted(p.allowed_ips)]
+    return "\n".join([*lines, "errno=0"]) + "\n\n"
+
+
 class FakeBackend:
     """An in-memory WireGuard device: peers created, removed, allowed IPs replaced, as the kernel
-    and wireguard-go do. With `deaf` set it takes writes without changing (a device that lies)."""
+    and wireguard-go do. With `deaf` set it takes writes without changing (a device that lies);
+    with `text` set it answers read_text as wireguard-go does (else as the kernel: None)."""
 
     name = "fake"
 
-    def __init__(self, ifname: str = "wg0"):
+    def __init__(self, ifname: str = "wg0", text: bool = False):
         self.ifname = ifname
         self.state: DeviceState | None = None
         self.reads = self.writes = 0
         self.deaf = False
+        self.text = text
 
     def create(self) -> None:
         self.state = DeviceState()
@@ -39,6 +58,9 @@ class FakeBackend:
             raise BackendError(f"{self.ifname}: no such device")
         self.reads += 1
         return self.state
+
+    def read_text(self) -> str | None:
+        return render_get(self.read()) if self.text else None
 
     def apply(self, changes: DeviceChanges) -> None:
         assert self.state is not None

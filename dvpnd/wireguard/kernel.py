@@ -54,6 +54,10 @@ class KernelBackend:
             wg.close()
         return parse_netlink_device(msgs)
 
+    def read_text(self) -> None:
+        """No text: the kernel answers in netlink messages, parsed by read()."""
+        return None
+
     def apply(self, changes: DeviceChanges) -> None:
         from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
         from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg

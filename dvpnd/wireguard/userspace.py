@@ -86,7 +86,12 @@ class UserspaceBackend:
         raise BackendError(f"wireguard-go did not open {uapi.socket_path(self.ifname)} within 10 s")
 
     def read(self) -> DeviceState:
-        return uapi.parse_get(uapi.uapi_request(self.ifname, "get=1\n\n"))
+        return uapi.parse_get(self.read_text())
+
+    def read_text(self) -> str:
+        """wireguard-go's reply to `get=1`, not parsed (a reconcile with nothing to do compares
+        its digest only)."""
+        return uapi.uapi_request(self.ifname, "get=1\n\n")
 
     def apply(self, changes: DeviceChanges) -> None:
         reply = uapi.uapi_request(self.ifname, uapi.encode_set(changes))
