@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -54,6 +55,12 @@ class PeerSpec:
     address: IPv4Address
     origin: str  # "file:line" it was declared at, for messages
     next_public_key: str | None = None  # a key rotation in progress (see `dvpnctl spoke rotate`)
+
+    @cached_property
+    def host_route(self) -> frozenset[str]:
+        """{address/32}: the spoke's allowed IPs on the hub, made once (every pass renders them,
+        and an IPv4Address prints slowly: a hub's thousands cost milliseconds)."""
+        return frozenset({str(self.address) + "/32"})
 
 
 @dataclass(frozen=True)

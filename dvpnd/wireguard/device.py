@@ -128,7 +128,7 @@ def render_device(config: Config, private_key: str, hub_endpoint: str | None,
     keepalive = config.wireguard.persistent_keepalive
     if config.is_hub:
         for p in config.peers:
-            own = frozenset({str(p.address) + "/32"})  # str(), not an f-string: __format__ is slow
+            own = p.host_route
             holder = p.public_key
             if p.next_public_key is not None:
                 if rotation_done(hs.get(p.public_key), hs.get(p.next_public_key)):
