@@ -40,7 +40,9 @@ HUB_PUBLIC = "192.0.2.10"
 HUB_B_PUBLIC = "192.0.2.242"  # the second hub (--hubs 2), on a /28 of its own
 HUB_B_TRANSIT = "10.90.0.0/24"
 OUTSIDE_PUBLIC = "203.0.113.10"
-MAX_SPOKES = 120  # 24 on /28s as before; the rest on /31s of 203.0.113.0/24 (the bench's 100)
+# 24 on /28s as before, the rest on /31s of 203.0.113.0/24; wireguard-go's inotify instances
+# (check_inotify) allow fewer on most machines: about 120 routed, 60 confidential
+MAX_SPOKES = 120
 LAB_NETWORK = "10.88.0.0/24"
 
 
@@ -397,6 +399,8 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
         raise DvpnError("--hubs is 1, or 2 in confidential mode (in routed mode spokes on different hubs "
                         "could not reach each other)")
     confidential = mode == "confidential"
+    if existing is None:
+        check_inotify(spokes, hubs, confidential, backend)
     LAB_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The database servers run as the postgres user, which must reach its directories.
     os.chmod(LAB_DIR, 0o711 if postgres else 0o700)
@@ -461,6 +465,32 @@ def up(spokes: int = 3, backend: str = "userspace", wait_handshakes: float = 60,
 
         labpg.up(nodes)
     return nodes
+
+
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def wireguard_go_count(spokes: int, hubs: int, confidential: bool) -> int:
+    """How many wireguard-go a userspace lab runs: one a hub, one or (confidential) two a spoke."""
+    return hubs + spokes * (2 if confidential else 1)
+
+
+def check_inotify(spokes: int, hubs: int, confidential: bool, backend: str) -> None:
+    """Each wireguard-go holds an inotify instance (it watches its UAPI socket), and the kernel
+    allows a user fs.inotify.max_user_instances of them (128 by default): past that, the next
+    wireguard-go exits with "too many open files". Said before anything is built."""
+    if backend == "kernel" or (backend == "auto" and Path("/sys/module/wireguard").exists()):
+        return
+    try:
+        limit = int(INOTIFY_LIMIT.read_text())
+    except (OSError, ValueError):
+        return
+    need = wireguard_go_count(spokes, hubs, confidential)
+    if need > limit - 4:  # (a few for whatever else runs as root)
+        most = (limit - 4 - hubs) // (2 if confidential else 1)
+        raise DvpnError(f"a {'confidential' if confidential else 'routed'} lab of {spokes} spokes runs {need} "
+                        f"wireguard-go, each holding an inotify instance; this machine allows {limit} per user "
+                        f"({INOTIFY_LIMIT}): at most {most} spokes")
 
 
 def admit(spoke: Node) -> bool:
