@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def machine() -> str:
     return f"{cores} cores, kernel {platform.release()}, {platform.python_implementation()} {platform.python_version()}"
 
 
-def write_results(figs: list[Figure], quick: bool, started: float, only: list[str] | None = None) -> Path:
+def write_results(figs: list[Figure], quick: bool, started: float, only: list[str] | None = None,
+                  failed: list[str] | None = None) -> Path:
     out = HERE / ("RESULTS-quick.md" if quick else "RESULTS.md")
     out_json = HERE / (out.stem + ".json")
     now = datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')
@@ -160,9 +162,11 @@ def write_results(figs: list[Figure], quick: bool, started: float, only: list[st
         at = next((i for i, ln in enumerate(head) if ln.startswith("- ")), len(head))
         while at < len(head) and head[at] != "":  # (to the end of the list: an item may take lines)
             at += 1
-        cmd = "sudo .venv/bin/python -m bench" + (" --quick" if quick else "") + "".join(f" --only {o}" for o in only)
-        head = head[:at] + [f"- `{cmd}` on {now} ({took:.0f} s, {machine()}): its rows replaced "
-                            "in place, the others as above"] + head[at:]
+        cmd = "sudo .venv/bin/python -m bench" + (" --quick" if quick else "") + "".join(
+            f" --only {o}" for o in only if not failed)
+        what = (f"every section but {', '.join(failed)} re-measured ({', '.join(failed)} failed: "
+                "its rows as before)" if failed else "its rows replaced in place, the others as above")
+        head = head[:at] + [f"- `{cmd}` on {now} ({took:.0f} s, {machine()}): {what}"] + head[at:]
         lines = [*head, "", *results.TABLE_HEAD, *results.merge_rows(old_rows, figs)]
         data = results.merge_json(results.read_json(out_json.read_text() if out_json.exists() else ""), figs)
     else:
@@ -206,6 +210,8 @@ def main() -> int:
         return 2
     started = time.monotonic()
     figs: list[Figure] = []
+    done: list[str] = []
+    failed: list[str] = []
     lab.down()
     try:
         dataplane.REUSE = args.quick
@@ -217,16 +223,27 @@ def main() -> int:
                 continue
             print(f"== {name}", flush=True)
             t0 = time.monotonic()
-            got = fn(args.quick)
+            try:
+                got = fn(args.quick)
+            except Exception:  # noqa: BLE001  (one section failing costs its rows, not the run's)
+                traceback.print_exc()
+                print(f"== {name}: FAILED after {time.monotonic() - t0:.0f} s", flush=True)
+                failed.append(name)
+                lab.down()
+                continue
             for f in got:
                 print(f.row(), flush=True)
             print(f"== {name}: {time.monotonic() - t0:.0f} s", flush=True)
             figs += got
+            done.append(name)
     finally:
         lab.down()
-    out = write_results(figs, args.quick, started, args.only)
-    print(f"wrote {out}")
-    return 0
+    if failed and not done:
+        print(f"every section failed: {', '.join(failed)}; nothing written", file=sys.stderr)
+        return 1
+    out = write_results(figs, args.quick, started, done if failed else args.only, failed)
+    print(f"wrote {out}" + (f"; FAILED: {', '.join(failed)} (their rows as before)" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

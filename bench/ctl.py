@@ -74,6 +74,11 @@ def wg(*args: str) -> None:
     subprocess.run(["wg", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def progress(what: str) -> None:
+    """A line on stderr as each figure is done (the VM's guest shows them as they come)."""
+    print(f"bench.ctl: {what}", file=sys.stderr, flush=True)
+
+
 def run(opts: dict[str, Any]) -> list[Figure]:
     d = Path(opts["dir"])
     repeat = int(opts["repeat"])
@@ -87,18 +92,21 @@ def run(opts: dict[str, Any]) -> list[Figure]:
         cfg_path = write_hub(d / f"cold{n}", keys)
         load_s, config = timed(lambda: load_config(cfg_path))
         ours, anchor = [], []
-        for _ in range(repeat):
+        for i in range(repeat):
             backend = fresh_device(d, kind)
             r = Reconciler(config, backend=backend)
             r.load_key()
+            progress(f"cold apply, {n} peers, round {i + 1}: dvpnd")
             ours.append(timed(r.reconcile)[0])
             assert len(backend.read().peers) == n
             fresh_device(d, kind)
             conf = wg_conf(d / "wg.conf", r.private_key or "", keys, cfg_path)
+            progress(f"cold apply, {n} peers, round {i + 1}: wg setconf")
             anchor.append(timed(lambda: wg("setconf", "wg0", str(conf)))[0])
         ratio = (sorted(ours)[len(ours) // 2]) / (sorted(anchor)[len(anchor) // 2])
         figs.append(Figure(f"cold apply, {n} peers ({where})", "s", ours, "wg setconf", anchor, "≤ 1.5×",
                            ratio <= 1.5, f"config load {load_s:.2f}s, not included"))
+        progress(figs[-1].row())
 
     # one spoke added among N vs `wg syncconf`, and a reconcile with nothing to do vs `wg show dump`
     n = opts["add_among"]
@@ -126,6 +134,7 @@ def run(opts: dict[str, Any]) -> list[Figure]:
     ratio = sorted(ours)[len(ours) // 2] / sorted(anchor)[len(anchor) // 2]
     suffix = "" if kind == "userspace" else f" ({where})"
     figs.append(Figure(f"one spoke added among {n}{suffix}", "s", ours, "wg syncconf", anchor, "≤ 1.0×", ratio <= 1.0))
+    progress(figs[-1].row())
 
     r.config = base_cfg
     r.reconcile()
