@@ -168,6 +168,10 @@ def run(opts: dict[str, Any]) -> list[Figure]:
 
 def main() -> int:
     opts = json.loads(sys.argv[1])
+    if opts.get("stacks_every"):  # (where a slow or stuck run is, every N seconds, on stderr)
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(opts["stacks_every"]), repeat=True)
     figs = run(opts)
     print(json.dumps([f.to_json() for f in figs]))
     return 0
