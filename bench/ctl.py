@@ -24,11 +24,10 @@ from bench.stats import Figure, timed
 from dvpnd.config.load import load_config
 from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.firewall import nft, ruleset
+from dvpnd.wireguard.backends import Backend
 from dvpnd.wireguard.kernel import KernelBackend
 from dvpnd.wireguard.keys import encode_key
 from dvpnd.wireguard.userspace import UserspaceBackend
-
-Backend = UserspaceBackend | KernelBackend
 
 
 def peer_keys(n: int) -> list[str]:

@@ -242,9 +242,10 @@ class Reconciler:
         link_changes = link.diff_link(want_link, have_link)
         if link_changes:
             link.apply_link(ifname, link_changes)
-        digest = uapi.config_digest(read.text) if quiet is not None and read.text is not None else None
+        text = read.text if quiet is not None else None
         last = self.quiet.pop(ifname, None)
-        if digest is not None and last is not None and last.holds(quiet or (), digest):
+        digest = uapi.config_digest(text) if text is not None and last is not None else None
+        if quiet is not None and digest is not None and last is not None and last.holds(quiet, digest):
             self.quiet[ifname] = last
             return None, DeviceChanges(), bool(link_changes)
         actual = read.state()
@@ -259,8 +260,10 @@ class Reconciler:
                 raise BackendError(f"{ifname}: the device did not take the change "
                                    f"({leftover.summary()} still differ after writing)")
             log.info("%s: %s", ifname, changes.summary())
-        elif digest is not None and quiet is not None:
-            self.quiet[ifname] = Quiet(quiet, digest)
+        elif quiet is not None and text is not None:
+            digest = digest or uapi.config_digest(text)  # (a pass that wrote computes none)
+            if digest is not None:
+                self.quiet[ifname] = Quiet(quiet, digest)
         return actual, changes, bool(link_changes)
 
     def _hub_endpoint(self, device: DeviceState, now: float | None, hub: HubSpec | None = None) -> str:
@@ -316,7 +319,7 @@ class Reconciler:
 
             # a hub's render depends on these alone (and on handshakes while a spoke rotates its key)
             quiet = None if not config.is_hub or self.pending_rotations() else (
-                config, key, self.endpoint_memory.load())
+                config, key, self.endpoint_memory.load())  # (the memory's cache: the render's object)
             actual, changes, link_changed = self._sync(backend, want_link, routed, read, quiet)
         elif config.is_hub:
             memory = self.endpoint_memory.load()

@@ -479,7 +479,9 @@ def check_inotify(spokes: int, hubs: int, confidential: bool, backend: str) -> N
     """Each wireguard-go holds an inotify instance (it watches its UAPI socket), and the kernel
     allows a user fs.inotify.max_user_instances of them (128 by default): past that, the next
     wireguard-go exits with "too many open files". Said before anything is built."""
-    if backend == "kernel" or (backend == "auto" and Path("/sys/module/wireguard").exists()):
+    from dvpnd.wireguard.backends import kernel_module_available
+
+    if backend == "kernel" or (backend == "auto" and kernel_module_available()):
         return
     try:
         limit = int(INOTIFY_LIMIT.read_text())
