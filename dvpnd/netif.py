@@ -1,6 +1,6 @@
 """The WireGuard interface as an IP link: its address, MTU, up state; and IPv4 forwarding on the hub.
 
-Both backends configure this the same way, through pyroute2. The address carries the
+Both backends configure this the same way, over rtnetlink (dvpnd.netlink). The address carries the
 overlay's prefix, so the kernel's connected route sends the whole overlay into the
 interface, where WireGuard's allowed IPs pick the peer (on a spoke: always the hub).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dvpnd.errors import BackendError
 from dvpnd.linkstate import LinkChanges, LinkState, diff_link, render_link
-from dvpnd.wireguard.links import get_link
+from dvpnd.netlink import rtnl
 
 __all__ = ["LinkChanges", "LinkState", "apply_link", "diff_link", "ensure_forwarding", "read_link", "render_link"]
 log = logging.getLogger("dvpnd.link")
@@ -20,43 +20,33 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def read_link(ifname: str) -> LinkState | None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        link = get_link(ipr, ifname)
-        if link is None:
-            return None
-        up = bool(link["flags"] & 1)  # IFF_UP
-        mtu = int(link.get_attr("IFLA_MTU") or 0)
-        addrs = frozenset(
-            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(index=link["index"], family=2)
-        )
-        return LinkState(up=up, mtu=mtu, addresses=addrs)
+    try:
+        with rtnl.route() as nl:
+            link = rtnl.get_link(nl, ifname)
+            if link is None:
+                return None
+            addrs = rtnl.get_addresses(nl, link.index)
+    except OSError as e:
+        raise BackendError(f"cannot read {ifname}: {e.strerror}") from None
+    return LinkState(up=link.up, mtu=link.mtu, addresses=addrs)
 
 
 def apply_link(ifname: str, changes: LinkChanges) -> None:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
+    with rtnl.route() as nl:
+        link = rtnl.get_link(nl, ifname)
+        if link is None:
             raise BackendError(f"interface {ifname} does not exist")
-        i = idx[0]
         try:
             if changes.mtu is not None:
-                ipr.link("set", index=i, mtu=changes.mtu)
+                rtnl.set_link(nl, link.index, mtu=changes.mtu)
             for cidr in sorted(changes.remove):
-                addr, _, plen = cidr.partition("/")
-                ipr.addr("del", index=i, address=addr, prefixlen=int(plen))
+                rtnl.delete_address(nl, link.index, cidr)
             for cidr in sorted(changes.add):
-                addr, _, plen = cidr.partition("/")
-                ipr.addr("add", index=i, address=addr, prefixlen=int(plen))
+                rtnl.add_address(nl, link.index, cidr)
             if changes.up:
-                ipr.link("set", index=i, state="up")
-        except NetlinkError as e:
-            raise BackendError(f"cannot configure {ifname}: {e}") from None
+                rtnl.set_link(nl, link.index, up=True)
+        except OSError as e:
+            raise BackendError(f"cannot configure {ifname}: {e.strerror}") from None
 
 
 def ensure_forwarding(enabled: bool) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "dvpnd"
-PURE = ["config.model", "wireguard.device", "wireguard.netlink", "firewall.ruleset", "postgres.conf",
+PURE = ["config.model", "wireguard.device", "wireguard.netlink", "netlink.codec", "firewall.ruleset", "postgres.conf",
         "daemon.status", "errors", "roster.model", "linkstate", "overlay.plan", "overlay.paths", "overlay.wgquick", "wireguard.keytext",
         "relay.protocol", "relay.config", "relay.plan", "postgres.pgbackrest", "postgres.pgbr_status"]
 FORBIDDEN_MODULES = {"socket", "subprocess", "pyroute2", "nftables", "psycopg", "asyncio", "os", "time", "shutil",

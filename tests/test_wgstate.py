@@ -31,10 +31,13 @@ from dvpnd.wireguard.keys import (
     public_key,
 )
 from dvpnd.wireguard.netlink import (
+    WGDEVICE_A_IFNAME,
+    WGDEVICE_A_PEERS,
     WGPEER_F_REMOVE_ME,
     WGPEER_F_REPLACE_ALLOWEDIPS,
     WGPEER_F_UPDATE_ONLY,
     build_netlink_set,
+    parse_netlink_device,
 )
 from tests.test_config import HUB, K1, K2, K3, SPOKE, write
 
@@ -254,8 +257,17 @@ def test_uapi_errno_is_an_error() -> None:
 
 # --- netlink (kernel backend) --------------------------------------------------------------
 
+def _peers_of(payload: bytes) -> list[dict[int, bytes]]:
+    from dvpnd.netlink import codec
+
+    dev = codec.attr_map(payload, 4)
+    return [codec.attr_map(raw) for _t, raw in codec.attrs(dev[WGDEVICE_A_PEERS])]
+
+
 def test_netlink_flags_use_the_kernel_values_not_pyroute2_072s() -> None:
+    from dvpnd.netlink import codec
     from dvpnd.wireguard.device import DeviceChanges
+    from dvpnd.wireguard.netlink import WGPEER_A_ALLOWEDIPS, WGPEER_A_FLAGS
 
     assert (WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY) == (1, 2, 4)
     ch = DeviceChanges(peers=(
@@ -265,40 +277,90 @@ def test_netlink_flags_use_the_kernel_values_not_pyroute2_072s() -> None:
         PeerChange(public_key=K2, endpoint="192.0.2.10:51821"),
     ))
     (msg,) = build_netlink_set("wg0", ch)
-    peers = dict(msg)["WGDEVICE_A_PEERS"]
-
-    def flags(p: dict) -> int:  # type: ignore[type-arg]
-        return dict(p["attrs"])["WGPEER_A_FLAGS"]
-
-    assert [flags(p) for p in peers] == [WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY]
-    allowed = dict(peers[1]["attrs"])["WGPEER_A_ALLOWEDIPS"][0]["attrs"]
-    assert allowed == [["WGALLOWEDIP_A_FAMILY", 2], ["WGALLOWEDIP_A_IPADDR", bytes([10, 88, 0, 0])],
-                       ["WGALLOWEDIP_A_CIDR_MASK", 24]]
+    peers = _peers_of(msg)
+    assert [codec.get_u32(p[WGPEER_A_FLAGS]) for p in peers] == [
+        WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY]
+    (allowed,) = [codec.attr_map(raw) for _t, raw in codec.attrs(peers[1][WGPEER_A_ALLOWEDIPS])]
+    assert allowed == {1: bytes([2, 0]), 2: bytes([10, 88, 0, 0]), 3: bytes([24])}
 
 
-def test_netlink_messages_encode_with_pyroute2_and_split_big_devices() -> None:
-    from pyroute2.netlink.generic.wireguard import wgmsg
-
+def test_netlink_set_messages_split_big_devices_and_decode_with_pyroute2() -> None:
+    """The bytes the kernel would read, decoded by another codec (pyroute2's, where installed)."""
     from dvpnd.wireguard.device import DeviceChanges
 
     keys = [encode_key(bytes([i % 256, i // 256]) + bytes(30)) for i in range(150)]
     ch = DeviceChanges(private_key=PRIV, listen_port=51820, peers=tuple(
-        PeerChange(public_key=k, create=True, persistent_keepalive=0,
+        PeerChange(public_key=k, create=True, persistent_keepalive=0, endpoint=f"[2001:db8::{i + 1:x}]:5182{i % 10}"
+                   if i % 2 else f"198.51.100.{i % 250 + 1}:{40000 + i}",
                    allowed_ips=frozenset({f"10.88.{i // 250}.{i % 250 + 2}/32"})) for i, k in enumerate(keys)))
     msgs = build_netlink_set("wg0", ch)
-    assert len(msgs) == 3
-    assert sum(len(dict(m)["WGDEVICE_A_PEERS"]) for m in msgs) == 150
-    # The private key goes once, in the first message.
-    assert [("WGDEVICE_A_PRIVATE_KEY" in dict(m)) for m in msgs] == [True, False, False]
-    for attrs in msgs:
-        m = wgmsg()
-        m["cmd"] = 1
-        m["version"] = 1
-        m["attrs"] = attrs
-        m.encode()
-        back = wgmsg(m.data)
+    assert [len(_peers_of(m)) for m in msgs] == [64, 64, 22]
+    wireguard = pytest.importorskip("pyroute2.netlink.generic.wireguard")
+    seen = []
+    for i, payload in enumerate(msgs):
+        from dvpnd.netlink import codec
+
+        back = wireguard.wgmsg(codec.message(30, 1, 1, payload))
         back.decode()
-        assert back.get_attr("WGDEVICE_A_IFNAME") == "wg0"
+        assert back["cmd"] == 1 and back.get_attr("WGDEVICE_A_IFNAME") == "wg0"
+        # The private key and port go once, in the first message.
+        assert (back.get_attr("WGDEVICE_A_PRIVATE_KEY") is not None) == (i == 0)
+        assert (back.get_attr("WGDEVICE_A_LISTEN_PORT") == 51820) == (i == 0)
+        for peer in back.get_attr("WGDEVICE_A_PEERS"):
+            key = peer.get_attr("WGPEER_A_PUBLIC_KEY")
+            key = key.get("value") if isinstance(key, dict) else key
+            seen.append((key.decode() if isinstance(key, bytes) else key, peer.get_attr("WGPEER_A_ENDPOINT")["port"],
+                         peer.get_attr("WGPEER_A_ALLOWEDIPS")[0]["addr"]))
+    assert [s[0] for s in seen] == keys
+    assert seen[3][1:] == (51823, "10.88.0.5/32") and seen[4][1:] == (40004, "10.88.0.6/32")
+
+
+def _get_reply(peers: list[bytes], dev_extra: bytes = b"") -> bytes:
+    from dvpnd.netlink import codec
+    from dvpnd.wireguard.netlink import WG_CMD_GET_DEVICE, genl_header
+
+    return (genl_header(WG_CMD_GET_DEVICE) + codec.string(WGDEVICE_A_IFNAME, "wg0") + dev_extra
+            + codec.nested(WGDEVICE_A_PEERS, *peers))
+
+
+def test_netlink_get_replies_parse_and_a_peer_continued_over_two_messages_is_one() -> None:
+    import base64
+    import struct
+
+    from dvpnd.netlink import codec
+    from dvpnd.wireguard import netlink as n
+
+    def peer(key: str, *extra: bytes, ips: tuple[tuple[bytes, int], ...] = ()) -> bytes:
+        aips = [codec.nested(0, codec.u16(1, 2 if len(a) == 4 else 10), codec.attr(2, a), codec.u8(3, m))
+                for a, m in ips]
+        return codec.nested(0, codec.attr(n.WGPEER_A_PUBLIC_KEY, base64.b64decode(key)), *extra,
+                            codec.nested(n.WGPEER_A_ALLOWEDIPS, *aips))
+
+    sin = struct.pack("=H", 2) + struct.pack("!H4s", 39000, bytes([198, 51, 100, 18])) + bytes(8)
+    sin6 = struct.pack("=H", 10) + struct.pack("!HI16sI", 51820, 0, bytes.fromhex("20010db8" + "0" * 23 + "1"), 0)
+    first = _get_reply([
+        peer(K1, codec.attr(n.WGPEER_A_ENDPOINT, sin), codec.u16(n.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, 25),
+             codec.attr(n.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", 1700000000, 500000000)),
+             codec.attr(n.WGPEER_A_RX_BYTES, struct.pack("=Q", 200)), codec.attr(n.WGPEER_A_TX_BYTES, struct.pack("=Q", 100)),
+             ips=((bytes([10, 88, 0, 11]), 32),)),
+        peer(K2, codec.attr(n.WGPEER_A_ENDPOINT, sin6), ips=((bytes([10, 88, 0, 12]), 32),)),
+    ], codec.attr(n.WGDEVICE_A_PRIVATE_KEY, base64.b64decode(PRIV)) + codec.u16(n.WGDEVICE_A_LISTEN_PORT, 51820))
+    second = _get_reply([peer(K2, ips=((bytes([10, 88, 0, 112]), 32),))])
+    dev = parse_netlink_device([first, second])
+    assert dev.private_key == PRIV and dev.listen_port == 51820
+    assert dev.peers[K1] == PeerState(public_key=K1, allowed_ips=frozenset({"10.88.0.11/32"}),
+                                      endpoint="198.51.100.18:39000", persistent_keepalive=25,
+                                      last_handshake=1700000000.5, rx_bytes=200, tx_bytes=100)
+    assert dev.peers[K2].endpoint == "[2001:db8::1]:51820" and dev.peers[K2].last_handshake is None
+    assert dev.peers[K2].allowed_ips == frozenset({"10.88.0.12/32", "10.88.0.112/32"})
+
+
+def test_a_truncated_netlink_reply_is_a_clear_error_not_a_wrong_state() -> None:
+    from dvpnd.netlink.codec import NetlinkFormatError
+
+    reply = _get_reply([])
+    with pytest.raises(NetlinkFormatError, match="length"):
+        parse_netlink_device([reply[:4] + bytes([200, 0]) + reply[6:]])
 
 
 def test_a_dns_hub_endpoint_is_resolved_again_only_when_the_hub_goes_quiet(

@@ -4,8 +4,8 @@
 - userspace (userspace.py): wireguard-go, driven over its UAPI socket.
 
 Every write is followed by a read-back by the caller (reconcile), because flag handling
-in netlink libraries has had bugs (pyroute2 0.7.2 has the peer flag values wrong, which
-is why the kernel backend builds its own messages with the kernel's values).
+in netlink libraries has had bugs (pyroute2 0.7.2 has the peer flag values wrong; the kernel
+backend's messages are dvpnd's own, dvpnd.netlink, with the kernel's values).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
-"""The kernel backend: the in-kernel module, driven over generic netlink (pyroute2's wgmsg codec)."""
+"""The kernel backend: the in-kernel module, driven over generic netlink (dvpnd.netlink's codec)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from dvpnd.errors import BackendError
+from dvpnd.netlink import codec, genl, rtnl
+from dvpnd.netlink.sock import Netlink
 from dvpnd.wireguard.device import DeviceChanges, DeviceState
 from dvpnd.wireguard.links import delete_link, link_kind
-from dvpnd.wireguard.netlink import build_netlink_set, parse_netlink_device
+from dvpnd.wireguard.netlink import WG_GENL_NAME, build_netlink_get, build_netlink_set, parse_netlink_device
 
 log = logging.getLogger("dvpnd.backend")
 
@@ -20,62 +21,55 @@ class KernelBackend:
         self.ifname = ifname
 
     def create(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
         kind = link_kind(self.ifname)
         if kind == "wireguard":
             return
         if kind is not None:
             log.warning("removing %s interface %s to create a kernel WireGuard device", kind, self.ifname)
             delete_link(self.ifname)
-        with IPRoute() as ipr:
-            try:
-                ipr.link("add", ifname=self.ifname, kind="wireguard")
-            except NetlinkError as e:
-                raise BackendError(f"cannot create kernel WireGuard interface {self.ifname}: {e}") from None
+        try:
+            with rtnl.route() as nl:
+                rtnl.add_link(nl, self.ifname, "wireguard")
+        except OSError as e:
+            raise BackendError(f"cannot create kernel WireGuard interface {self.ifname}: {e.strerror}") from None
         log.info("created kernel WireGuard interface %s", self.ifname)
 
-    def _socket(self) -> Any:
-        from pyroute2 import WireGuard
-
+    def _socket(self) -> tuple[Netlink, int]:
+        """A generic netlink socket and WireGuard's family id on it."""
+        nl = genl.generic()
         try:
-            return WireGuard()
-        except Exception as e:  # noqa: BLE001 - pyroute2 raises several types here
-            raise BackendError(f"WireGuard generic netlink family unavailable: {e}") from None
+            return nl, genl.family_id(nl, WG_GENL_NAME)
+        except OSError as e:
+            nl.close()
+            raise BackendError(f"WireGuard generic netlink family unavailable: {e.strerror}") from None
 
     def read(self) -> DeviceState:
-        wg = self._socket()
+        nl, family = self._socket()
         try:
-            msgs = list(wg.info(self.ifname))
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"cannot read {self.ifname}: {e}") from None
+            payloads = nl.request(family, build_netlink_get(self.ifname), codec.NLM_F_DUMP,
+                                  what=f"cannot read {self.ifname}")
+        except OSError as e:
+            raise BackendError(f"cannot read {self.ifname}: {e.strerror}") from None
         finally:
-            wg.close()
-        return parse_netlink_device(msgs)
+            nl.close()
+        try:
+            return parse_netlink_device(payloads)
+        except (ValueError, KeyError) as e:
+            raise BackendError(f"cannot parse {self.ifname}'s state from the kernel: {e}") from None
 
     def read_text(self) -> None:
         """No text: the kernel answers in netlink messages, parsed by read()."""
         return None
 
     def apply(self, changes: DeviceChanges) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg
-
-        wg = self._socket()
+        nl, family = self._socket()
         try:
-            for attrs in build_netlink_set(self.ifname, changes):
-                msg = wgmsg()
-                msg["cmd"] = WG_CMD_SET_DEVICE
-                msg["version"] = WG_GENL_VERSION
-                msg["attrs"] = attrs
-                list(wg.nlm_request(msg, msg_type=wg.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
-        except BackendError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"kernel rejected the change for {self.ifname}: {e}") from None
+            for payload in build_netlink_set(self.ifname, changes):
+                nl.request(family, payload, what=f"kernel rejected the change for {self.ifname}")
+        except OSError as e:
+            raise BackendError(f"kernel rejected the change for {self.ifname}: {e.strerror}") from None
         finally:
-            wg.close()
+            nl.close()
 
     def delete(self) -> None:
         delete_link(self.ifname)

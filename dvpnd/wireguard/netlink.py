@@ -1,34 +1,82 @@
 """The kernel WireGuard's generic netlink messages (pure): building a SET from a diff, parsing a
-GET. pyroute2 0.7.2 has the peer flag values wrong, so the kernel's own values are used."""
+GET, as the bytes the kernel reads and writes (dvpnd.netlink.codec), with the flag values of the
+kernel's include/uapi/linux/wireguard.h (pyroute2 0.7.2 had them wrong)."""
 
 from __future__ import annotations
 
-from ipaddress import ip_network
-from typing import Any
+import base64
+import struct
+from ipaddress import IPv4Address, ip_address, ip_network
 
+from dvpnd.netlink import codec
 from dvpnd.wireguard.device import DeviceChanges, DeviceState, PeerState, normalize_cidr
 
-# From the kernel's include/uapi/linux/wireguard.h.
+WG_GENL_NAME, WG_GENL_VERSION = "wireguard", 1
+WG_CMD_GET_DEVICE, WG_CMD_SET_DEVICE = 0, 1
+(WGDEVICE_A_IFINDEX, WGDEVICE_A_IFNAME, WGDEVICE_A_PRIVATE_KEY, WGDEVICE_A_PUBLIC_KEY, WGDEVICE_A_FLAGS,
+ WGDEVICE_A_LISTEN_PORT, WGDEVICE_A_FWMARK, WGDEVICE_A_PEERS) = range(1, 9)
+(WGPEER_A_PUBLIC_KEY, WGPEER_A_PRESHARED_KEY, WGPEER_A_FLAGS, WGPEER_A_ENDPOINT,
+ WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, WGPEER_A_LAST_HANDSHAKE_TIME, WGPEER_A_RX_BYTES, WGPEER_A_TX_BYTES,
+ WGPEER_A_ALLOWEDIPS, WGPEER_A_PROTOCOL_VERSION) = range(1, 11)
+WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK = 1, 2, 3
 WGDEVICE_F_REPLACE_PEERS = 1 << 0
 WGPEER_F_REMOVE_ME = 1 << 0
 WGPEER_F_REPLACE_ALLOWEDIPS = 1 << 1
 WGPEER_F_UPDATE_ONLY = 1 << 2
 # Peers per netlink SET message; wireguard-tools also splits big devices over messages.
 NETLINK_PEERS_PER_MESSAGE = 64
-# Linux's address families, as the messages carry them (no socket module in a pure codec)
+# Linux's address families, as the messages carry them
 AF_INET, AF_INET6 = 2, 10
+_GENL = struct.Struct("=BBH")
+_TIMESPEC = struct.Struct("=qq")
+_FAMILY = struct.Struct("=H")  # a sockaddr's family, in host order; the rest in network order:
+_SIN = struct.Struct("!H4s8x")  # sockaddr_in: port, address, padding
+_SIN6 = struct.Struct("!HI16sI")  # sockaddr_in6: port, flow info, address, scope id
 
 
-def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[list[list[Any]]]:
-    """Attribute lists for WG_CMD_SET_DEVICE messages (pure), peers split over messages."""
-    head: list[list[Any]] = [["WGDEVICE_A_IFNAME", ifname]]
+def _key(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _key_text(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def genl_header(cmd: int) -> bytes:
+    return _GENL.pack(cmd, WG_GENL_VERSION, 0)
+
+
+def build_netlink_get(ifname: str) -> bytes:
+    """The payload of a WG_CMD_GET_DEVICE dump request for `ifname`."""
+    return genl_header(WG_CMD_GET_DEVICE) + codec.string(WGDEVICE_A_IFNAME, ifname)
+
+
+def _endpoint(endpoint: str) -> bytes:
+    host, _, port = endpoint.rpartition(":")
+    addr = ip_address(host.strip("[]"))
+    if addr.version == 6:
+        return _FAMILY.pack(AF_INET6) + _SIN6.pack(int(port), 0, addr.packed, 0)
+    return _FAMILY.pack(AF_INET) + _SIN.pack(int(port), addr.packed)
+
+
+def _allowed_ip(cidr: str) -> bytes:
+    net = ip_network(cidr)
+    return codec.nested(0, codec.u16(WGALLOWEDIP_A_FAMILY, AF_INET6 if net.version == 6 else AF_INET),
+                        codec.attr(WGALLOWEDIP_A_IPADDR, net.network_address.packed),
+                        codec.u8(WGALLOWEDIP_A_CIDR_MASK, net.prefixlen))
+
+
+def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[bytes]:
+    """Payloads of WG_CMD_SET_DEVICE messages (pure), peers split over messages."""
+    name = codec.string(WGDEVICE_A_IFNAME, ifname)
+    head = name
     if changes.private_key is not None:
-        head.append(["WGDEVICE_A_PRIVATE_KEY", {"value": changes.private_key}])
+        head += codec.attr(WGDEVICE_A_PRIVATE_KEY, _key(changes.private_key))
     if changes.listen_port is not None:
-        head.append(["WGDEVICE_A_LISTEN_PORT", changes.listen_port])
-    peer_attrs: list[dict[str, Any]] = []
+        head += codec.u16(WGDEVICE_A_LISTEN_PORT, changes.listen_port)
+    peers: list[bytes] = []
     for p in changes.peers:
-        attrs: list[list[Any]] = [["WGPEER_A_PUBLIC_KEY", {"value": p.public_key}]]
+        parts = [codec.attr(WGPEER_A_PUBLIC_KEY, _key(p.public_key))]
         flags = 0
         if p.remove:
             flags |= WGPEER_F_REMOVE_ME
@@ -38,77 +86,80 @@ def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[list[list[Any
             if p.allowed_ips is not None:
                 flags |= WGPEER_F_REPLACE_ALLOWEDIPS
             if p.endpoint is not None:
-                host, _, port = p.endpoint.rpartition(":")
-                attrs.append(["WGPEER_A_ENDPOINT", {"addr": host.strip("[]"), "port": int(port)}])
+                parts.append(codec.attr(WGPEER_A_ENDPOINT, _endpoint(p.endpoint)))
             if p.persistent_keepalive is not None:
-                attrs.append(["WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL", p.persistent_keepalive])
+                parts.append(codec.u16(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, p.persistent_keepalive))
             if p.allowed_ips is not None:
-                ips = []
-                for cidr in sorted(p.allowed_ips):
-                    net = ip_network(cidr)
-                    family = AF_INET6 if net.version == 6 else AF_INET
-                    ips.append({"attrs": [["WGALLOWEDIP_A_FAMILY", family],
-                                          ["WGALLOWEDIP_A_IPADDR", net.network_address.packed],
-                                          ["WGALLOWEDIP_A_CIDR_MASK", net.prefixlen]]})
-                attrs.append(["WGPEER_A_ALLOWEDIPS", ips])
-        attrs.append(["WGPEER_A_FLAGS", flags])
-        peer_attrs.append({"attrs": attrs})
-    if not peer_attrs:
-        return [head]
+                parts.append(codec.nested(WGPEER_A_ALLOWEDIPS, *(_allowed_ip(c) for c in sorted(p.allowed_ips))))
+        parts.append(codec.u32(WGPEER_A_FLAGS, flags))
+        peers.append(codec.nested(0, *parts))
+    if not peers:
+        return [genl_header(WG_CMD_SET_DEVICE) + head]
     messages = []
-    for i in range(0, len(peer_attrs), NETLINK_PEERS_PER_MESSAGE):
-        chunk = peer_attrs[i:i + NETLINK_PEERS_PER_MESSAGE]
+    for i in range(0, len(peers), NETLINK_PEERS_PER_MESSAGE):
         # Device attributes go once, in the first message.
-        attrs0 = head if i == 0 else head[:1]
-        messages.append(attrs0 + [["WGDEVICE_A_PEERS", chunk]])
+        messages.append(genl_header(WG_CMD_SET_DEVICE) + (head if i == 0 else name)
+                        + codec.nested(WGDEVICE_A_PEERS, *peers[i:i + NETLINK_PEERS_PER_MESSAGE]))
     return messages
 
 
-def parse_netlink_device(msgs: list[Any]) -> DeviceState:
-    """A DeviceState from WG_CMD_GET_DEVICE replies (a big device spans several messages)."""
+def _parse_endpoint(raw: bytes) -> str | None:
+    family = _FAMILY.unpack_from(raw)[0] if len(raw) >= 2 else 0
+    if family == AF_INET and len(raw) >= 2 + _SIN.size:
+        port, addr = _SIN.unpack_from(raw, 2)
+        return f"{IPv4Address(addr)}:{port}" if port else None
+    if family == AF_INET6 and len(raw) >= 2 + _SIN6.size:
+        port, _flow, addr, _scope = _SIN6.unpack_from(raw, 2)
+        return f"[{ip_address(addr)}]:{port}" if port else None
+    return None
+
+
+def _cidr(raw: bytes, prefixlen: int) -> str:
+    """An allowed IP as the text the diff compares (normalize_cidr's form)."""
+    if len(raw) == 4 and prefixlen == 32:  # (the common case, in the kernel's form already)
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}/32"
+    return normalize_cidr(f"{ip_address(raw)}/{prefixlen}")
+
+
+def parse_netlink_device(payloads: list[bytes]) -> DeviceState:
+    """A DeviceState from WG_CMD_GET_DEVICE replies' payloads (a big device spans several)."""
     private_key = public = None
     listen_port = fwmark = 0
     peers: dict[str, PeerState] = {}
-    for msg in msgs:
-        pk = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
-        if pk is not None:
-            private_key = _key_text(pk)
-        pub = msg.get_attr("WGDEVICE_A_PUBLIC_KEY")
-        if pub is not None:
-            public = _key_text(pub)
-        listen_port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or listen_port
-        fwmark = msg.get_attr("WGDEVICE_A_FWMARK") or fwmark
-        for peer in msg.get_attr("WGDEVICE_A_PEERS") or []:
-            key = _key_text(peer.get_attr("WGPEER_A_PUBLIC_KEY"))
-            ep = peer.get_attr("WGPEER_A_ENDPOINT")
-            endpoint = None
-            if ep is not None and ep.get("addr") and ep.get("port"):
-                addr = ep["addr"]
-                endpoint = f"[{addr}]:{ep['port']}" if ":" in addr else f"{addr}:{ep['port']}"
-            hs = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+    for payload in payloads:
+        dev = codec.attr_map(payload, _GENL.size)
+        if WGDEVICE_A_PRIVATE_KEY in dev:
+            private_key = _key_text(dev[WGDEVICE_A_PRIVATE_KEY])
+        if WGDEVICE_A_PUBLIC_KEY in dev:
+            public = _key_text(dev[WGDEVICE_A_PUBLIC_KEY])
+        if WGDEVICE_A_LISTEN_PORT in dev:
+            listen_port = codec.get_u16(dev[WGDEVICE_A_LISTEN_PORT]) or listen_port
+        if WGDEVICE_A_FWMARK in dev:
+            fwmark = codec.get_u32(dev[WGDEVICE_A_FWMARK]) or fwmark
+        for _i, raw_peer in codec.attrs(dev.get(WGDEVICE_A_PEERS, b"")):
+            peer = codec.attr_map(raw_peer)
+            key = _key_text(peer[WGPEER_A_PUBLIC_KEY])
+            ep = peer.get(WGPEER_A_ENDPOINT)
+            endpoint = _parse_endpoint(ep) if ep else None
             handshake = None
-            if hs is not None and (hs.get("tv_sec") or hs.get("tv_nsec")):
-                handshake = hs["tv_sec"] + hs["tv_nsec"] / 1e9
+            if WGPEER_A_LAST_HANDSHAKE_TIME in peer:
+                sec, nsec = _TIMESPEC.unpack_from(peer[WGPEER_A_LAST_HANDSHAKE_TIME])
+                if sec or nsec:
+                    handshake = sec + nsec / 1e9
             ips = set()
-            for aip in peer.get_attr("WGPEER_A_ALLOWEDIPS") or []:
-                if aip.get("addr"):
-                    ips.add(normalize_cidr(aip["addr"]))
+            for _j, raw_ip in codec.attrs(peer.get(WGPEER_A_ALLOWEDIPS, b"")):
+                a = codec.attr_map(raw_ip)
+                if WGALLOWEDIP_A_IPADDR in a and WGALLOWEDIP_A_CIDR_MASK in a:
+                    ips.add(_cidr(a[WGALLOWEDIP_A_IPADDR], a[WGALLOWEDIP_A_CIDR_MASK][0]))
             prev = peers.get(key)
             if prev is not None:  # a peer continued from the previous message
                 ips |= prev.allowed_ips
+            ka = peer.get(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL)
+            rx, tx = peer.get(WGPEER_A_RX_BYTES), peer.get(WGPEER_A_TX_BYTES)
             peers[key] = PeerState(
                 public_key=key, allowed_ips=frozenset(ips), endpoint=endpoint or (prev.endpoint if prev else None),
-                persistent_keepalive=peer.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0,
-                last_handshake=handshake, rx_bytes=peer.get_attr("WGPEER_A_RX_BYTES") or 0,
-                tx_bytes=peer.get_attr("WGPEER_A_TX_BYTES") or 0,
+                persistent_keepalive=codec.get_u16(ka) if ka else 0, last_handshake=handshake,
+                rx_bytes=codec.get_u64(rx) if rx else 0, tx_bytes=codec.get_u64(tx) if tx else 0,
             )
     return DeviceState(private_key=private_key, public_key=public, listen_port=listen_port,
                        fwmark=fwmark, peers=peers)
-
-
-def _key_text(attr: Any) -> str:
-    """pyroute2 decodes keys to base64 bytes (0.7) or a dict with 'value'; normalize to str."""
-    value = attr.get("value") if isinstance(attr, dict) else attr
-    if isinstance(value, bytes):
-        value = value.decode("ascii")
-    return str(value)
