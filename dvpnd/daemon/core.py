@@ -37,8 +37,6 @@ from dvpnd.firewall.nft import list_table_text
 from dvpnd.overlay.health import HubJudge, Prober
 from dvpnd.overlay.paths import Strays
 from dvpnd.overlay.plan import HubChoice, peer_paths
-from dvpnd.postgres.pgbr_supervisor import BackRest
-from dvpnd.postgres.supervisor import DbSupervisor
 from dvpnd.relay.choice import TransportJudge
 from dvpnd.relay.plan import render_relay
 from dvpnd.roster.model import Member, RosterError
@@ -52,6 +50,8 @@ from dvpnd.wireguard.device import DeviceState, rotation_done
 
 if TYPE_CHECKING:
     from dvpnd.dns.service import DnsService
+    from dvpnd.postgres.pgbr_supervisor import BackRest
+    from dvpnd.postgres.supervisor import DbSupervisor
 
 log = logging.getLogger("dvpnd.daemon")
 SNAPSHOT_INTERVAL = 1.0
@@ -108,8 +108,16 @@ class Daemon:
         self._peer_states: dict[str, str] = {}
         self._judged_at = 0.0  # (when _peer_states was judged)
         self.last_device: DeviceState | None = None
-        self.db = DbSupervisor(config) if config.postgres.enabled else None
-        self.backrest = BackRest(config) if self.db is not None and config.backup.enabled else None
+        self.db: DbSupervisor | None = None
+        self.backrest: BackRest | None = None
+        if config.postgres.enabled:  # (imported only by a node that runs a database)
+            from dvpnd.postgres.supervisor import DbSupervisor
+
+            self.db = DbSupervisor(config)
+            if config.backup.enabled:
+                from dvpnd.postgres.pgbr_supervisor import BackRest
+
+                self.backrest = BackRest(config)
         self.relay = RelayControl(config)
         self.relay_status: dict[str, Any] | None = None  # what dvpn-relay last reported
         self.transport_judge = TransportJudge(config.relay.udp_holddown)

@@ -22,7 +22,6 @@ import dvpnd
 from dvpnd.config.model import Config
 from dvpnd.relay.config import RelayConfig, render
 from dvpnd.relay.plan import cert_paths
-from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed
 from dvpnd.util.fsutil import write_atomic
 from dvpnd.util.procutil import child_env, wait_exit
 
@@ -57,6 +56,8 @@ class RelayControl:
                 self.stop()
             return
         if desired.hub is not None and self.config.relay.cert is None:
+            from dvpnd.relay.tls import cert_fingerprint, ensure_self_signed  # (X.509: only a relaying hub)
+
             cert, key = cert_paths(self.config)
             if ensure_self_signed(cert, key, self.config.name):
                 log.info("relay: made a self-signed certificate %s; spokes pin its fingerprint %s", cert,
