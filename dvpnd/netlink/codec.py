@@ -46,9 +46,12 @@ def split_messages(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         at += _align(length)
 
 
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
 def attr(kind: int, data: bytes) -> bytes:
-    length = _ATTR.size + len(data)
-    return _ATTR.pack(length, kind) + data + b"\0" * (_align(length) - length)
+    length = 4 + len(data)
+    return _ATTR.pack(length, kind) + data + _PAD[length & 3]
 
 
 def nested(kind: int, *children: bytes) -> bytes:
@@ -83,8 +86,33 @@ def attrs(data: bytes, at: int = 0) -> Iterator[tuple[int, bytes]]:
 
 
 def attr_map(data: bytes, at: int = 0) -> dict[int, bytes]:
-    """The attributes as a map by type (the last one wins, as the kernel's parser does)."""
-    return dict(attrs(data, at))
+    """The attributes as a map by type (the last one wins, as the kernel's parser does).
+    (attrs() unrolled: a 1,000-peer device is 13,000 attributes, parsed on every read.)"""
+    out: dict[int, bytes] = {}
+    end = len(data)
+    unpack = _ATTR.unpack_from
+    while at + 4 <= end:
+        length, kind = unpack(data, at)
+        if length < 4 or at + length > end:
+            raise NetlinkFormatError(f"netlink attribute of length {length} at offset {at} of {end}")
+        out[kind & NLA_TYPE_MASK] = data[at + 4:at + length]
+        at += (length + 3) & ~3
+    return out
+
+
+def attr_list(data: bytes) -> list[bytes]:
+    """The data of each attribute in a nested array (WireGuard's peers, a peer's allowed IPs),
+    whose types are indexes."""
+    out: list[bytes] = []
+    at, end = 0, len(data)
+    unpack = _ATTR.unpack_from
+    while at + 4 <= end:
+        length, _kind = unpack(data, at)
+        if length < 4 or at + length > end:
+            raise NetlinkFormatError(f"netlink attribute of length {length} at offset {at} of {end}")
+        out.append(data[at + 4:at + length])
+        at += (length + 3) & ~3
+    return out
 
 
 def get_u16(data: bytes) -> int:
