@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from dvpnd.daemon.core import Daemon  # at import: a library probes `uname -p` t
 from dvpnd.daemon.reconcile import Reconciler
 from dvpnd.errors import BackendError
 from dvpnd.testing.fakes import FakeBackend, install
+from dvpnd.wireguard.device import DeviceChanges, DeviceState
 from dvpnd.wireguard.keys import encode_key, generate_private_key
 
-from .test_config import HUB, K1, K2, write
+from .test_config import HUB, K1, K2, K3, write
 
 
 def reconciler(tmp_path: Path, text: str = HUB, uapi_text: bool = False) -> tuple[Reconciler, FakeBackend]:
@@ -70,6 +72,58 @@ def test_a_device_that_does_not_take_the_write_raises(tmp_path: Path, monkeypatc
     dev.deaf = True
     with pytest.raises(BackendError, match="the device did not take the change"):
         r.reconcile(now=1000.0)
+
+
+THREE = HUB + f"""\
+  - name: spoke-b
+    public_key: {K2}
+    address: 10.88.0.12
+  - name: spoke-c
+    public_key: {K3}
+    address: 10.88.0.13
+"""
+
+
+class OnePeerLies(FakeBackend):
+    """A device that takes every write but silently drops the allowed IPs of spoke-b's peer."""
+
+    def apply(self, changes: DeviceChanges) -> None:
+        super().apply(changes)
+        assert self.state is not None
+        if K2 in self.state.peers:
+            self.state = replace(self.state, peers={
+                **self.state.peers, K2: replace(self.state.peers[K2], allowed_ips=frozenset())})
+
+
+def test_the_read_back_decodes_only_what_was_written_and_still_catches_a_lie(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write's read-back verifies the peers written (and the device's own fields), decoding no
+    other peer: one spoke added among thousands costs one peer's decoding, not thousands."""
+    install(monkeypatch)
+    r, dev = reconciler(tmp_path, THREE)
+    r.reconcile(now=1000.0)
+    assert dev.state is not None and set(dev.state.peers) == {K1, K2, K3}
+    asked: list[frozenset[str] | None] = []
+    read = dev.read
+
+    def spy(only: frozenset[str] | None = None) -> DeviceState:
+        asked.append(only)
+        return read(only)
+
+    monkeypatch.setattr(dev, "read", spy)
+    gone = dev.state.peers[K1]
+    dev.state = replace(dev.state, peers={k: p for k, p in dev.state.peers.items() if k != K1})  # removed by hand
+    result = r.reconcile(now=1001.0)
+    assert [c.public_key for c in result.wg_changes.peers] == [K1]
+    assert asked[-1] == frozenset({K1})  # the read-back: that peer only
+    assert result.device is not None and set(result.device.peers) == {K1, K2, K3}  # the others as read before
+    assert dev.state.peers[K1] == gone
+    # a device that drops what it was told about one peer is caught, on that peer
+    liar = OnePeerLies()
+    liar.state = replace(dev.state, peers={k: p for k, p in dev.state.peers.items() if k != K2})
+    r.backend = liar
+    with pytest.raises(BackendError, match="the device did not take the change"):
+        r.reconcile(now=1002.0)
 
 
 def test_a_firewall_changed_by_hand_is_applied_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

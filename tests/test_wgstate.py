@@ -247,6 +247,23 @@ def test_uapi_get_parsing() -> None:
     assert dev.peers[K2].allowed_ips == frozenset({"10.88.0.12/32", "10.88.0.112/32"})
 
 
+def test_a_uapi_read_back_parses_only_the_peers_asked_for() -> None:
+    from dvpnd.errors import BackendError
+    from dvpnd.testing.fakes import render_get
+
+    full = uapi.parse_get(render_get(DeviceState(private_key=PRIV, listen_port=51820, peers={
+        k: PeerState(public_key=k, allowed_ips=frozenset({f"10.88.0.{11 + i}/32"}), endpoint=f"198.51.100.{i + 1}:4000",
+                     persistent_keepalive=25, last_handshake=1700000000.0 + i, rx_bytes=i, tx_bytes=2 * i)
+        for i, k in enumerate((K1, K2, K3))})))
+    text = render_get(full)
+    for only in ({K2}, {K3}, {K1, K3}, set()):
+        part = uapi.parse_get(text, frozenset(only))
+        assert part.peers == {k: full.peers[k] for k in only}
+        assert (part.private_key, part.public_key, part.listen_port) == (full.private_key, full.public_key, 51820)
+    with pytest.raises(BackendError):
+        uapi.parse_get(text.replace("errno=0", "errno=5"), frozenset({K3}))
+
+
 def test_uapi_errno_is_an_error() -> None:
     from dvpnd.errors import BackendError
 
@@ -353,6 +370,10 @@ def test_netlink_get_replies_parse_and_a_peer_continued_over_two_messages_is_one
                                       last_handshake=1700000000.5, rx_bytes=200, tx_bytes=100)
     assert dev.peers[K2].endpoint == "[2001:db8::1]:51820" and dev.peers[K2].last_handshake is None
     assert dev.peers[K2].allowed_ips == frozenset({"10.88.0.12/32", "10.88.0.112/32"})
+    # a read-back of one peer: that peer (over both messages) and the device's fields, no other
+    one = parse_netlink_device([first, second], only=frozenset({K2}))
+    assert one.peers == {K2: dev.peers[K2]} and one.private_key == PRIV and one.listen_port == 51820
+    assert parse_netlink_device([first, second], only=frozenset()).peers == {}
 
 
 def test_a_truncated_netlink_reply_is_a_clear_error_not_a_wrong_state() -> None:

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dvpnd import netif as link
@@ -127,6 +127,21 @@ class DeviceRead:
             assert self.text is not None
             self.parsed = uapi.parse_get(self.text)
         return self.parsed
+
+
+def read_back(backend: Backend, desired: DesiredDevice, before: DeviceState,
+              changes: DeviceChanges) -> tuple[DeviceState, DeviceChanges]:
+    """After a write: the device read again, and what still differs from `desired` among what was
+    written (the device's own fields and the peers changed; empty when the device took it all).
+    Only those peers are decoded: the others are as `before` had them (a pass that writes one
+    peer among thousands decodes one, not thousands, a second time)."""
+    touched = frozenset(c.public_key for c in changes.peers)
+    after = backend.read(only=touched)
+    want = replace(desired, peers={k: p for k, p in desired.peers.items() if k in touched})
+    leftover = settled(diff_device(want, after), want)
+    peers = {k: p for k, p in before.peers.items() if k not in touched}
+    peers.update(after.peers)
+    return replace(after, peers=peers), leftover
 
 
 def read_device(backend: Backend) -> DeviceRead:
@@ -254,8 +269,7 @@ class Reconciler:
         if changes:
             backend.apply(changes)
             self.device_writes += 1
-            actual = backend.read()
-            leftover = settled(diff_device(desired, actual), desired)
+            actual, leftover = read_back(backend, desired, actual, changes)
             if leftover:
                 raise BackendError(f"{ifname}: the device did not take the change "
                                    f"({leftover.summary()} still differ after writing)")

@@ -53,10 +53,12 @@ class FakeBackend:
     def create(self) -> None:
         self.state = DeviceState()
 
-    def read(self) -> DeviceState:
+    def read(self, only: frozenset[str] | None = None) -> DeviceState:
         if self.state is None:
             raise BackendError(f"{self.ifname}: no such device")
         self.reads += 1
+        if only is not None:
+            return replace(self.state, peers={k: p for k, p in self.state.peers.items() if k in only})
         return self.state
 
     def read_text(self) -> str | None:

@@ -28,7 +28,11 @@ class Backend(Protocol):
     ifname: str
 
     def create(self) -> None: ...
-    def read(self) -> DeviceState: ...
+    def read(self, only: frozenset[str] | None = None) -> DeviceState:
+        """The device; with `only`, its device fields and only those peers (the read-back of a
+        write: what was written is verified without decoding every other peer)."""
+        ...
+
     def read_text(self) -> str | None:
         """The device's state as its own text (wireguard-go's reply to `get=1`), unparsed; None
         where there is none (the kernel's)."""

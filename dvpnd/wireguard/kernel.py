@@ -43,7 +43,7 @@ class KernelBackend:
             nl.close()
             raise BackendError(f"WireGuard generic netlink family unavailable: {e.strerror}") from None
 
-    def read(self) -> DeviceState:
+    def read(self, only: frozenset[str] | None = None) -> DeviceState:
         nl, family = self._socket()
         try:
             payloads = nl.request(family, build_netlink_get(self.ifname), codec.NLM_F_DUMP,
@@ -53,7 +53,7 @@ class KernelBackend:
         finally:
             nl.close()
         try:
-            return parse_netlink_device(payloads)
+            return parse_netlink_device(payloads, only)
         except (ValueError, KeyError) as e:
             raise BackendError(f"cannot parse {self.ifname}'s state from the kernel: {e}") from None
 

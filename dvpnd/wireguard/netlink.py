@@ -144,8 +144,13 @@ def _cidr(raw: bytes, prefixlen: int) -> str:
     return normalize_cidr(f"{ip_address(raw)}/{prefixlen}")
 
 
-def parse_netlink_device(payloads: list[bytes]) -> DeviceState:
-    """A DeviceState from WG_CMD_GET_DEVICE replies' payloads (a big device spans several)."""
+_KEY_ATTR = codec.attr(WGPEER_A_PUBLIC_KEY, bytes(32))[:4]  # the header the kernel puts first in a peer
+
+
+def parse_netlink_device(payloads: list[bytes], only: frozenset[str] | None = None) -> DeviceState:
+    """A DeviceState from WG_CMD_GET_DEVICE replies' payloads (a big device spans several); with
+    `only`, only those peers (by base64 key), the others skipped without decoding."""
+    wanted = {_key(k) for k in only} if only is not None else None
     private_key = public = None
     listen_port = fwmark = 0
     peers: dict[str, PeerState] = {}
@@ -160,7 +165,11 @@ def parse_netlink_device(payloads: list[bytes]) -> DeviceState:
         if WGDEVICE_A_FWMARK in dev:
             fwmark = codec.get_u32(dev[WGDEVICE_A_FWMARK]) or fwmark
         for raw_peer in codec.attr_list(dev.get(WGDEVICE_A_PEERS, b"")):
+            if wanted is not None and raw_peer[:4] == _KEY_ATTR and raw_peer[4:36] not in wanted:
+                continue
             peer = codec.attr_map(raw_peer)
+            if wanted is not None and peer[WGPEER_A_PUBLIC_KEY] not in wanted:
+                continue
             key = _key_text(peer[WGPEER_A_PUBLIC_KEY])
             ep = peer.get(WGPEER_A_ENDPOINT)
             endpoint = _parse_endpoint(ep) if ep else None

@@ -81,8 +81,21 @@ _INT_FIELDS = {"persistent_keepalive_interval": "keepalive", "last_handshake_tim
                "last_handshake_time_nsec": "hs_nsec", "rx_bytes": "rx", "tx_bytes": "tx"}
 
 
-def parse_get(text: str) -> DeviceState:
-    """Parse the reply to `get=1` into a DeviceState; raise BackendError on errno != 0."""
+def only_peers(text: str, keys: frozenset[str]) -> str:
+    """A `get` reply with only the peers whose (base64) keys are in `keys`, cut out with a few
+    C-level passes (the read-back of one peer written among thousands)."""
+    hexkeys = {b64_to_hex(k) for k in keys}
+    end = text.rfind("\nerrno=")
+    body, tail = (text[:end], text[end:]) if end >= 0 else (text, "")
+    head, *peers = body.split("\npublic_key=")
+    return "\npublic_key=".join([head, *(p for p in peers if p[:64] in hexkeys)]) + tail
+
+
+def parse_get(text: str, only: frozenset[str] | None = None) -> DeviceState:
+    """Parse the reply to `get=1` into a DeviceState (with `only`: only those peers); raise
+    BackendError on errno != 0."""
+    if only is not None:
+        text = only_peers(text, only)
     private_key = None
     listen_port = fwmark = 0
     peers: dict[str, PeerState] = {}

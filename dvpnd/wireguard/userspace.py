@@ -85,8 +85,8 @@ class UserspaceBackend:
             time.sleep(0.05)
         raise BackendError(f"wireguard-go did not open {uapi.socket_path(self.ifname)} within 10 s")
 
-    def read(self) -> DeviceState:
-        return uapi.parse_get(self.read_text())
+    def read(self, only: frozenset[str] | None = None) -> DeviceState:
+        return uapi.parse_get(self.read_text(), only)
 
     def read_text(self) -> str:
         """wireguard-go's reply to `get=1`, not parsed (a reconcile with nothing to do compares
