@@ -233,11 +233,12 @@ def read_pid(node: Node) -> int | None:
         return None
 
 
-def start_daemon(node: Node, extra_env: dict[str, str] | None = None) -> int:
-    """Start dvpnd in the node, detached, logging to the node's dvpnd.log; return its PID."""
+def start_daemon(node: Node, extra_env: dict[str, str] | None = None, python: str | None = None) -> int:
+    """Start dvpnd in the node (on `python`, this one's by default), detached, logging to the
+    node's dvpnd.log; return its PID."""
     assert node.config is not None
     log = open(Path(node.dir) / "dvpnd.log", "ab")
-    dvpnd = [sys.executable, "-m", "dvpnd.daemon", "--config", node.config]
+    dvpnd = [python or sys.executable, "-m", "dvpnd.daemon", "--config", node.config]
     proc = subprocess.Popen(node_argv(node, dvpnd), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             env=dict(node_env(node), **(extra_env or {})), start_new_session=True)
     log.close()
