@@ -19,9 +19,9 @@ from dvpnd.wireguard.keys import encode_key, generate_private_key
 from .test_config import HUB, K1, K2, K3, write
 
 
-def reconciler(tmp_path: Path, text: str = HUB, uapi_text: bool = False) -> tuple[Reconciler, FakeBackend]:
+def reconciler(tmp_path: Path, text: str = HUB, raw: str | None = None) -> tuple[Reconciler, FakeBackend]:
     config = load_config(write(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n"))
-    backend = FakeBackend(text=uapi_text)
+    backend = FakeBackend(raw=raw)
     r = Reconciler(config, backend=backend)
     r.load_key()
     return r, backend
@@ -192,22 +192,24 @@ def test_the_snapshot_after_a_pass_is_that_pass_s_read_not_another(tmp_path: Pat
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("raw", ["uapi", "netlink"])
 def test_a_hubs_quiet_pass_skips_the_parse_and_still_catches_every_drift(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     """A hub's pass whose inputs and device configuration are as the last pass with nothing to do
     left them parses nothing (a thousand peers, every pass); a peer removed by hand, an allowed
-    IP changed, a new config object or a new endpoint memory each bring the full pass back."""
-    from dataclasses import replace
-
-    from dvpnd.wireguard import uapi
+    IP changed, a new config object or a new endpoint memory each bring the full pass back. The
+    same on wireguard-go (its reply text) and on the kernel (its netlink replies)."""
+    from dvpnd.wireguard import kernel, uapi
 
     install(monkeypatch)
     parses = []
-    real_parse = uapi.parse_get
+    real_parse, real_kparse = uapi.parse_get, kernel.parse_device
     monkeypatch.setattr(uapi, "parse_get", lambda text: parses.append(1) or real_parse(text))
-    r, dev = reconciler(tmp_path, uapi_text=True)
+    monkeypatch.setattr(kernel, "parse_device", lambda name, msgs: parses.append(1) or real_kparse(name, msgs))
+    r, dev = reconciler(tmp_path, raw=raw)
     assert r.reconcile(now=1000.0).wg_changes and dev.state is not None
-    assert uapi.parse_get(dev.read_text() or "") == dev.state  # (the fake's text: what wireguard-go answers)
+    answer = dev.read_raw()  # (the fake's answer: what wireguard-go, or the kernel, answers)
+    assert (real_parse(answer) if isinstance(answer, str) else real_kparse("wg0", answer or [])) == dev.state
     assert r.reconcile(now=1001.0).device is not None  # nothing to do: the next such pass may skip
     parses.clear()
     quiet = r.reconcile(now=1002.0)
@@ -242,7 +244,7 @@ def test_a_hub_parses_every_pass_while_a_spoke_rotates_its_key(tmp_path: Path, m
     install(monkeypatch)
     new = encode_key(generate_private_key())
     r, dev = reconciler(tmp_path, HUB.replace(f"public_key: {K1}", f"public_key: {K1}\n    next_public_key: {new}"),
-                        uapi_text=True)
+                        raw="uapi")
     assert r.pending_rotations()
     for t in range(4):
         assert r.reconcile(now=1000.0 + t).device is not None

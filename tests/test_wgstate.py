@@ -376,6 +376,32 @@ def test_netlink_get_replies_parse_and_a_peer_continued_over_two_messages_is_one
     assert parse_netlink_device([first, second], only=frozenset()).peers == {}
 
 
+def test_the_netlink_config_digest_ignores_counters_and_sees_every_setting() -> None:
+    from dataclasses import replace
+
+    from dvpnd.testing.fakes import render_netlink_get
+    from dvpnd.wireguard.netlink import config_digest
+
+    base = DeviceState(private_key=PRIV, listen_port=51820, peers={
+        k: PeerState(public_key=k, allowed_ips=frozenset({f"10.88.0.{11 + i}/32"}), endpoint=f"198.51.100.{i + 1}:4000",
+                     persistent_keepalive=25) for i, k in enumerate((K1, K2, K3))})
+    assert parse_netlink_device(render_netlink_get(base)).peers == base.peers
+
+    def digest(state: DeviceState) -> bytes:
+        return config_digest(render_netlink_get(state))
+
+    def with_peer(**kw: object) -> DeviceState:
+        return replace(base, peers={**base.peers, K2: replace(base.peers[K2], **kw)})
+
+    same = digest(base)
+    assert digest(with_peer(last_handshake=1700000000.25, rx_bytes=10**9, tx_bytes=7)) == same
+    for other in (with_peer(allowed_ips=frozenset({"10.88.0.99/32"})), with_peer(endpoint="198.51.100.9:4000"),
+                  with_peer(persistent_keepalive=0), replace(base, listen_port=51821),
+                  replace(base, private_key=encode_key(bytes(range(1, 33)))),
+                  replace(base, peers={k: p for k, p in base.peers.items() if k != K3})):
+        assert digest(other) != same
+
+
 def test_a_truncated_netlink_reply_is_a_clear_error_not_a_wrong_state() -> None:
     from dvpnd.netlink.codec import NetlinkFormatError
 

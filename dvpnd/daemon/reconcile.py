@@ -22,7 +22,7 @@ from dvpnd.firewall import nft
 from dvpnd.overlay import plan
 from dvpnd.roster.model import Roster
 from dvpnd.util.fsutil import write_atomic
-from dvpnd.wireguard import uapi
+from dvpnd.wireguard import kernel, netlink, uapi
 from dvpnd.wireguard.backends import Backend, select_backend
 from dvpnd.wireguard.device import (
     DesiredDevice,
@@ -116,17 +116,28 @@ class EndpointMemory:
 
 @dataclass
 class DeviceRead:
-    """One read of a device: wireguard-go's reply text, parsed only when needed, or the kernel's
-    parsed state."""
+    """One read of a device as it answered (wireguard-go's reply text, the kernel's netlink
+    payloads), parsed only when needed; or, from a backend with no raw answer, its state."""
 
-    text: str | None
+    ifname: str
+    raw: str | list[bytes] | None
     parsed: DeviceState | None = None
 
     def state(self) -> DeviceState:
         if self.parsed is None:
-            assert self.text is not None
-            self.parsed = uapi.parse_get(self.text)
+            if isinstance(self.raw, str):
+                self.parsed = uapi.parse_get(self.raw)
+            else:
+                assert self.raw is not None
+                self.parsed = kernel.parse_device(self.ifname, self.raw)
         return self.parsed
+
+    def digest(self) -> bytes | None:
+        """The digest of the device's configuration (less handshakes and counters); None
+        without a raw answer or for one that reports an error."""
+        if isinstance(self.raw, str):
+            return uapi.config_digest(self.raw)
+        return netlink.config_digest(self.raw) if self.raw is not None else None
 
 
 def read_back(backend: Backend, desired: DesiredDevice, before: DeviceState,
@@ -145,8 +156,8 @@ def read_back(backend: Backend, desired: DesiredDevice, before: DeviceState,
 
 
 def read_device(backend: Backend) -> DeviceRead:
-    text = backend.read_text()
-    return DeviceRead(text) if text is not None else DeviceRead(None, backend.read())
+    raw = backend.read_raw()
+    return DeviceRead(backend.ifname, raw) if raw is not None else DeviceRead(backend.ifname, None, backend.read())
 
 
 @dataclass(frozen=True)
@@ -257,9 +268,8 @@ class Reconciler:
         link_changes = link.diff_link(want_link, have_link)
         if link_changes:
             link.apply_link(ifname, link_changes)
-        text = read.text if quiet is not None else None
         last = self.quiet.pop(ifname, None)
-        digest = uapi.config_digest(text) if text is not None and last is not None else None
+        digest = read.digest() if quiet is not None and last is not None else None
         if quiet is not None and digest is not None and last is not None and last.holds(quiet, digest):
             self.quiet[ifname] = last
             return None, DeviceChanges(), bool(link_changes)
@@ -274,8 +284,8 @@ class Reconciler:
                 raise BackendError(f"{ifname}: the device did not take the change "
                                    f"({leftover.summary()} still differ after writing)")
             log.info("%s: %s", ifname, changes.summary())
-        elif quiet is not None and text is not None:
-            digest = digest or uapi.config_digest(text)  # (a pass that wrote computes none)
+        elif quiet is not None:
+            digest = digest or read.digest()  # (a pass that wrote computes none)
             if digest is not None:
                 self.quiet[ifname] = Quiet(quiet, digest)
         return actual, changes, bool(link_changes)

@@ -36,19 +36,62 @@ def render_get(state: DeviceState) -> str:
     return "\n".join([*lines, "errno=0"]) + "\n\n"
 
 
+def render_netlink_get(state: DeviceState, ifname: str = "wg0", per_message: int = 2) -> list[bytes]:
+    """The kernel's WG_CMD_GET_DEVICE replies for this state (generic netlink payloads), peers in
+    its order and attribute order, `per_message` peers to a message (what parse_netlink_device and
+    netlink.config_digest read)."""
+    import base64
+    import struct
+    from ipaddress import ip_network
+
+    from dvpnd.netlink import codec
+    from dvpnd.wireguard import netlink as n
+
+    def peer(p: PeerState) -> bytes:
+        hs = p.last_handshake or 0.0
+        parts = [codec.attr(n.WGPEER_A_PUBLIC_KEY, base64.b64decode(p.public_key)),
+                 codec.attr(n.WGPEER_A_PRESHARED_KEY, bytes(32)),
+                 codec.attr(n.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", int(hs), int(hs % 1 * 1e9))),
+                 codec.u16(n.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, p.persistent_keepalive),
+                 codec.attr(n.WGPEER_A_TX_BYTES, struct.pack("=Q", p.tx_bytes)),
+                 codec.attr(n.WGPEER_A_RX_BYTES, struct.pack("=Q", p.rx_bytes)),
+                 codec.u32(n.WGPEER_A_PROTOCOL_VERSION, 1)]
+        if p.endpoint:
+            host, _, port = p.endpoint.rpartition(":")
+            parts.append(codec.attr(n.WGPEER_A_ENDPOINT, struct.pack("=H", n.AF_INET) + struct.pack(
+                "!H4s8x", int(port), ip_network(host).network_address.packed)))
+        nets = [ip_network(c) for c in sorted(p.allowed_ips)]
+        ips = [codec.nested(0, codec.u16(n.WGALLOWEDIP_A_FAMILY, n.AF_INET),
+                            codec.attr(n.WGALLOWEDIP_A_IPADDR, net.network_address.packed),
+                            codec.u8(n.WGALLOWEDIP_A_CIDR_MASK, net.prefixlen)) for net in nets]
+        return codec.nested(0, *parts, codec.nested(n.WGPEER_A_ALLOWEDIPS, *ips))
+
+    head = (n.genl_header(n.WG_CMD_GET_DEVICE) + codec.u32(n.WGDEVICE_A_IFINDEX, 7)
+            + codec.string(n.WGDEVICE_A_IFNAME, ifname))
+    if state.private_key:
+        head += codec.attr(n.WGDEVICE_A_PRIVATE_KEY, base64.b64decode(state.private_key))
+    if state.public_key:
+        head += codec.attr(n.WGDEVICE_A_PUBLIC_KEY, base64.b64decode(state.public_key))
+    head += codec.u16(n.WGDEVICE_A_LISTEN_PORT, state.listen_port) + codec.u32(n.WGDEVICE_A_FWMARK, state.fwmark)
+    peers = [peer(p) for p in state.peers.values()]
+    chunks = [peers[i:i + per_message] for i in range(0, len(peers), per_message)] or [[]]
+    return [(head if i == 0 else head[:4]) + codec.nested(n.WGDEVICE_A_PEERS, *c) for i, c in enumerate(chunks)]
+
+
 class FakeBackend:
     """An in-memory WireGuard device: peers created, removed, allowed IPs replaced, as the kernel
     and wireguard-go do. With `deaf` set it takes writes without changing (a device that lies);
-    with `text` set it answers read_text as wireguard-go does (else as the kernel: None)."""
+    `raw` says how it answers read_raw: "uapi" as wireguard-go does, "netlink" as the kernel
+    does, None with no raw answer (read() only)."""
 
     name = "fake"
 
-    def __init__(self, ifname: str = "wg0", text: bool = False):
+    def __init__(self, ifname: str = "wg0", raw: str | None = None):
         self.ifname = ifname
         self.state: DeviceState | None = None
         self.reads = self.writes = 0
         self.deaf = False
-        self.text = text
+        self.raw = raw
 
     def create(self) -> None:
         self.state = DeviceState()
@@ -61,8 +104,10 @@ class FakeBackend:
             return replace(self.state, peers={k: p for k, p in self.state.peers.items() if k in only})
         return self.state
 
-    def read_text(self) -> str | None:
-        return render_get(self.read()) if self.text else None
+    def read_raw(self) -> str | list[bytes] | None:
+        if self.raw == "netlink":
+            return render_netlink_get(self.read(), self.ifname)
+        return render_get(self.read()) if self.raw == "uapi" else None
 
     def apply(self, changes: DeviceChanges) -> None:
         assert self.state is not None

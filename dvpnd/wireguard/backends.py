@@ -33,9 +33,9 @@ class Backend(Protocol):
         write: what was written is verified without decoding every other peer)."""
         ...
 
-    def read_text(self) -> str | None:
-        """The device's state as its own text (wireguard-go's reply to `get=1`), unparsed; None
-        where there is none (the kernel's)."""
+    def read_raw(self) -> str | list[bytes] | None:
+        """The device's state as the device answered it, unparsed: wireguard-go's reply to
+        `get=1`, the kernel's netlink payloads; None where there is no such answer (a fake)."""
         ...
 
     def apply(self, changes: DeviceChanges) -> None: ...

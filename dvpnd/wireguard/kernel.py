@@ -14,6 +14,13 @@ from dvpnd.wireguard.netlink import WG_GENL_NAME, build_netlink_get, build_netli
 log = logging.getLogger("dvpnd.backend")
 
 
+def parse_device(ifname: str, payloads: list[bytes], only: frozenset[str] | None = None) -> DeviceState:
+    try:
+        return parse_netlink_device(payloads, only)
+    except (ValueError, KeyError) as e:
+        raise BackendError(f"cannot parse {ifname}'s state from the kernel: {e}") from None
+
+
 class KernelBackend:
     name = "kernel"
 
@@ -44,22 +51,18 @@ class KernelBackend:
             raise BackendError(f"WireGuard generic netlink family unavailable: {e.strerror}") from None
 
     def read(self, only: frozenset[str] | None = None) -> DeviceState:
+        return parse_device(self.ifname, self.read_raw(), only)
+
+    def read_raw(self) -> list[bytes]:
+        """The kernel's WG_CMD_GET_DEVICE replies (their generic netlink payloads), unparsed."""
         nl, family = self._socket()
         try:
-            payloads = nl.request(family, build_netlink_get(self.ifname), codec.NLM_F_DUMP,
-                                  what=f"cannot read {self.ifname}")
+            return nl.request(family, build_netlink_get(self.ifname), codec.NLM_F_DUMP,
+                              what=f"cannot read {self.ifname}")
         except OSError as e:
             raise BackendError(f"cannot read {self.ifname}: {e.strerror}") from None
         finally:
             nl.close()
-        try:
-            return parse_netlink_device(payloads, only)
-        except (ValueError, KeyError) as e:
-            raise BackendError(f"cannot parse {self.ifname}'s state from the kernel: {e}") from None
-
-    def read_text(self) -> None:
-        """No text: the kernel answers in netlink messages, parsed by read()."""
-        return None
 
     def apply(self, changes: DeviceChanges) -> None:
         nl, family = self._socket()

@@ -5,6 +5,7 @@ kernel's include/uapi/linux/wireguard.h (pyroute2 0.7.2 had them wrong)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import struct
 from ipaddress import ip_address, ip_network
 
@@ -195,3 +196,28 @@ def parse_netlink_device(payloads: list[bytes], only: frozenset[str] | None = No
             )
     return DeviceState(private_key=private_key, public_key=public, listen_port=listen_port,
                        fwmark=fwmark, peers=peers)
+
+
+# what a GET says the device did, not what it was told: handshakes and byte counters
+_COUNTERS = frozenset({WGPEER_A_LAST_HANDSHAKE_TIME, WGPEER_A_RX_BYTES, WGPEER_A_TX_BYTES})
+
+
+def config_digest(payloads: list[bytes]) -> bytes:
+    """A digest of what WG_CMD_GET_DEVICE replies say of the device's configuration: two reads
+    with the same digest describe the same device to a reconcile, whatever their handshakes and
+    counters. The kernel lists peers in a stable order (the order they were added), so the bytes
+    are taken as they come, less the counters: no object per peer, a fraction of a parse."""
+    h = hashlib.blake2b(digest_size=32)
+    for payload in payloads:
+        for kind, data in codec.attrs(payload, _GENL.size):
+            if kind != WGDEVICE_A_PEERS:
+                h.update(_GENL.pack(kind, 0, len(data)))
+                h.update(data)
+                continue
+            for raw_peer in codec.attr_list(data):
+                h.update(b"\xffpeer")
+                for pkind, pdata in codec.attrs(raw_peer):
+                    if pkind not in _COUNTERS:
+                        h.update(_GENL.pack(pkind, 0, len(pdata)))
+                        h.update(pdata)
+    return h.digest()

@@ -86,9 +86,9 @@ class UserspaceBackend:
         raise BackendError(f"wireguard-go did not open {uapi.socket_path(self.ifname)} within 10 s")
 
     def read(self, only: frozenset[str] | None = None) -> DeviceState:
-        return uapi.parse_get(self.read_text(), only)
+        return uapi.parse_get(self.read_raw(), only)
 
-    def read_text(self) -> str:
+    def read_raw(self) -> str:
         """wireguard-go's reply to `get=1`, not parsed (a reconcile with nothing to do compares
         its digest only)."""
         return uapi.uapi_request(self.ifname, "get=1\n\n")
