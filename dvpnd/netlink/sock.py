@@ -9,7 +9,6 @@ import socket
 from dvpnd.netlink import codec
 
 NETLINK_ROUTE, NETLINK_GENERIC = 0, 16
-SOL_NETLINK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 11, 12
 RCVBUF = 1 << 20
 RECV_SIZE = 1 << 16  # the kernel fills at most 32 KiB per dump datagram
 

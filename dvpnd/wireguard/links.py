@@ -9,8 +9,11 @@ from dvpnd.netlink.sock import is_missing
 
 def link_kind(ifname: str) -> str | None:
     """'wireguard' for a kernel device, 'tun' for wireguard-go, None if absent."""
-    with rtnl.route() as nl:
-        link = rtnl.get_link(nl, ifname)
+    try:
+        with rtnl.route() as nl:
+            link = rtnl.get_link(nl, ifname)
+    except OSError as e:
+        raise BackendError(f"cannot read link {ifname}: {e.strerror}") from None
     if link is None:
         return None
     return link.kind or "unknown"
