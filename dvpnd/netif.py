@@ -33,7 +33,10 @@ def read_link(ifname: str) -> LinkState | None:
 
 def apply_link(ifname: str, changes: LinkChanges) -> None:
     with rtnl.route() as nl:
-        link = rtnl.get_link(nl, ifname)
+        try:
+            link = rtnl.get_link(nl, ifname)
+        except OSError as e:
+            raise BackendError(f"cannot read {ifname}: {e.strerror}") from None
         if link is None:
             raise BackendError(f"interface {ifname} does not exist")
         try:
