@@ -4,13 +4,13 @@ kernel's include/uapi/linux/wireguard.h (pyroute2 0.7.2 had them wrong)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import struct
 from ipaddress import ip_address, ip_network
 
 from dvpnd.netlink import codec
 from dvpnd.wireguard.device import DeviceChanges, DeviceState, PeerState, normalize_cidr
+from dvpnd.wireguard.keytext import decode_key, encode_key
 
 WG_GENL_NAME, WG_GENL_VERSION = "wireguard", 1
 WG_CMD_GET_DEVICE, WG_CMD_SET_DEVICE = 0, 1
@@ -33,14 +33,6 @@ _TIMESPEC = struct.Struct("=qq")
 _FAMILY = struct.Struct("=H")  # a sockaddr's family, in host order; the rest in network order:
 _SIN = struct.Struct("!H4s8x")  # sockaddr_in: port, address, padding
 _SIN6 = struct.Struct("!HI16sI")  # sockaddr_in6: port, flow info, address, scope id
-
-
-def _key(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
-def _key_text(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
 
 
 def genl_header(cmd: int) -> bytes:
@@ -95,12 +87,12 @@ def build_netlink_set(ifname: str, changes: DeviceChanges) -> list[bytes]:
     name = codec.string(WGDEVICE_A_IFNAME, ifname)
     head = name
     if changes.private_key is not None:
-        head += codec.attr(WGDEVICE_A_PRIVATE_KEY, _key(changes.private_key))
+        head += codec.attr(WGDEVICE_A_PRIVATE_KEY, decode_key(changes.private_key))
     if changes.listen_port is not None:
         head += codec.u16(WGDEVICE_A_LISTEN_PORT, changes.listen_port)
     peers: list[bytes] = []
     for p in changes.peers:
-        parts = [codec.attr(WGPEER_A_PUBLIC_KEY, _key(p.public_key))]
+        parts = [codec.attr(WGPEER_A_PUBLIC_KEY, decode_key(p.public_key))]
         flags = 0
         if p.remove:
             flags |= WGPEER_F_REMOVE_ME
@@ -151,16 +143,16 @@ _KEY_ATTR = codec.attr(WGPEER_A_PUBLIC_KEY, bytes(32))[:4]  # the header the ker
 def parse_netlink_device(payloads: list[bytes], only: frozenset[str] | None = None) -> DeviceState:
     """A DeviceState from WG_CMD_GET_DEVICE replies' payloads (a big device spans several); with
     `only`, only those peers (by base64 key), the others skipped without decoding."""
-    wanted = {_key(k) for k in only} if only is not None else None
+    wanted = {decode_key(k) for k in only} if only is not None else None
     private_key = public = None
     listen_port = fwmark = 0
     peers: dict[str, PeerState] = {}
     for payload in payloads:
         dev = codec.attr_map(payload, _GENL.size)
         if WGDEVICE_A_PRIVATE_KEY in dev:
-            private_key = _key_text(dev[WGDEVICE_A_PRIVATE_KEY])
+            private_key = encode_key(dev[WGDEVICE_A_PRIVATE_KEY])
         if WGDEVICE_A_PUBLIC_KEY in dev:
-            public = _key_text(dev[WGDEVICE_A_PUBLIC_KEY])
+            public = encode_key(dev[WGDEVICE_A_PUBLIC_KEY])
         if WGDEVICE_A_LISTEN_PORT in dev:
             listen_port = codec.get_u16(dev[WGDEVICE_A_LISTEN_PORT]) or listen_port
         if WGDEVICE_A_FWMARK in dev:
@@ -171,7 +163,7 @@ def parse_netlink_device(payloads: list[bytes], only: frozenset[str] | None = No
             peer = codec.attr_map(raw_peer)
             if wanted is not None and peer[WGPEER_A_PUBLIC_KEY] not in wanted:
                 continue
-            key = _key_text(peer[WGPEER_A_PUBLIC_KEY])
+            key = encode_key(peer[WGPEER_A_PUBLIC_KEY])
             ep = peer.get(WGPEER_A_ENDPOINT)
             endpoint = _parse_endpoint(ep) if ep else None
             handshake = None
