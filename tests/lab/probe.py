@@ -16,8 +16,8 @@ aiohttp, a dependency of dvpnd itself).
                                                  seconds: {"pipelined": B, "half_sent": B2,
                                                  "closed_by_server": M, "refused": R}
   probe.py echo PORT SECONDS                  -> "ready", then echoes one TCP connection back
-  probe.py stream HOST PORT SECONDS           -> one TCP connection, 1 KB every 10 ms, each read
-                                                 back: {"sent": B, "echoed": B, "error": E,
+  probe.py stream HOST PORT SECONDS           -> "connected", then one TCP connection, 1 KB every
+                                                 10 ms, each read back: {"sent": B, "echoed": B, "error": E,
                                                  "longest_wait": S}
   probe.py relay HOST PORT                    -> what the hub's relay answers an Internet client:
                                                  {"plain": HTTP status, "other_path": status,
@@ -262,8 +262,9 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "stream":
         host, port, seconds = argv[1], int(argv[2]), float(argv[3])
-        c = socket.create_connection((host, port), timeout=5)
+        c = socket.create_connection((host, port), timeout=15)
         c.settimeout(30)
+        print("connected", flush=True)
         sent = echoed = 0
         longest = 0.0
         error = None

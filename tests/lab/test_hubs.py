@@ -71,6 +71,7 @@ def test_a_hub_killed_hard_moves_traffic_to_the_other_and_back_without_loss(both
     echo = H.popen("spoke-b", sys.executable, PROBE, "echo", str(ECHO_PORT), "60")
     assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     stream = H.popen("spoke-a", sys.executable, PROBE, "stream", H.ip("spoke-b"), str(ECHO_PORT), "22")
+    assert stream.stdout is not None and stream.stdout.readline().strip() == "connected"
     ping = Pinger(H, "spoke-a", H.ip("spoke-b"), seconds=8, hz=100)
     time.sleep(2)
     kill_hub(H, "hub")

@@ -41,9 +41,13 @@ def test_udp_blocked_a_spoke_on_auto_goes_over_tcp_and_back(C: Lab) -> None:
                timeout=15)
         assert transport(C, "spoke-b")[:2] == ("auto", "udp")
         assert f"{lab.HUB_PUBLIC}:51820" in C.run("spoke-b", "wg", "show", "wgt0", "endpoints").stdout
+        # the overlay between the two spokes first: a first handshake initiation lost is tried
+        # again only after WireGuard's REKEY_TIMEOUT (5 s), as long as the stream's connect waits
+        C.wait("spoke-a <-> spoke-b", lambda: C.ping("spoke-a", C.ip("spoke-b"), count=1), timeout=20, step=0.2)
         echo = C.popen("spoke-b", sys.executable, PROBE, "echo", "7781", "120")
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         stream = C.popen("spoke-a", sys.executable, PROBE, "stream", C.ip("spoke-b"), "7781", "60")
+        assert stream.stdout is not None and stream.stdout.readline().strip() == "connected"
 
         # the network starts dropping spoke-b's UDP
         t0 = time.monotonic()
