@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dvpnd.config.load import load_config
+from dvpnd.errors import BackendError
 from dvpnd.wireguard import uapi
 from dvpnd.wireguard.backends import select_backend
 from dvpnd.wireguard.device import (
@@ -484,6 +485,41 @@ def test_parse_get_reads_a_captured_wireguard_go_reply_as_wg_show_reads_it() -> 
         assert p.endpoint == (None if endpoint == "(none)" else endpoint)
         assert p.persistent_keepalive == (0 if keepalive == "off" else int(keepalive))
         assert (p.last_handshake, p.rx_bytes, p.tx_bytes) == (None if handshake == "0" else float(handshake), int(rx), int(tx))
+
+
+def test_the_uapi_fast_path_reads_each_peer_as_the_line_by_line_path_and_takes_wireguard_gos_own() -> None:
+    """parse_get reads a peer written in wireguard-go's order with one regular expression; a peer
+    written otherwise goes line by line. Both give the same PeerState, whatever the peer holds."""
+    h = uapi.b64_to_hex
+    captured = (DATA / "uapi-get-3-peers.txt").read_text()
+    chunks = ("\n" + captured).split("\npublic_key=")[1:]
+    chunks[-1] = chunks[-1].partition("\nerrno=")[0]
+    assert len(chunks) == 3 and all(uapi._PEER.fullmatch(c) for c in chunks)  # wireguard-go's own: fast
+    variants = [
+        ("", "0", "0", "0", "0", "0", []),
+        ("198.51.100.7:51820", "1700000000", "250", "10", "20", "25", ["10.88.0.11/32"]),
+        ("[2001:db8::1]:51820", "0", "7", "0", "0", "0", ["10.88.0.0/24", "fd00::/64", "10.88.0.12/32"]),
+        ("203.0.113.9:1", "1", "0", "1", "2", "65535", ["10.1.2.3/16", "fd00::1/128"]),  # not masked: normalized
+    ]
+    for endpoint, sec, nsec, tx, rx, keepalive, ips in variants:
+        lines = [h(K1), "preshared_key=" + "0" * 64, "protocol_version=1"]
+        lines += [f"endpoint={endpoint}"] if endpoint else []
+        lines += [f"last_handshake_time_sec={sec}", f"last_handshake_time_nsec={nsec}", f"tx_bytes={tx}",
+                  f"rx_bytes={rx}", f"persistent_keepalive_interval={keepalive}"]
+        lines += [f"allowed_ip={ip}" for ip in ips]
+        chunk = "\n".join(lines)
+        assert uapi._PEER.fullmatch(chunk), chunk
+        fast = uapi._peer(chunk)
+        assert fast == uapi._peer_by_lines(chunk) == uapi._peer(chunk + "\n")
+        assert fast.endpoint == (endpoint or None) and fast.rx_bytes == int(rx) and fast.tx_bytes == int(tx)
+        # the same peer written another way (a field wireguard-go does not write, another order):
+        # the line-by-line path, the same state
+        other = "\n".join([lines[0], "some_future_field=1", *reversed(lines[1:])])
+        assert uapi._PEER.fullmatch(other) is None and uapi._peer(other) == fast
+    assert uapi.parse_get(f"private_key={h(PRIV)}\nerrno=0\n\n").peers == {}
+    assert uapi.parse_get(f"public_key={h(K1)}\nerrno=0\n\n").peers[K1] == PeerState(public_key=K1)
+    with pytest.raises(BackendError, match="malformed line"):
+        uapi.parse_get(f"listen_port=1\npublic_key={h(K1)}\nlast_handshake_time_sec\nerrno=0\n\n")
 
 
 def test_the_config_digest_sees_configuration_not_traffic_nor_wireguard_gos_peer_order() -> None:

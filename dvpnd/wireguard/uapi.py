@@ -7,6 +7,7 @@ Keys travel as hex on this protocol and as base64 everywhere else in dvpnd.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import socket
@@ -26,6 +27,9 @@ class UapiTimeout(BackendError):
 
 def b64_to_hex(key: str) -> str:
     return base64.b64decode(key).hex()
+
+
+_b64 = binascii.b2a_base64
 
 
 def hex_to_b64(key: str) -> str:
@@ -91,46 +95,92 @@ def only_peers(text: str, keys: frozenset[str]) -> str:
     return "\npublic_key=".join([head, *(p for p in peers if p[:64] in hexkeys)]) + tail
 
 
-def parse_get(text: str, only: frozenset[str] | None = None) -> DeviceState:
-    """Parse the reply to `get=1` into a DeviceState (with `only`: only those peers); raise
-    BackendError on errno != 0."""
-    if only is not None:
-        text = only_peers(text, only)
-    private_key = None
-    listen_port = fwmark = 0
-    peers: dict[str, PeerState] = {}
-    cur: _Peer | None = None
-    errno = None
-    for line in text.split("\n"):
+# One peer as wireguard-go writes it (device/uapi.go, IpcGetOperation: these lines in this order),
+# less the leading "public_key=": the parse's fast path. A peer written any other way (another
+# implementation, a field added) takes the line-by-line path, with the same result.
+_PEER = re.compile(
+    r"([0-9a-f]{64})\n(?:preshared_key=[0-9a-f]{64}\n)?(?:protocol_version=1\n)?(?:endpoint=([^\n]+)\n)?"
+    r"last_handshake_time_sec=(\d+)\nlast_handshake_time_nsec=(\d+)\ntx_bytes=(\d+)\nrx_bytes=(\d+)\n"
+    r"persistent_keepalive_interval=(\d+)((?:\nallowed_ip=[^\n]+)*)\n?")
+
+
+def _cidr(value: str) -> str:
+    # wireguard-go prints masked prefixes; a host route needs no re-parsing (the hot path).
+    return value if value.endswith("/32") and "." in value else normalize_cidr(value)
+
+
+def _line(line: str) -> tuple[str, str]:
+    key, sep, value = line.partition("=")
+    if not sep:
+        raise BackendError(f"UAPI: malformed line {line[:40]!r}")
+    return key, value
+
+
+def _peer_by_lines(chunk: str) -> PeerState:
+    """One peer's lines (the first, its key's hex, without "public_key="), one by one."""
+    first, *lines = chunk.split("\n")
+    cur = _Peer(hex_to_b64(first))
+    for line in lines:
         if not line:
             continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise BackendError(f"UAPI: malformed line {line[:40]!r}")
-        if key == "errno":
-            errno = int(value)
-        elif key == "public_key":
-            if cur is not None:
-                peers[cur.public_key] = cur.state()
-            cur = _Peer(hex_to_b64(value))
-        elif cur is None:
-            if key == "private_key":
-                private_key = hex_to_b64(value)
-            elif key == "listen_port":
-                listen_port = int(value)
-            elif key == "fwmark":
-                fwmark = int(value)
-        elif key == "allowed_ip":
-            # wireguard-go prints masked prefixes; a host route needs no re-parsing (the hot path).
-            cur.allowed_ips.add(value if value.endswith("/32") and "." in value else normalize_cidr(value))
+        key, value = _line(line)
+        if key == "allowed_ip":
+            cur.allowed_ips.add(_cidr(value))
         elif key == "endpoint":
             cur.endpoint = value
         elif key in _INT_FIELDS:
             setattr(cur, _INT_FIELDS[key], int(value))
-    if cur is not None:
-        peers[cur.public_key] = cur.state()
+    return cur.state()
+
+
+def _peer(chunk: str) -> PeerState:
+    m = _PEER.fullmatch(chunk)
+    if m is None:
+        return _peer_by_lines(chunk)
+    hexkey, endpoint, sec, nsec, tx, rx, keepalive, ips = m.groups()
+    if not ips:
+        allowed: frozenset[str] = frozenset()
+    elif ips.count("\n") == 1 and ips.endswith("/32") and "." in ips:  # one host route: the hot path
+        allowed = frozenset((ips[12:],))
+    else:
+        allowed = frozenset(map(_cidr, ips.split("\nallowed_ip=")[1:]))
+    hs = int(sec) + int(nsec) / 1e9
+    return PeerState(_b64(bytes.fromhex(hexkey), newline=False).decode(), allowed, endpoint, int(keepalive),
+                     hs or None, int(rx), int(tx))
+
+
+def parse_get(text: str, only: frozenset[str] | None = None) -> DeviceState:
+    """Parse the reply to `get=1` into a DeviceState (with `only`: only those peers); raise
+    BackendError on errno != 0. The reply is cut into peers with one C-level split; each peer is
+    read with one regular expression (the order wireguard-go writes), or line by line."""
+    if only is not None:
+        text = only_peers(text, only)
+    head, *chunks = ("\n" + text).split("\npublic_key=")
+    if chunks:  # the lines after the last peer (errno) are the device's, as those before the first
+        last, nl, tail = chunks[-1].partition("\nerrno=")
+        chunks[-1] = last
+        head += nl + tail
+    private_key = None
+    listen_port = fwmark = 0
+    errno = None
+    for line in head.split("\n"):
+        if not line:
+            continue
+        key, value = _line(line)
+        if key == "errno":
+            errno = int(value)
+        elif key == "private_key":
+            private_key = hex_to_b64(value)
+        elif key == "listen_port":
+            listen_port = int(value)
+        elif key == "fwmark":
+            fwmark = int(value)
     if errno not in (None, 0):
         raise BackendError(f"UAPI get failed: errno={errno}")
+    peers: dict[str, PeerState] = {}
+    for chunk in chunks:
+        peer = _peer(chunk)
+        peers[peer.public_key] = peer
     from dvpnd.wireguard.keys import decode_key, encode_key, public_key
 
     pub = encode_key(public_key(decode_key(private_key))) if private_key else None
