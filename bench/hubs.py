@@ -67,6 +67,7 @@ def failover_round(L: Lab, seconds: float = 8) -> tuple[float, float, bool]:
     echo = L.popen("spoke-b", sys.executable, PROBE, "echo", "7779", "90")
     assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     stream = L.popen("spoke-a", sys.executable, PROBE, "stream", L.ip("spoke-b"), "7779", str(2 * seconds + 12))
+    assert stream.stdout is not None and stream.stdout.readline().strip() == "connected"
     count = str(int(seconds * HZ))
     ping = L.popen("spoke-a", "ping", "-n", "-q", "-i", str(1 / HZ), "-W", "2", "-c", count, L.ip("spoke-b"))
     time.sleep(2)
