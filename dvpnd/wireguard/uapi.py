@@ -29,11 +29,8 @@ def b64_to_hex(key: str) -> str:
     return base64.b64decode(key).hex()
 
 
-_b64 = binascii.b2a_base64
-
-
 def hex_to_b64(key: str) -> str:
-    return base64.b64encode(bytes.fromhex(key)).decode("ascii")
+    return binascii.b2a_base64(bytes.fromhex(key), newline=False).decode("ascii")
 
 
 def encode_set(changes: DeviceChanges) -> str:
@@ -145,8 +142,7 @@ def _peer(chunk: str) -> PeerState:
     else:
         allowed = frozenset(map(_cidr, ips.split("\nallowed_ip=")[1:]))
     hs = int(sec) + int(nsec) / 1e9
-    return PeerState(_b64(bytes.fromhex(hexkey), newline=False).decode(), allowed, endpoint, int(keepalive),
-                     hs or None, int(rx), int(tx))
+    return PeerState(hex_to_b64(hexkey), allowed, endpoint, int(keepalive), hs or None, int(rx), int(tx))
 
 
 def parse_get(text: str, only: frozenset[str] | None = None) -> DeviceState:
