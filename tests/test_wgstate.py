@@ -520,6 +520,9 @@ def test_the_uapi_fast_path_reads_each_peer_as_the_line_by_line_path_and_takes_w
     assert uapi.parse_get(f"public_key={h(K1)}\nerrno=0\n\n").peers[K1] == PeerState(public_key=K1)
     with pytest.raises(BackendError, match="malformed line"):
         uapi.parse_get(f"listen_port=1\npublic_key={h(K1)}\nlast_handshake_time_sec\nerrno=0\n\n")
+    for bad in (f"public_key={h(K1)}\nrx_bytes=lots", "public_key=not-hex", f"public_key={h(K1)}\nallowed_ip=10.88.0.0/99"):
+        with pytest.raises(BackendError, match="UAPI: malformed peer"):
+            uapi.parse_get(bad + "\nerrno=0\n\n")
 
 
 def test_the_config_digest_sees_configuration_not_traffic_nor_wireguard_gos_peer_order() -> None:

@@ -135,12 +135,7 @@ def _peer(chunk: str) -> PeerState:
     if m is None:
         return _peer_by_lines(chunk)
     hexkey, endpoint, sec, nsec, tx, rx, keepalive, ips = m.groups()
-    if not ips:
-        allowed: frozenset[str] = frozenset()
-    elif ips.count("\n") == 1 and ips.endswith("/32") and "." in ips:  # one host route: the hot path
-        allowed = frozenset((ips[12:],))
-    else:
-        allowed = frozenset(map(_cidr, ips.split("\nallowed_ip=")[1:]))
+    allowed = frozenset(map(_cidr, ips.split("\nallowed_ip=")[1:]))
     hs = int(sec) + int(nsec) / 1e9
     return PeerState(hex_to_b64(hexkey), allowed, endpoint, int(keepalive), hs or None, int(rx), int(tx))
 
@@ -175,7 +170,10 @@ def parse_get(text: str, only: frozenset[str] | None = None) -> DeviceState:
         raise BackendError(f"UAPI get failed: errno={errno}")
     peers: dict[str, PeerState] = {}
     for chunk in chunks:
-        peer = _peer(chunk)
+        try:
+            peer = _peer(chunk)
+        except ValueError as e:  # a key that is not hex, a count that is not a number, a bad prefix
+            raise BackendError(f"UAPI: malformed peer {chunk[:64]!r}: {e}") from None
         peers[peer.public_key] = peer
     from dvpnd.wireguard.keys import decode_key, encode_key, public_key
 
