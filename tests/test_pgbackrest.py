@@ -17,6 +17,9 @@ from dvpnd.postgres.pgbackrest import (
     Repo,
     archive_settings,
     backup_argv,
+    base_argv,
+    copy_spool,
+    drill_argv,
     render_conf,
     render_secrets,
     restore_argv,
@@ -79,6 +82,16 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
     assert "--delta" in over and "--archive-mode=off" in over
     live = restore_argv(p, tmp_path / "data", "latest", 1, delta=True)
     assert "--delta" in live and "--archive-mode=off" not in live
+    # pgBackRest's restore empties its spool's archive queues first: a copy (and a drill) gets a
+    # spool of its own, one per copy, never the live one a running primary's archive-push waits
+    # on; the live directory restored over (its server stopped) keeps the configured spool
+    spools = {a for argv in (argv, over, restore_argv(p, tmp_path / "other", "latest", 1),
+                             drill_argv(base_argv(p), tmp_path / "drill" / "data"))
+              for a in argv if a.startswith("--spool-path=")}
+    assert len(spools) == 4 and f"--spool-path={p.home / 'spool'}" not in spools, spools
+    assert f"--spool-path={copy_spool(p, tmp_path / 'scratch')}" in argv
+    assert f"--spool-path={tmp_path / 'drill' / 'spool'}" in spools
+    assert not any(a.startswith("--spool-path=") for a in live)
 
 
 # --- backup.pgbackrest: the config keys, the runner's operations, the secrets, the status

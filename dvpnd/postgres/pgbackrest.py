@@ -17,6 +17,7 @@ a newline (render refuses one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -173,10 +174,25 @@ def backup_argv(plan: Plan, kind: str, repo: int) -> list[str]:
     return [*base_argv(plan), f"--repo={repo}", f"--type={kind}", "backup"]
 
 
+def copy_spool(plan: Plan, target: Path) -> Path:
+    """The spool of a copy restored into `target`, one per copy (named by its directory).
+
+    pgBackRest's restore empties its spool's archive queues before anything else (so a new
+    cluster cannot inherit acknowledgements). On the live spool that deletes the `.ok` a running
+    primary's archive-push is waiting for: the push has already started its one asynchronous
+    process, waits out archive-timeout, fails, and PostgreSQL's archiver stalls behind it (seen:
+    61 s with no segment archived after a restore beside a running primary). A copy's own spool
+    also keeps its archive-get queue (restore_command carries the option) apart from the
+    primary's and from other copies'."""
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    return plan.home / "spool" / f"copy-{digest}"
+
+
 def restore_argv(plan: Plan, target: Path, to: str, repo: int, delta: bool = False) -> list[str]:
     """A restore into `target`, to `latest` or a time ('2026-11-26 13:05:00+00'); it starts in
     recovery, then promotes at the target. Into a copy (never the live data directory) with
-    archiving off (a drill or a restore never pushes WAL into the stanza it came from); `delta`:
+    archiving off (a drill or a restore never pushes WAL into the stanza it came from) and a
+    spool of its own (`copy_spool`); `delta`:
     over a directory that holds files (pgBackRest's delta restore; it refuses while a server's
     postmaster.pid is there). Over the live data directory (only with `delta`) archiving stays
     as configured: it becomes the cluster again, a new timeline in the same stanza."""
@@ -185,7 +201,7 @@ def restore_argv(plan: Plan, target: Path, to: str, repo: int, delta: bool = Fal
         raise PgBackRestConfError(f"{target} is the live data directory")
     argv = [*base_argv(plan), f"--repo={repo}", f"--pg1-path={target}"]
     argv += ["--delta"] if delta else []
-    argv += [] if live else ["--archive-mode=off"]
+    argv += [] if live else ["--archive-mode=off", f"--spool-path={copy_spool(plan, target)}"]
     if to != "latest":
         argv += ["--type=time", f"--target={to}", "--target-action=promote"]
     return [*argv, "restore"]
@@ -228,9 +244,10 @@ def op_argvs(base: list[str], repos: tuple[int, ...], op: str) -> list[list[str]
 
 def drill_argv(base: list[str], data: Path) -> list[str]:
     """A restore drill's restore: the local repository's newest backup into scratch, to the
-    first consistent moment, promoted, archiving off (a drill never archives into the stanza)."""
-    return [*base, "--repo=1", f"--pg1-path={data}", "--archive-mode=off", "--type=immediate",
-            "--target-action=promote", "restore"]
+    first consistent moment, promoted, archiving off (a drill never archives into the stanza),
+    with a spool of its own beside the copy (`copy_spool` says why)."""
+    return [*base, "--repo=1", f"--pg1-path={data}", "--archive-mode=off", f"--spool-path={data.parent / 'spool'}",
+            "--type=immediate", "--target-action=promote", "restore"]
 
 
 def render_runner(plan: Plan, binary: str, bin_dir: Path = Path("/usr/lib/postgresql/15/bin")) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dvpnd.config.model import Config
 from dvpnd.errors import DvpnError
-from dvpnd.postgres.pgbackrest import plan_for, restore_argv
+from dvpnd.postgres.pgbackrest import copy_spool, plan_for, restore_argv
 from dvpnd.util.procutil import child_env
 
 TIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(Z|[+-]\d{2}(?::?\d{2})?)\Z")
@@ -84,6 +84,9 @@ def restore(config: Config, to: Path, when: str, source: str, force: bool = Fals
                            f"{p.stderr.strip()[-800:]}")
     how = ("over the live data directory (delta), archiving as configured" if live else
            "over what was there (delta), archiving off in the copy" if in_place else "archiving off in the copy")
-    return [f"restored the {source} repository to {target} into {to} ({how})",
-            f"start it with: {config.postgres.bin_dir / 'pg_ctl'} -D {to} start (as {u.pw_name}"
-            + ("" if live else "; give it its own port and socket directory if another server runs here") + ")"]
+    lines = [f"restored the {source} repository to {target} into {to} ({how})",
+             f"start it with: {config.postgres.bin_dir / 'pg_ctl'} -D {to} start (as {u.pw_name}"
+             + ("" if live else "; give it its own port and socket directory if another server runs here") + ")"]
+    if not live:
+        lines.append(f"its WAL queue while it recovers: {copy_spool(plan, to)} (remove it with the copy)")
+    return lines

@@ -121,7 +121,8 @@ def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], ti
     same directory, no TCP), wait until it is promoted, run a check query, stop it, remove it."""
     scratch = home / "drill"
     data = scratch / "data"
-    shutil.rmtree(data, ignore_errors=True)  # (a drill killed midway left it)
+    for d in (data, scratch / "spool"):  # (a drill killed midway left them)
+        shutil.rmtree(d, ignore_errors=True)
     steps = result["steps"]
     step, _ = _step(drill_argv(base, data), timeout)
     steps.append(step)
@@ -166,7 +167,8 @@ def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], ti
     finally:
         if started:
             steps.append(_step([ctl, "-D", str(data), "-w", "-m", "fast", "stop"], 300)[0])
-        shutil.rmtree(data, ignore_errors=True)
+        for d in (data, scratch / "spool"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _tail(path: Path) -> str:

@@ -37,6 +37,7 @@ from dvpnd.postgres.pgbackrest import (
     archive_settings,
     backup_argv,
     base_argv,
+    copy_spool,
     render_conf,
     render_secrets,
     restore_argv,
@@ -144,12 +145,21 @@ def test_a_dropped_table_comes_back_by_point_in_time_restore_from_the_local_repo
         _run([*base_argv(p), "check"])  # switches WAL and waits until it is archived
         info = _run([*base_argv(p), "info"])
         assert "full backup" in info and "wal archive min/max" in info, info
-        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-m", "fast", "stop"])
-        pids.remove(p.pg_path)
 
+        # the copy is restored beside the running primary, and leaves the primary's spool alone:
+        # pgBackRest's restore empties the archive queues of the spool it is given, and on the
+        # live one the acknowledgement a running archive-push waits for would go with them (the
+        # archiver then stalls for archive-timeout); a file of the test's own there stays
+        queue = p.home / "spool" / "archive" / p.stanza
+        assert (queue / "out").is_dir(), "the primary archived nothing asynchronously"
+        (queue / "dvpn-test-marker").write_text("")
         restored = home / "restored"
         _run(restore_argv(p, restored, target, 1), timeout=300)
+        assert (queue / "dvpn-test-marker").exists(), "the restore emptied the running primary's spool"
+        _run([str(BIN / "pg_ctl"), "-D", str(p.pg_path), "-w", "-m", "fast", "stop"])
+        pids.remove(p.pg_path)
         rauto = restored / "postgresql.auto.conf"
+        assert f"--spool-path={copy_spool(p, restored)}" in rauto.read_text()  # (its archive-get queue too)
         rauto.write_text(render_auto_conf(rauto.read_text(), {"port": str(port + 1)}))
         _run([str(BIN / "pg_ctl"), "-D", str(restored), "-w", "-t", "120", "-l", str(home / "logs" / "restored.log"), "start"])
         pids.append(restored)
@@ -374,6 +384,8 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
                       "start"])
                 running = plan.pg_path
                 for op in ("stanza-create", "backup-full", "check", "drill"):
+                    if op == "drill":  # (a file of the test's own in the primary's spool, which the drill leaves)
+                        (plan.home / "spool" / "archive" / plan.stanza / "dvpn-test-marker").write_text("")
                     if not await br.run(op):
                         steps = json.loads((plan.home / "results" / f"{op}.json").read_text())["steps"]
                         raise AssertionError("\n".join([op, *(f"{s['args'][-1]}: {s['rc']}: {s['stderr']}" for s in steps)]))
@@ -389,6 +401,8 @@ def test_dvpnd_runs_pgbackrest_as_postgres_into_both_repositories_and_reports_th
             # the restore drill: the newest backup restored, started on a socket of its own, asked
             assert br.drill_databases is not None and br.drill_databases >= 3, br.drill_databases
             assert not (plan.home / "drill" / "data").exists()  # (the scratch copy is removed)
+            assert not (plan.home / "drill" / "spool").exists()  # (and its spool)
+            assert (plan.home / "spool" / "archive" / plan.stanza / "dvpn-test-marker").exists()
             # who may write what: the postgres user cannot change what runs, nor where backups go
             for f in ("pgbackrest.conf", "runner.json", "conf.d/secrets.conf"):
                 st = os.stat(plan.home / f)
