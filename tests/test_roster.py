@@ -9,6 +9,7 @@ import tracemalloc
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,6 +308,49 @@ def test_publishing_a_bad_file_changes_nothing(tmp_path: Path, auth: Authority) 
     (tmp_path / "good.json").write_bytes(auth.sign(good))
     out = asyncio.run(d.roster_publish(str(tmp_path / "good.json")))
     assert out.ok and out.data["serial"] == 1 and adopted == [1]
+
+
+def test_a_roster_is_verified_and_written_off_the_event_loop(tmp_path: Path, auth: Authority) -> None:
+    """Adopting a roster verifies every member and fsyncs two files: in a worker thread, so the
+    loop goes on answering DNS, the status page and the long polls meanwhile. Here the store's
+    save waits until the loop has run on: on the loop it would wait in vain (5 s, then fail)."""
+    import asyncio
+    import threading
+
+    from dvpnd.daemon.core import Daemon
+
+    cfg = _config(tmp_path, auth)
+    d = Daemon(cfg, load_config(cfg), clock=lambda: time.time())
+
+    async def no_reconcile() -> None:
+        pass
+
+    d.roster_adopted = no_reconcile  # type: ignore[method-assign]
+    assert d.rosters is not None
+    store, loop_ran, seen = d.rosters.store, threading.Event(), {}
+    real_save = store.save
+
+    def save(document: bytes, serial: int) -> None:
+        seen["thread"] = threading.get_ident()
+        seen["released"] = loop_ran.wait(5)
+        real_save(document, serial)
+
+    store.save = save  # type: ignore[method-assign]
+    good = roster()
+    good = replace(good, members=(replace(good.members[0], address=IPv4Address("10.88.0.11")),) + good.members[1:])
+    (tmp_path / "good.json").write_bytes(auth.sign(good))
+
+    async def main() -> Any:
+        seen["loop"] = threading.get_ident()
+        publish = asyncio.create_task(d.roster_publish(str(tmp_path / "good.json")))
+        while "thread" not in seen:
+            await asyncio.sleep(0.01)
+        loop_ran.set()
+        return await publish
+
+    out = asyncio.run(main())
+    assert out.ok and seen["released"] and seen["thread"] != seen["loop"], seen
+    assert d.rosters.roster is not None and d.rosters.roster.serial == 1 and d.rosters.etag is not None
 
 
 def test_amend_refuses_a_bad_roster_without_signing_it(auth: Authority) -> None:

@@ -511,7 +511,7 @@ class Daemon:
         if self.rosters is None:
             return Outcome(False, ("overlay.mode is not confidential: no roster here",), bad_input=True)
         try:
-            adopted = self.rosters.offer(document, origin)
+            adopted = await asyncio.to_thread(self.rosters.offer, document, origin)  # (the disk: off the loop)
         except RosterError as e:
             return Outcome(False, (str(e),), bad_input=True, data={"reason": e.reason})
         if adopted:

@@ -68,7 +68,7 @@ async def fetch_loop(keeper: RosterKeeper, url: str, interval: float, stopping: 
                     if tag != seen:  # a document judged once is not offered (nor counted) again
                         seen, seen_bad = tag, False
                         try:
-                            if keeper.offer(body, f"the roster from {url}"):
+                            if await asyncio.to_thread(keeper.offer, body, f"the roster from {url}"):
                                 took_new = True
                                 await adopted()
                         except RosterError as e:

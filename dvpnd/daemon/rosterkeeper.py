@@ -4,14 +4,22 @@ Every document, from the hub or from `dvpnctl roster publish`, goes the same way
 against the authority key from the config (nothing in the payload is read before), the policy
 (roster/model.judge: never older than the highest serial seen or `overlay.min_serial`, never
 one that arrives expired), then the disk (durably, the serial last), then memory. A refused
-document changes nothing and is counted by reason."""
+document changes nothing and is counted by reason.
+
+`offer` verifies, parses every member and fsyncs two files: the daemon calls it in a worker
+thread, never on its event loop (which answers DNS, the status page and the roster's long
+polls meanwhile; an fsync on a CVM's encrypted volume can take tens of milliseconds). Offers
+are serialized, and the roster in force changes in one assignment, so a reader on the loop sees
+the old one or the new one, whole."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dvpnd.config.model import Config
 from dvpnd.daemon.status import RosterView
@@ -26,6 +34,16 @@ def etag_of(document: bytes) -> str:
     return '"' + hashlib.sha256(document).hexdigest()[:32] + '"'
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The roster in force, with the document it came in and that document's ETag."""
+
+    roster: Roster
+    payload: bytes
+    document: bytes
+    etag: str
+
+
 class RosterKeeper:
     def __init__(self, config: Config, clock: Callable[[], float]):
         assert config.overlay.authority is not None
@@ -33,12 +51,26 @@ class RosterKeeper:
         self.clock = clock
         self.verifier = Ed25519Verifier(config.overlay.authority)
         self.store = RosterStore(config.state_dir)
-        self.roster: Roster | None = None
-        self.payload: bytes | None = None
-        self.document: bytes | None = None
-        self.etag: str | None = None
+        self.kept: Kept | None = None
         self.refused: Counter[str] = Counter()
         self.last_refusal: str | None = None
+        self._offering = threading.Lock()
+
+    @property
+    def roster(self) -> Roster | None:
+        return self.kept.roster if self.kept else None
+
+    @property
+    def payload(self) -> bytes | None:
+        return self.kept.payload if self.kept else None
+
+    @property
+    def document(self) -> bytes | None:
+        return self.kept.document if self.kept else None
+
+    @property
+    def etag(self) -> str | None:
+        return self.kept.etag if self.kept else None
 
     def highest_serial(self) -> int:
         return max(self.store.highest_serial(), self.config.overlay.min_serial)
@@ -60,7 +92,11 @@ class RosterKeeper:
 
     def offer(self, document: bytes, origin: str) -> bool:
         """Adopt `document` if it verifies and is newer: True if adopted, False if it is the roster
-        in force; RosterError (counted, logged) if refused."""
+        in force; RosterError (counted, logged) if refused. Blocking (the disk): see the module."""
+        with self._offering:
+            return self._offer(document, origin)
+
+    def _offer(self, document: bytes, origin: str) -> bool:
         try:
             roster, payload = verify_document(document, self.verifier, origin)
             new = judge(roster, payload, network=self.config.network, highest_serial=self.highest_serial(),
@@ -80,8 +116,7 @@ class RosterKeeper:
         return True
 
     def _adopt(self, roster: Roster, payload: bytes, document: bytes) -> None:
-        self.roster, self.payload, self.document = roster, payload, document
-        self.etag = etag_of(document)
+        self.kept = Kept(roster, payload, document, etag_of(document))
 
     def view(self, membership_problem: str | None) -> RosterView:
         r = self.roster
