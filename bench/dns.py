@@ -7,6 +7,7 @@ with the resolver off."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -98,14 +99,21 @@ def run(quick: bool) -> list[Figure]:
             lat, lost = dnsperf(L, "127.0.0.1", DNSMASQ_PORT, qfile, 1000, secs)
             theirs += lat
             lost_theirs += lost
-        # while a roster change is applied: a member added 1.5 s into the run
-        during_proc = L.popen("spoke-a", "dnsperf", "-s", server, "-p", "53", "-d", str(qfile), "-l", str(secs),
-                              "-Q", "1000", "-c", "4", "-t", "1", "-v")
-        time.sleep(1.5)
-        auth.amend(members + extra_members(1, base, first=MEMBERS), 3600)
-        lab.publish(L.nodes["hub"], auth.roster_file)
-        out, _ = during_proc.communicate(timeout=secs + 60)
-        during = [float(x.split()[-1]) * 1000 for x in out.splitlines() if x.startswith("> NOERROR")]
+        # while a roster change is applied: a member added 1.5 s into a 3 s run, in every mode (a
+        # longer run would dilute the change's answers in its p99: a stall of 50 ms is 50 answers
+        # of 10,000, inside the 1 %); one p99 per round
+        during: list[float] = []
+        answers = 0
+        for i in range(rounds):
+            during_proc = L.popen("spoke-a", "dnsperf", "-s", server, "-p", "53", "-d", str(qfile), "-l", "3",
+                                  "-Q", "1000", "-c", "4", "-t", "1", "-v")
+            time.sleep(1.5)
+            auth.amend(members + extra_members(i + 1, base, first=MEMBERS), 3600)
+            lab.publish(L.nodes["hub"], auth.roster_file)
+            out, _ = during_proc.communicate(timeout=60)
+            lat = [float(x.split()[-1]) * 1000 for x in out.splitlines() if x.startswith("> NOERROR")]
+            during.append(pct(lat, 0.99))
+            answers += len(lat)
         rate_ours = highest_rate(L, server, 53, qfile, 2 if quick else 3)
         rate_theirs = highest_rate(L, "127.0.0.1", DNSMASQ_PORT, qfile, 2 if quick else 3)
     finally:
@@ -131,8 +139,8 @@ def run(quick: bool) -> list[Figure]:
         Figure("overlay name, p99 latency at 1,000 queries/s", "ms", [pct(ours, 0.99)],
                "dnsmasq, same names", [pct(theirs, 0.99)], "≤ 2 ms", pct(ours, 0.99) <= 2),
         Figure("overlay name, p99 latency at 1,000 queries/s while a roster change is applied", "ms",
-               [pct(during, 0.99)], "dnsmasq, no change", [pct(theirs, 0.99)], "≤ 2 ms", pct(during, 0.99) <= 2,
-               f"{len(during)} answers"),
+               during, "dnsmasq, no change", [pct(theirs, 0.99)], "≤ 2 ms", statistics.median(during) <= 2,
+               f"{rounds} runs of 3 s, a member added 1.5 s in; one p99 per run; {answers} answers"),
         Figure("highest rate with p99 ≤ 5 ms and nothing lost (steps 1k, 2k, 4k, ...)", "queries/s", [rate_ours],
                "dnsmasq", [rate_theirs], "report the ratio", None),
         Figure("dvpnd RSS on a spoke, the resolver on", "MiB", [on], "the resolver off", [off], "≤ +8 MiB",
