@@ -2,14 +2,14 @@
 
   python -m bench.loadgen HOST PORT PATH RATE SECONDS [CONNECTIONS]
 
-Open loop: requests are due at a fixed schedule and latency counts from the due time, so a
-slow server cannot hide behind fewer requests: latency counts from the moment the generator
-issues a request (a request waiting for a free connection waits on the clock), not from its due
-time, which asyncio's timers (1 ms resolution) overshoot by up to a millisecond: that lag is the
-generator's own, reported apart as issue_lag_p50. Connections are kept alive until the server
-answers `Connection: close` (dvpnd's page does after 100 requests on one), as a browser or curl
-would; the reconnect then counts in the next request's latency. Prints {"sent", "errors",
-"p50", "p99", "max"}.
+Open loop: requests are issued on a fixed schedule whatever the server does, so a slow server
+cannot hide behind fewer requests. Latency counts from the moment the generator issues a request
+(a request waiting for a free connection waits on the clock), not from its due time: asyncio's
+timers (1 ms resolution) issue it up to a millisecond late, a lag of the generator's own,
+reported apart. Connections are kept alive until the server answers `Connection: close` (dvpnd's
+page does after 100 requests on one), as a browser or curl would; the reconnect then counts in
+the next request's latency. Prints {"sent", "errors", "p50", "p99", "max", "achieved_rps",
+"issue_lag_p50", "p50_with_lag"}.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ async def main_async(host: str, port: int, path: str, rate: float, seconds: floa
 
     return {"sent": n, "errors": len(errors), "p50": pct(50), "p99": pct(99), "max": s[-1] if s else float("nan"),
             "achieved_rps": len(s) / (time.perf_counter() - start), "issue_lag_p50": statistics.median(lag or [0.0]),
-            # (a bound, not an exact figure: each request's own lag is not paired with its latency)
+            # (an estimate: each request's own lag is not paired with its latency)
             "p50_with_lag": pct(50) + statistics.median(lag or [0.0])}
 
 

@@ -192,10 +192,10 @@ def restore_argv(plan: Plan, target: Path, to: str, repo: int, delta: bool = Fal
     """A restore into `target`, to `latest` or a time ('2026-11-26 13:05:00+00'); it starts in
     recovery, then promotes at the target. Into a copy (never the live data directory) with
     archiving off (a drill or a restore never pushes WAL into the stanza it came from) and a
-    spool of its own (`copy_spool`); `delta`:
-    over a directory that holds files (pgBackRest's delta restore; it refuses while a server's
-    postmaster.pid is there). Over the live data directory (only with `delta`) archiving stays
-    as configured: it becomes the cluster again, a new timeline in the same stanza."""
+    spool of its own (`copy_spool`); `delta`: over a directory that holds files (pgBackRest's
+    delta restore; it refuses while a server's postmaster.pid is there). Over the live data
+    directory (only with `delta`) archiving and the spool stay as configured: it becomes the
+    cluster again, a new timeline in the same stanza."""
     live = target.resolve() == plan.pg_path.resolve()
     if live and not delta:
         raise PgBackRestConfError(f"{target} is the live data directory")
