@@ -72,6 +72,29 @@ def test_larger_overlay_for_many_spokes(tmp_path: Path) -> None:
     assert c.network.prefixlen == 16 and str(c.peers[0].address) == "10.88.7.200"
 
 
+def test_loading_a_config_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> None:
+    """The YAML nodes and marks go when the load returns, by reference counting: nothing is left
+    in cycles (a hub with 5,000 peers left 90,000 objects, whose full collection held dvpnd for
+    200 ms). A config with a mistake leaves nothing either."""
+    import gc
+
+    good = write(tmp_path, HUB + "".join(f"  - name: s{i}\n    public_key: {k}\n    address: 10.88.0.{12 + i}\n"
+                                         for i, k in enumerate((K2,))))
+    bad = write(tmp_path, HUB + "  - name: BAD\n", "bad.yaml")
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        load_config(good)
+        with pytest.raises(ConfigError):
+            load_config(bad)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == [], left[:20]
+
+
 def test_example_configs_are_valid() -> None:
     for name in ("hub.yaml", "spoke.yaml"):
         load_config(ROOT / "etc" / name)

@@ -853,7 +853,9 @@ def main(argv: list[str] | None = None) -> int:
              f", overlay key {daemon.reconciler.overlay_public_key}" if daemon.reconciler.overlay_public_key else "")
     # Everything made so far (the modules, the config, the keys: some 45,000 objects) lives as
     # long as the process: out of the cyclic collector's reach, a full collection no longer walks
-    # it (about 10 ms here, during which the loop answers nothing: DNS, the status page)
+    # it (about 10 ms here, during which the loop answers nothing: DNS, the status page). What is
+    # garbage already is collected first, or it would be kept for good.
+    gc.collect()
     gc.freeze()
     try:
         return asyncio.run(daemon.run())
