@@ -111,6 +111,17 @@ def interleaved(L: Lab, quick: bool, rounds: int, secs: int) -> tuple[Series, Se
     return conf, conf_rtt, nofw, hand, hand_rtt
 
 
+def _why_not(L: Lab, spoke: str) -> str:
+    """What a spoke the change did not reach says of its roster, and the end of its log."""
+    try:
+        roster = L.ctl(spoke, "status")["status"].get("roster")
+    except Exception as e:  # (the diagnosis of a failure must not hide it)
+        roster = f"no status: {e}"
+    log = Path(L.nodes[spoke].dir) / "dvpnd.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    return f"{spoke}: roster {roster}; its log ends:\n{tail}"
+
+
 def roster_propagation(L: Lab, repeat: int) -> list[float]:
     """`roster add` of a new member signed and published on the hub, until every spoke's wg0 has it."""
     from dvpnd.wireguard.keys import encode_key, generate_private_key, public_key
@@ -139,7 +150,8 @@ def roster_propagation(L: Lab, repeat: int) -> list[float]:
                 if want in uapi_request("wg0", "get=1\n\n", path=sock):
                     waiting.discard(sock)
             if time.monotonic() - t0 > 30:
-                raise RuntimeError("a roster change did not reach every spoke within 30 s")
+                raise RuntimeError("a roster change did not reach every spoke within 30 s: " + "; ".join(
+                    _why_not(L, s) for s, sock in zip(spokes, sockets, strict=True) if sock in waiting))
             time.sleep(0.01)
         times.append(time.monotonic() - t0)
     # the bench's members (no machine behind them) out again

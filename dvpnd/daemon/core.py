@@ -591,9 +591,8 @@ class Daemon:
         return self._roster_event
 
     def roster_document(self) -> tuple[bytes, str] | None:
-        if self.rosters is None or self.rosters.document is None or self.rosters.etag is None:
-            return None
-        return self.rosters.document, self.rosters.etag
+        kept = self.rosters.kept if self.rosters is not None else None  # (one read: a document and its own ETag)
+        return None if kept is None else (kept.document, kept.etag)
 
     def _timed_read(self, device: DeviceState | None) -> tuple[Snapshot, float]:
         t0 = time.thread_time()
