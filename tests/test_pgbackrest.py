@@ -86,7 +86,7 @@ def test_command_lines_and_archive_settings(tmp_path: Path) -> None:
     # spool of its own, one per copy, never the live one a running primary's archive-push waits
     # on; the live directory restored over (its server stopped) keeps the configured spool
     spools = {a for argv in (argv, over, restore_argv(p, tmp_path / "other", "latest", 1),
-                             drill_argv(base_argv(p), tmp_path / "drill" / "data"))
+                             drill_argv(base_argv(p), tmp_path / "drill" / "data", tmp_path / "drill" / "spool"))
               for a in argv if a.startswith("--spool-path=")}
     assert len(spools) == 4 and f"--spool-path={p.home / 'spool'}" not in spools, spools
     assert f"--spool-path={copy_spool(p, tmp_path / 'scratch')}" in argv

@@ -61,10 +61,6 @@ class RosterKeeper:
         return self.kept.roster if self.kept else None
 
     @property
-    def payload(self) -> bytes | None:
-        return self.kept.payload if self.kept else None
-
-    @property
     def document(self) -> bytes | None:
         return self.kept.document if self.kept else None
 
@@ -100,7 +96,7 @@ class RosterKeeper:
         try:
             roster, payload = verify_document(document, self.verifier, origin)
             new = judge(roster, payload, network=self.config.network, highest_serial=self.highest_serial(),
-                        current_payload=self.payload, now=self.clock(), origin=origin)
+                        current_payload=self.kept.payload if self.kept else None, now=self.clock(), origin=origin)
         except RosterError as e:
             self.refused[e.reason] += 1
             self.last_refusal = str(e)

@@ -174,6 +174,12 @@ def backup_argv(plan: Plan, kind: str, repo: int) -> list[str]:
     return [*base_argv(plan), f"--repo={repo}", f"--type={kind}", "backup"]
 
 
+def _as_copy(spool: Path) -> list[str]:
+    """A restore into a copy (a drill's or an operator's): it never archives into the stanza it
+    came from, and it has a spool of its own (`copy_spool` says why)."""
+    return ["--archive-mode=off", f"--spool-path={spool}"]
+
+
 def copy_spool(plan: Plan, target: Path) -> Path:
     """The spool of a copy restored into `target`, one per copy (named by its directory).
 
@@ -201,7 +207,7 @@ def restore_argv(plan: Plan, target: Path, to: str, repo: int, delta: bool = Fal
         raise PgBackRestConfError(f"{target} is the live data directory")
     argv = [*base_argv(plan), f"--repo={repo}", f"--pg1-path={target}"]
     argv += ["--delta"] if delta else []
-    argv += [] if live else ["--archive-mode=off", f"--spool-path={copy_spool(plan, target)}"]
+    argv += [] if live else _as_copy(copy_spool(plan, target))
     if to != "latest":
         argv += ["--type=time", f"--target={to}", "--target-action=promote"]
     return [*argv, "restore"]
@@ -242,12 +248,11 @@ def op_argvs(base: list[str], repos: tuple[int, ...], op: str) -> list[list[str]
     return [[*base, op]]
 
 
-def drill_argv(base: list[str], data: Path) -> list[str]:
-    """A restore drill's restore: the local repository's newest backup into scratch, to the
-    first consistent moment, promoted, archiving off (a drill never archives into the stanza),
-    with a spool of its own beside the copy (`copy_spool` says why)."""
-    return [*base, "--repo=1", f"--pg1-path={data}", "--archive-mode=off", f"--spool-path={data.parent / 'spool'}",
-            "--type=immediate", "--target-action=promote", "restore"]
+def drill_argv(base: list[str], data: Path, spool: Path) -> list[str]:
+    """A restore drill's restore: the local repository's newest backup into scratch `data`, to
+    the first consistent moment, promoted, as a copy with the spool `spool` (the drill's own)."""
+    return [*base, "--repo=1", f"--pg1-path={data}", *_as_copy(spool), "--type=immediate",
+            "--target-action=promote", "restore"]
 
 
 def render_runner(plan: Plan, binary: str, bin_dir: Path = Path("/usr/lib/postgresql/15/bin")) -> str:

@@ -120,11 +120,11 @@ def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], ti
     """Restore the newest local backup into HOME/drill, start a server on it (a socket in the
     same directory, no TCP), wait until it is promoted, run a check query, stop it, remove it."""
     scratch = home / "drill"
-    data = scratch / "data"
-    for d in (data, scratch / "spool"):  # (a drill killed midway left them)
+    data, spool = scratch / "data", scratch / "spool"
+    for d in (data, spool):  # (a drill killed midway left them)
         shutil.rmtree(d, ignore_errors=True)
     steps = result["steps"]
-    step, _ = _step(drill_argv(base, data), timeout)
+    step, _ = _step(drill_argv(base, data, spool), timeout)
     steps.append(step)
     if step["rc"] != 0:
         return False
@@ -167,7 +167,7 @@ def drill(home: Path, base: list[str], bin_dir: Path, result: dict[str, Any], ti
     finally:
         if started:
             steps.append(_step([ctl, "-D", str(data), "-w", "-m", "fast", "stop"], 300)[0])
-        for d in (data, scratch / "spool"):
+        for d in (data, spool):
             shutil.rmtree(d, ignore_errors=True)
 
 
